@@ -16,7 +16,11 @@ fn error(status: u16, message: impl Into<String>) -> (u16, Value) {
 }
 
 fn parse<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, (u16, Value)> {
-    let text = if body.is_empty() { b"{}" as &[u8] } else { body };
+    let text = if body.is_empty() {
+        b"{}" as &[u8]
+    } else {
+        body
+    };
     serde_json::from_slice(text).map_err(|e| error(400, format!("invalid request body: {e}")))
 }
 
@@ -101,7 +105,9 @@ fn run(state: &State, method: &str, rest: &str, body: &[u8]) -> Result<(u16, Val
             let lifetime = r
                 .lifetime_secs
                 .unwrap_or_else(|| state.settings.read().token_lifetime_secs);
-            let audience = r.audience.unwrap_or_else(|| "https://vault.azure.net".into());
+            let audience = r
+                .audience
+                .unwrap_or_else(|| "https://vault.azure.net".into());
             let (token, claims) = state.tokens.mint(identity, &audience, lifetime, "minted");
             ok(json!({
                 "access_token": token,
@@ -128,20 +134,26 @@ fn run(state: &State, method: &str, rest: &str, body: &[u8]) -> Result<(u16, Val
         ("GET", "/identities") => ok(json!(state.directory.read().identities)),
         ("POST", "/identities") => {
             let spec: IdentitySpec = parse(body)?;
-            let identity = state.directory.write().add(spec).map_err(|e| error(400, e))?;
+            let identity = state
+                .directory
+                .write()
+                .add(spec)
+                .map_err(|e| error(400, e))?;
             ok(json!(identity))
         }
         ("GET", "/settings") => ok(json!(&*state.settings.read())),
         ("PATCH", "/settings") => {
             let patch: Value = parse(body)?;
-            let mut current = serde_json::to_value(&*state.settings.read()).expect("settings serialise");
+            let mut current =
+                serde_json::to_value(&*state.settings.read()).expect("settings serialise");
             let Some(fields) = patch.as_object() else {
                 return Err(error(400, "settings patch must be an object"));
             };
             for (k, v) in fields {
                 current[k] = v.clone();
             }
-            let new: Settings = serde_json::from_value(current).map_err(|e| error(400, format!("invalid settings: {e}")))?;
+            let new: Settings = serde_json::from_value(current)
+                .map_err(|e| error(400, format!("invalid settings: {e}")))?;
             new.check().map_err(|e| error(400, e))?;
             *state.settings.write() = new.clone();
             ok(json!(new))
@@ -151,7 +163,10 @@ fn run(state: &State, method: &str, rest: &str, body: &[u8]) -> Result<(u16, Val
             seed::apply(state, &s).map_err(|e| error(400, e))?;
             ok(json!({ "applied": true }))
         }
-        _ => Err(error(404, format!("no control endpoint {method} /_testvault{rest}"))),
+        _ => Err(error(
+            404,
+            format!("no control endpoint {method} /_testvault{rest}"),
+        )),
     }
 }
 
@@ -175,8 +190,9 @@ pub fn federated_token(
         "jti": uuid::Uuid::new_v4().to_string(),
         "kubernetes.io": { "namespace": "kvfs-system", "serviceaccount": { "name": "kvfs" } },
     });
-    let key = jsonwebtoken::EncodingKey::from_rsa_pem(directory.oidc_key.private_pkcs8_pem().as_bytes())
-        .map_err(|e| format!("oidc key: {e}"))?;
+    let key =
+        jsonwebtoken::EncodingKey::from_rsa_pem(directory.oidc_key.private_pkcs8_pem().as_bytes())
+            .map_err(|e| format!("oidc key: {e}"))?;
     let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
     header.kid = Some("testvault-oidc".into());
     jsonwebtoken::encode(&header, &claims, &key).map_err(|e| format!("signing: {e}"))

@@ -34,7 +34,9 @@ impl TokenReply {
 pub fn route_identity(method: &str, path: &str) -> Option<(Op, Option<String>)> {
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     match (method, segments.as_slice()) {
-        ("POST", [tenant, "oauth2", "v2.0", "token"]) => Some((Op::Token, Some(tenant.to_string()))),
+        ("POST", [tenant, "oauth2", "v2.0", "token"]) => {
+            Some((Op::Token, Some(tenant.to_string())))
+        }
         ("GET", [tenant, "v2.0", ".well-known", "openid-configuration"]) => {
             Some((Op::OpenIdConfiguration, Some(tenant.to_string())))
         }
@@ -122,7 +124,9 @@ pub fn token(state: &State, authority: &str, tenant: &str, body: &[u8]) -> Token
             400,
             "invalid_request",
             90002,
-            &format!("Tenant '{tenant}' not found. Check to make sure you have the correct tenant ID and are signing into the correct cloud."),
+            &format!(
+                "Tenant '{tenant}' not found. Check to make sure you have the correct tenant ID and are signing into the correct cloud."
+            ),
         );
     }
     if field(&fields, "grant_type") != Some("client_credentials") {
@@ -133,7 +137,8 @@ pub fn token(state: &State, authority: &str, tenant: &str, body: &[u8]) -> Token
             "The app requested an unsupported grant type. testvault supports client_credentials only.",
         );
     }
-    let Some(audience) = field(&fields, "scope").and_then(crate::tokens::audience_from_scope) else {
+    let Some(audience) = field(&fields, "scope").and_then(crate::tokens::audience_from_scope)
+    else {
         return aad_error(
             400,
             "invalid_scope",
@@ -150,7 +155,9 @@ pub fn token(state: &State, authority: &str, tenant: &str, body: &[u8]) -> Token
             400,
             "unauthorized_client",
             700016,
-            &format!("Application with identifier '{client_id}' was not found in the directory '{tenant}'. This can happen if the application has not been installed by the administrator of the tenant or consented to by any user in the tenant. You may have sent your authentication request to the wrong tenant."),
+            &format!(
+                "Application with identifier '{client_id}' was not found in the directory '{tenant}'. This can happen if the application has not been installed by the administrator of the tenant or consented to by any user in the tenant. You may have sent your authentication request to the wrong tenant."
+            ),
         );
     };
     if let Some(secret) = field(&fields, "client_secret") {
@@ -161,7 +168,9 @@ pub fn token(state: &State, authority: &str, tenant: &str, body: &[u8]) -> Token
                 401,
                 "invalid_client",
                 7000215,
-                &format!("Invalid client secret provided. Ensure the secret being sent in the request is the client secret value, not the client secret ID, for a secret added to app '{client_id}'."),
+                &format!(
+                    "Invalid client secret provided. Ensure the secret being sent in the request is the client secret value, not the client secret ID, for a secret added to app '{client_id}'."
+                ),
             )
         };
     }
@@ -225,20 +234,30 @@ fn check_certificate_assertion(
     let decoding = rsa_key(&pem).ok_or_else(|| invalid(700027, "Unsupported certificate key."))?;
     let alg = match header.alg {
         Algorithm::RS256 | Algorithm::PS256 => header.alg,
-        _ => return Err(invalid(700027, "Client assertion uses an unsupported algorithm.")),
+        _ => {
+            return Err(invalid(
+                700027,
+                "Client assertion uses an unsupported algorithm.",
+            ));
+        }
     };
     let mut validation = Validation::new(alg);
     validation.validate_aud = false;
     validation.leeway = 300;
-    validation.required_spec_claims = ["exp", "aud", "iss", "sub"].iter().map(|s| s.to_string()).collect();
-    let data = jsonwebtoken::decode::<Value>(assertion, &decoding, &validation).map_err(|e| {
-        match e.kind() {
-            jsonwebtoken::errors::ErrorKind::ExpiredSignature => {
-                invalid(700024, "Client assertion is not within its valid time range.")
+    validation.required_spec_claims = ["exp", "aud", "iss", "sub"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let data =
+        jsonwebtoken::decode::<Value>(assertion, &decoding, &validation).map_err(|e| {
+            match e.kind() {
+                jsonwebtoken::errors::ErrorKind::ExpiredSignature => invalid(
+                    700024,
+                    "Client assertion is not within its valid time range.",
+                ),
+                _ => invalid(700027, "Client assertion contains an invalid signature."),
             }
-            _ => invalid(700027, "Client assertion contains an invalid signature."),
-        }
-    })?;
+        })?;
     let claims = data.claims;
     let aud_ok = match &claims["aud"] {
         Value::String(a) => audience_is_token_endpoint(a, authority, tenant),
@@ -276,13 +295,20 @@ fn audience_is_token_endpoint(aud: &str, authority: &str, tenant: &str) -> bool 
 
 /// A federated (workload identity) assertion: signed by the trusted issuer, matching a federated
 /// credential's issuer, subject and audience.
-fn check_federated(app: &Identity, assertion: &str, oidc_public_pem: &str) -> Result<(), TokenReply> {
+fn check_federated(
+    app: &Identity,
+    assertion: &str,
+    oidc_public_pem: &str,
+) -> Result<(), TokenReply> {
     let invalid = |code: u32, msg: String| aad_error(401, "invalid_client", code, &msg);
     let decoding = rsa_key(oidc_public_pem).expect("oidc key is RSA");
     let mut validation = Validation::new(Algorithm::RS256);
     validation.validate_aud = false;
     validation.leeway = 0;
-    validation.required_spec_claims = ["exp", "aud", "iss", "sub"].iter().map(|s| s.to_string()).collect();
+    validation.required_spec_claims = ["exp", "aud", "iss", "sub"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
     let data = jsonwebtoken::decode::<Value>(assertion, &decoding, &validation).map_err(|e| match e.kind() {
         jsonwebtoken::errors::ErrorKind::ExpiredSignature => invalid(
             700024,
@@ -301,9 +327,10 @@ fn check_federated(app: &Identity, assertion: &str, oidc_public_pem: &str) -> Re
         Value::Array(a) => a.iter().filter_map(Value::as_str).collect(),
         _ => vec![],
     };
-    let matched = app.federations.iter().any(|f| {
-        f.issuer == iss && f.subject == sub && auds.iter().any(|a| *a == f.audience)
-    });
+    let matched = app
+        .federations
+        .iter()
+        .any(|f| f.issuer == iss && f.subject == sub && auds.iter().any(|a| *a == f.audience));
     if matched {
         Ok(())
     } else {
@@ -404,17 +431,30 @@ pub fn managed_identity(
     let client_id = query_field(query, &["client_id"]);
     let object_id = query_field(query, &["object_id", "principal_id"]);
     let resource_id = query_field(query, &["mi_res_id", "msi_res_id"]);
-    let identity = directory.identities.values().find(|i| match (client_id, object_id, resource_id) {
-        (Some(c), _, _) => i.kind == IdentityKind::UserAssigned && i.client_id.eq_ignore_ascii_case(c)
-            || i.kind == IdentityKind::SystemAssigned && i.client_id.eq_ignore_ascii_case(c),
-        (None, Some(o), _) => {
-            matches!(i.kind, IdentityKind::UserAssigned | IdentityKind::SystemAssigned)
-                && i.object_id.eq_ignore_ascii_case(o)
-        }
-        (None, None, Some(r)) => i.kind == IdentityKind::UserAssigned
-            && i.resource_id.as_deref().is_some_and(|x| x.eq_ignore_ascii_case(r)),
-        (None, None, None) => i.kind == IdentityKind::SystemAssigned,
-    });
+    let identity =
+        directory
+            .identities
+            .values()
+            .find(|i| match (client_id, object_id, resource_id) {
+                (Some(c), _, _) => {
+                    i.kind == IdentityKind::UserAssigned && i.client_id.eq_ignore_ascii_case(c)
+                        || i.kind == IdentityKind::SystemAssigned
+                            && i.client_id.eq_ignore_ascii_case(c)
+                }
+                (None, Some(o), _) => {
+                    matches!(
+                        i.kind,
+                        IdentityKind::UserAssigned | IdentityKind::SystemAssigned
+                    ) && i.object_id.eq_ignore_ascii_case(o)
+                }
+                (None, None, Some(r)) => {
+                    i.kind == IdentityKind::UserAssigned
+                        && i.resource_id
+                            .as_deref()
+                            .is_some_and(|x| x.eq_ignore_ascii_case(r))
+                }
+                (None, None, None) => i.kind == IdentityKind::SystemAssigned,
+            });
     let Some(identity) = identity else {
         return TokenReply::error(
             400,

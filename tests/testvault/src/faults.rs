@@ -106,10 +106,7 @@ impl Faults {
 
     /// The first rule that matches takes the hit; used-up rules disappear.
     pub fn take(&mut self, op: &str, name: Option<&str>) -> Option<FaultAction> {
-        let index = self
-            .active
-            .iter()
-            .position(|f| f.fault.matches(op, name))?;
+        let index = self.active.iter().position(|f| f.fault.matches(op, name))?;
         let rule = &mut self.active[index];
         let action = rule.fault.action.clone();
         if let Some(left) = rule.remaining.as_mut() {

@@ -293,10 +293,11 @@ impl Directory {
     pub fn builtin(tenant_id: Option<String>, ca: &Authority) -> Result<Directory, String> {
         let tenant_id = tenant_id.unwrap_or_else(uuid);
         let other_tenant_id = uuid();
-        let oidc_key = KeyMaterial::generate(KeySpec::Rsa(2048)).map_err(|e| e.to_string())?;
+        let mut keys = crate::crypto::generate_many(&[KeySpec::Rsa(2048), KeySpec::Rsa(2048)])
+            .map_err(|e| e.to_string())?;
+        let (cert_key, oidc_key) = (keys.pop().expect("two keys"), keys.pop().expect("two keys"));
         let oidc_issuer = "https://oidc.testvault.localhost/cluster".to_string();
 
-        let cert_key = KeyMaterial::generate(KeySpec::Rsa(2048)).map_err(|e| e.to_string())?;
         let cert = ca
             .issue_leaf(
                 &cert_key,
@@ -488,12 +489,24 @@ mod tests {
         let id = identity(&["Key Vault Secrets User"], AccessPolicy::default());
         let c = caller();
         assert!(
-            id.authorize(PermissionModel::Rbac, Op::GetSecret, "/secrets/a", &c, &PLACE)
-                .is_ok()
+            id.authorize(
+                PermissionModel::Rbac,
+                Op::GetSecret,
+                "/secrets/a",
+                &c,
+                &PLACE
+            )
+            .is_ok()
         );
         assert!(
-            id.authorize(PermissionModel::Rbac, Op::GetSecrets, "/secrets", &c, &PLACE)
-                .is_ok()
+            id.authorize(
+                PermissionModel::Rbac,
+                Op::GetSecrets,
+                "/secrets",
+                &c,
+                &PLACE
+            )
+            .is_ok()
         );
         let e = id
             .authorize(PermissionModel::Rbac, Op::GetKey, "/keys/k", &c, &PLACE)
@@ -505,8 +518,14 @@ mod tests {
                 .contains("Action: 'Microsoft.KeyVault/vaults/keys/read'")
         );
         assert!(
-            id.authorize(PermissionModel::Rbac, Op::SetSecret, "/secrets/a", &c, &PLACE)
-                .is_err()
+            id.authorize(
+                PermissionModel::Rbac,
+                Op::SetSecret,
+                "/secrets/a",
+                &c,
+                &PLACE
+            )
+            .is_err()
         );
     }
 
@@ -530,7 +549,9 @@ mod tests {
             )
             .unwrap_err();
         assert_eq!(e.inner.as_deref(), Some("AccessDenied"));
-        assert!(e.message.contains("does not have secrets get permission on key vault 'testvault;location=local'"));
+        assert!(e.message.contains(
+            "does not have secrets get permission on key vault 'testvault;location=local'"
+        ));
         assert!(
             id.authorize(
                 PermissionModel::AccessPolicy,

@@ -158,9 +158,15 @@ fn tls_acceptor(ca: &Authority) -> std::io::Result<SslAcceptor> {
         .map_err(io_err("TLS certificate"))?;
     let mut builder =
         SslAcceptor::mozilla_intermediate_v5(SslMethod::tls_server()).map_err(io_err("TLS"))?;
-    builder.set_private_key(key.pkey()).map_err(io_err("TLS key"))?;
-    builder.set_certificate(&leaf).map_err(io_err("TLS certificate"))?;
-    builder.add_extra_chain_cert(ca.cert.clone()).map_err(io_err("TLS chain"))?;
+    builder
+        .set_private_key(key.pkey())
+        .map_err(io_err("TLS key"))?;
+    builder
+        .set_certificate(&leaf)
+        .map_err(io_err("TLS certificate"))?;
+    builder
+        .add_extra_chain_cert(ca.cert.clone())
+        .map_err(io_err("TLS chain"))?;
     builder.check_private_key().map_err(io_err("TLS key"))?;
     Ok(builder.build())
 }
@@ -192,8 +198,8 @@ impl TestVault {
             .issue_intermediate("testvault Intermediate CA")
             .map_err(io_err("intermediate CA"))?;
         let acceptor = Arc::new(tls_acceptor(&ca)?);
-        let directory =
-            identities::Directory::builtin(options.tenant_id.clone(), &ca).map_err(err("identities"))?;
+        let directory = identities::Directory::builtin(options.tenant_id.clone(), &ca)
+            .map_err(err("identities"))?;
 
         let (state_dir, remove_state_dir) = make_state_dir(options.state_dir.clone())?;
         let ca_file = state_dir.join("ca.pem");
@@ -262,7 +268,8 @@ impl TestVault {
             intermediate,
             info: RwLock::new(info.clone()),
         });
-        let token = control::federated_token(&state, None, None, 3600).map_err(err("federated token"))?;
+        let token =
+            control::federated_token(&state, None, None, 3600).map_err(err("federated token"))?;
         control::write_atomically(&info.federated_token_file, token.as_bytes())?;
         if let Some(seed) = &options.seed {
             seed::apply(&state, seed).map_err(err("seed"))?;
@@ -298,7 +305,12 @@ impl TestVault {
                         }
                     };
                     let _ = ready_tx.send(Ok(()));
-                    let a = tokio::spawn(server::serve_tls(tls, acceptor, thread_state.clone(), rx.clone()));
+                    let a = tokio::spawn(server::serve_tls(
+                        tls,
+                        acceptor,
+                        thread_state.clone(),
+                        rx.clone(),
+                    ));
                     let b = tokio::spawn(server::serve_plain(plain, thread_state, rx));
                     let _ = tokio::join!(a, b);
                 });
@@ -398,7 +410,12 @@ impl TestVault {
         Some(
             self.state
                 .tokens
-                .mint(id, "https://vault.azure.net", lifetime.as_secs() as i64, "minted")
+                .mint(
+                    id,
+                    "https://vault.azure.net",
+                    lifetime.as_secs() as i64,
+                    "minted",
+                )
                 .0,
         )
     }

@@ -206,9 +206,7 @@ pub fn route_vault(method: &str, path: &str) -> Result<Route, NoRoute> {
         ("keys", "DELETE") if !has_version => route(DeleteKey, Some(name), None),
         ("certificates", "GET") => route(GetCertificate, Some(name), version),
         ("certificates", "PATCH") => route(UpdateCertificate, Some(name), version),
-        ("certificates", "DELETE") if !has_version => {
-            route(DeleteCertificate, Some(name), None)
-        }
+        ("certificates", "DELETE") if !has_version => route(DeleteCertificate, Some(name), None),
         _ => not_allowed,
     }
 }
@@ -229,7 +227,10 @@ mod tests {
         assert_eq!(a.op, Op::GetSecret);
         assert_eq!(a.version, None);
         let c = route_vault("GET", "/Secrets/x/0123456789abcdef0123456789abcdef").unwrap();
-        assert_eq!(c.version.as_deref(), Some("0123456789abcdef0123456789abcdef"));
+        assert_eq!(
+            c.version.as_deref(),
+            Some("0123456789abcdef0123456789abcdef")
+        );
     }
 
     #[test]
@@ -242,7 +243,10 @@ mod tests {
         assert_eq!(op("DELETE", "/secrets/a"), Op::DeleteSecret);
         assert_eq!(op("GET", "/deletedsecrets/a"), Op::GetDeletedSecret);
         assert_eq!(op("DELETE", "/deletedsecrets/a"), Op::PurgeDeletedSecret);
-        assert_eq!(op("POST", "/deletedsecrets/a/recover"), Op::RecoverDeletedSecret);
+        assert_eq!(
+            op("POST", "/deletedsecrets/a/recover"),
+            Op::RecoverDeletedSecret
+        );
         assert_eq!(op("POST", "/keys/k/create"), Op::CreateKey);
         assert_eq!(op("PUT", "/keys/k"), Op::ImportKey);
         assert_eq!(op("POST", "/keys/k/abc/sign"), Op::Sign);
@@ -250,9 +254,18 @@ mod tests {
         assert_eq!(op("GET", "/keys"), Op::GetKeys);
         assert_eq!(op("POST", "/certificates/c/create"), Op::CreateCertificate);
         assert_eq!(op("POST", "/certificates/c/import"), Op::ImportCertificate);
-        assert_eq!(op("GET", "/certificates/c/pending"), Op::GetCertificateOperation);
-        assert_eq!(op("GET", "/certificates/c/policy"), Op::GetCertificatePolicy);
-        assert_eq!(op("GET", "/certificates/c/versions"), Op::GetCertificateVersions);
+        assert_eq!(
+            op("GET", "/certificates/c/pending"),
+            Op::GetCertificateOperation
+        );
+        assert_eq!(
+            op("GET", "/certificates/c/policy"),
+            Op::GetCertificatePolicy
+        );
+        assert_eq!(
+            op("GET", "/certificates/c/versions"),
+            Op::GetCertificateVersions
+        );
         assert_eq!(op("DELETE", "/certificates/c"), Op::DeleteCertificate);
         // Keywords are only keywords in the third position: a secret may be named "versions".
         assert_eq!(op("GET", "/secrets/versions"), Op::GetSecret);
@@ -262,8 +275,14 @@ mod tests {
     fn rejects_what_is_not_an_operation() {
         assert_eq!(route_vault("GET", "/nothing"), Err(NoRoute::NotFound));
         assert_eq!(route_vault("GET", "/secrets/a/b/c"), Err(NoRoute::NotFound));
-        assert_eq!(route_vault("POST", "/secrets/a"), Err(NoRoute::MethodNotAllowed));
-        assert_eq!(route_vault("PUT", "/secrets"), Err(NoRoute::MethodNotAllowed));
+        assert_eq!(
+            route_vault("POST", "/secrets/a"),
+            Err(NoRoute::MethodNotAllowed)
+        );
+        assert_eq!(
+            route_vault("PUT", "/secrets"),
+            Err(NoRoute::MethodNotAllowed)
+        );
         assert_eq!(Op::from_name("GetSecret"), Some(Op::GetSecret));
         assert_eq!(Op::from_name("Nope"), None);
     }

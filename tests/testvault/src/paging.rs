@@ -119,9 +119,7 @@ mod tests {
     use super::*;
 
     fn items(n: usize) -> Vec<(String, Value)> {
-        (0..n)
-            .map(|i| (format!("K{i:03}"), json!(i)))
-            .collect()
+        (0..n).map(|i| (format!("K{i:03}"), json!(i))).collect()
     }
 
     fn query_of(link: &str) -> Vec<(String, String)> {
@@ -149,7 +147,9 @@ mod tests {
             seen.extend(body["value"].as_array().unwrap().iter().cloned());
             match body["nextLink"].as_str() {
                 Some(link) => {
-                    assert!(link.starts_with("https://127.0.0.1:1/secrets?api-version=7.5&$skiptoken="));
+                    assert!(
+                        link.starts_with("https://127.0.0.1:1/secrets?api-version=7.5&$skiptoken=")
+                    );
                     query = query_of(link);
                 }
                 None => break,
@@ -170,7 +170,12 @@ mod tests {
         };
         let body = page(items(5), &req, &settings).unwrap();
         assert_eq!(body["value"].as_array().unwrap().len(), 2);
-        assert!(body["nextLink"].as_str().unwrap().ends_with("&maxresults=2"));
+        assert!(
+            body["nextLink"]
+                .as_str()
+                .unwrap()
+                .ends_with("&maxresults=2")
+        );
         let bad = vec![("maxresults".to_string(), "26".to_string())];
         let req = PageRequest { query: &bad, ..req };
         assert_eq!(page(items(5), &req, &settings).unwrap_err().status, 400);

@@ -150,13 +150,26 @@ pub fn apply(state: &State, seed: &Seed) -> Result<(), String> {
                 .map_err(|e| format!("secret {}: {}", s.name, e.message))?;
         }
     }
+    // Generate every key first, on all cores, then add the objects in seed order.
+    let mut specs = Vec::new();
     for k in &seed.keys {
-        let spec = key_spec(&k.kty, k.size, k.curve.as_deref()).map_err(|e| format!("key {}: {e}", k.name))?;
+        let spec = key_spec(&k.kty, k.size, k.curve.as_deref())
+            .map_err(|e| format!("key {}: {e}", k.name))?;
+        specs.extend(std::iter::repeat_n(spec, k.versions.max(1) as usize));
+    }
+    for c in &seed.certificates {
+        let spec = cert_key_spec(c)?;
+        specs.extend(std::iter::repeat_n(spec, c.versions.max(1) as usize));
+    }
+    let mut generated = crypto::generate_many(&specs)
+        .map_err(|e| format!("key generation: {e}"))?
+        .into_iter();
+    let mut next_key = || generated.next().expect("one key per spec");
+    for k in &seed.keys {
         for i in 0..k.versions.max(1) {
-            let key = KeyMaterial::generate(spec).map_err(|e| format!("key {}: {e}", k.name))?;
             let last = i + 1 == k.versions.max(1);
             let input = KeyInput {
-                key,
+                key: next_key(),
                 hsm: k.kty.ends_with("-HSM"),
                 key_ops: None,
                 attributes: AttributePatch {
@@ -174,23 +187,29 @@ pub fn apply(state: &State, seed: &Seed) -> Result<(), String> {
     }
     for c in &seed.certificates {
         for _ in 0..c.versions.max(1) {
-            add_certificate(state, c).map_err(|e| format!("certificate {}: {e}", c.name))?;
+            add_certificate(state, c, next_key())
+                .map_err(|e| format!("certificate {}: {e}", c.name))?;
         }
     }
     Ok(())
 }
 
-fn add_certificate(state: &State, c: &SeedCertificate) -> Result<(), String> {
-    let spec = match c.key.as_str() {
-        "RSA" => KeySpec::Rsa(2048),
-        "EC" => KeySpec::Ec(Curve::P256),
-        other => return Err(format!("key must be RSA or EC, not {other}")),
-    };
+fn cert_key_spec(c: &SeedCertificate) -> Result<KeySpec, String> {
+    match c.key.as_str() {
+        "RSA" => Ok(KeySpec::Rsa(2048)),
+        "EC" => Ok(KeySpec::Ec(Curve::P256)),
+        other => Err(format!(
+            "certificate {}: key must be RSA or EC, not {other}",
+            c.name
+        )),
+    }
+}
+
+fn add_certificate(state: &State, c: &SeedCertificate, key: KeyMaterial) -> Result<(), String> {
     let content_type = c.content_type.clone().unwrap_or_else(|| PKCS12.into());
     if content_type != PKCS12 && content_type != PEM {
         return Err(format!("content_type must be {PKCS12} or {PEM}"));
     }
-    let key = KeyMaterial::generate(spec).map_err(|e| e.to_string())?;
     let request = CertRequest {
         subject: c.subject.clone(),
         dns_names: c.dns_names.clone(),
@@ -216,10 +235,13 @@ fn add_certificate(state: &State, c: &SeedCertificate) -> Result<(), String> {
         other => return Err(format!("issuer must be chain or self, not {other}")),
     };
     let bundle = CertBundle { leaf, chain, key };
-    let mut policy = vault::complete_policy(None, vault::default_policy_for(Some(&bundle), &content_type, issuer));
+    let mut policy = vault::complete_policy(
+        None,
+        vault::default_policy_for(Some(&bundle), &content_type, issuer),
+    );
     policy["key_props"]["exportable"] = serde_json::json!(c.exportable);
-    let secret_value = vault::secret_value_for(&bundle, &content_type, c.exportable)
-        .map_err(|e| e.message)?;
+    let secret_value =
+        vault::secret_value_for(&bundle, &content_type, c.exportable).map_err(|e| e.message)?;
     let input = CertInput {
         bundle,
         policy,

@@ -51,10 +51,7 @@ pub fn api_version_supported(v: &str) -> bool {
         Some((m, p)) => (m, Some(p)),
         None => (v, None),
     };
-    let main_ok = matches!(
-        main,
-        "7.0" | "7.1" | "7.2" | "7.3" | "7.4" | "7.5" | "7.6"
-    );
+    let main_ok = matches!(main, "7.0" | "7.1" | "7.2" | "7.3" | "7.4" | "7.5" | "7.6");
     let preview_ok = preview.is_none_or(|p| {
         p.is_empty() || (p.starts_with('.') && p[1..].chars().all(|c| c.is_ascii_digit()))
     });
@@ -151,8 +148,16 @@ fn vault_headers(headers: &mut HeaderMap, request_headers: &HeaderMap) {
     set(headers, "content-type", "application/json; charset=utf-8");
     set(headers, "expires", "-1");
     set(headers, "x-ms-keyvault-region", "local");
-    set(headers, "x-ms-request-id", &uuid::Uuid::new_v4().to_string());
-    set(headers, "x-ms-keyvault-service-version", "1.9.0.0-testvault");
+    set(
+        headers,
+        "x-ms-request-id",
+        &uuid::Uuid::new_v4().to_string(),
+    );
+    set(
+        headers,
+        "x-ms-keyvault-service-version",
+        "1.9.0.0-testvault",
+    );
     set(
         headers,
         "x-ms-keyvault-network-info",
@@ -169,12 +174,17 @@ fn vault_headers(headers: &mut HeaderMap, request_headers: &HeaderMap) {
     }
 }
 
-fn json_response(status: u16, body: Option<&Value>, request_headers: &HeaderMap) -> Response<Full<Bytes>> {
+fn json_response(
+    status: u16,
+    body: Option<&Value>,
+    request_headers: &HeaderMap,
+) -> Response<Full<Bytes>> {
     let bytes = body
         .map(|b| Bytes::from(serde_json::to_vec(b).expect("JSON serialises")))
         .unwrap_or_default();
     let mut response = Response::new(Full::new(bytes));
-    *response.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    *response.status_mut() =
+        StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     vault_headers(response.headers_mut(), request_headers);
     if body.is_none() {
         response.headers_mut().remove("content-type");
@@ -275,10 +285,15 @@ async fn dispatch(state: &Arc<State>, req: Request<Incoming>, tls: bool) -> Repl
     }
 
     if let Some((op, tenant)) = crate::entra::route_identity(&method, &path) {
-        return identity_endpoint(state, op, tenant, &parts, &query, &body, &base, &path, tls).await;
+        return identity_endpoint(state, op, tenant, &parts, &query, &body, &base, &path, tls)
+            .await;
     }
     if !tls {
-        let e = VaultError::new(404, "NotFound", "This port serves the managed-identity endpoints only.");
+        let e = VaultError::new(
+            404,
+            "NotFound",
+            "This port serves the managed-identity endpoints only.",
+        );
         return Ok(json_response(404, Some(&e.body()), &parts.headers));
     }
     vault_request(state, &parts, &method, &path, &query, &body, &host, &base).await
@@ -305,16 +320,24 @@ async fn identity_endpoint(
     // answer on both here.
     let reply = match (op, tenant) {
         (Op::Token, Some(t)) if tls => crate::entra::token(state, base, &t, body),
-        (Op::OpenIdConfiguration, Some(t)) if tls => crate::entra::openid_configuration(state, base, &t),
-        (Op::ManagedIdentityToken, _) => crate::entra::managed_identity(state, path, query, |name| {
-            parts
-                .headers
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string)
-        }),
+        (Op::OpenIdConfiguration, Some(t)) if tls => {
+            crate::entra::openid_configuration(state, base, &t)
+        }
+        (Op::ManagedIdentityToken, _) => {
+            crate::entra::managed_identity(state, path, query, |name| {
+                parts
+                    .headers
+                    .get(name)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string)
+            })
+        }
         _ => {
-            let e = VaultError::new(404, "NotFound", "Entra ID endpoints are served over HTTPS only.");
+            let e = VaultError::new(
+                404,
+                "NotFound",
+                "Entra ID endpoints are served over HTTPS only.",
+            );
             pending.finish(state, 404);
             return Ok(json_response(404, Some(&e.body()), &parts.headers));
         }
@@ -327,9 +350,10 @@ async fn identity_endpoint(
     pending.finish(state, reply.status);
     let mut response = json_response(reply.status, Some(&reply.body), &parts.headers);
     // Token answers must not be cached by anything in between.
-    response
-        .headers_mut()
-        .insert("cache-control", HeaderValue::from_static("no-store, no-cache"));
+    response.headers_mut().insert(
+        "cache-control",
+        HeaderValue::from_static("no-store, no-cache"),
+    );
     Ok(response)
 }
 
@@ -357,7 +381,10 @@ async fn apply_fault(
             p.finish(state, 0);
             Err(DropConnection)
         }
-        FaultAction::Status { status, retry_after } => {
+        FaultAction::Status {
+            status,
+            retry_after,
+        } => {
             let e = match status {
                 429 => VaultError::throttled(),
                 s if s >= 500 => VaultError::server_error(s),
@@ -377,7 +404,13 @@ async fn apply_fault(
         FaultAction::Revoke => {
             state.tokens.revoke_all();
             pending.entry.fault = Some("revoke".into());
-            Ok(Some(challenge(state, "", &TokenProblem::Revoked, request_headers, pending)))
+            Ok(Some(challenge(
+                state,
+                "",
+                &TokenProblem::Revoked,
+                request_headers,
+                pending,
+            )))
         }
     }
 }
@@ -426,11 +459,19 @@ async fn vault_request(
     let route = match route_vault(method, path) {
         Ok(r) => r,
         Err(NoRoute::NotFound) => {
-            let e = VaultError::new(404, "NotFound", format!("The requested path {path} was not found."));
+            let e = VaultError::new(
+                404,
+                "NotFound",
+                format!("The requested path {path} was not found."),
+            );
             return Ok(json_response(404, Some(&e.body()), headers));
         }
         Err(NoRoute::MethodNotAllowed) => {
-            let e = VaultError::new(405, "MethodNotAllowed", format!("The method {method} is not allowed on {path}."));
+            let e = VaultError::new(
+                405,
+                "MethodNotAllowed",
+                format!("The method {method} is not allowed on {path}."),
+            );
             return Ok(json_response(405, Some(&e.body()), headers));
         }
     };
@@ -442,7 +483,10 @@ async fn vault_request(
     let token = headers
         .get(hyper::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")));
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        });
     let tenant = state.directory.read().tenant_id.clone();
     let audiences = vec![resource_for(host), "https://vault.azure.net".to_string()];
     let claims = match token {
@@ -461,7 +505,15 @@ async fn vault_request(
     state.observed.lock().count(route.op.name());
 
     // 2. Injected faults.
-    if let Some(reply) = apply_fault(state, route.op, route.name.as_deref(), &mut pending, headers).await? {
+    if let Some(reply) = apply_fault(
+        state,
+        route.op,
+        route.name.as_deref(),
+        &mut pending,
+        headers,
+    )
+    .await?
+    {
         return Ok(reply);
     }
 
@@ -560,7 +612,15 @@ mod tests {
 
     #[test]
     fn api_versions() {
-        for ok in ["7.0", "7.3", "7.4-preview.1", "7.6-preview.2", "7.3-preview", "2025-07-01", "2026-04-01"] {
+        for ok in [
+            "7.0",
+            "7.3",
+            "7.4-preview.1",
+            "7.6-preview.2",
+            "7.3-preview",
+            "2025-07-01",
+            "2026-04-01",
+        ] {
             assert!(api_version_supported(ok), "{ok}");
         }
         for bad in ["", "7", "8.0", "2020-01-01", "7.4-previewx", "latest"] {

@@ -293,7 +293,14 @@ pub fn default_key_ops(kty: &str) -> Vec<String> {
     let ops: &[&str] = if kty.starts_with("EC") {
         &["sign", "verify"]
     } else {
-        &["encrypt", "decrypt", "sign", "verify", "wrapKey", "unwrapKey"]
+        &[
+            "encrypt",
+            "decrypt",
+            "sign",
+            "verify",
+            "wrapKey",
+            "unwrapKey",
+        ]
     };
     ops.iter().map(|s| s.to_string()).collect()
 }
@@ -547,10 +554,7 @@ impl Store {
         check_name(name)?;
         let k = key(name);
         if self.deleted_certificates.contains_key(&k) {
-            return Err(VaultError::deleted_but_recoverable(
-                Kind::Certificate,
-                name,
-            ));
+            return Err(VaultError::deleted_but_recoverable(Kind::Certificate, name));
         }
         // The certificate takes over the key and secret names; a plain secret or key of that name
         // would make the triple ambiguous.
@@ -684,10 +688,7 @@ impl Store {
     }
 
     /// Deleting a certificate soft-deletes its key and secret with it.
-    pub fn delete_certificate(
-        &mut self,
-        name: &str,
-    ) -> Result<&Deleted<CertObject>, VaultError> {
+    pub fn delete_certificate(&mut self, name: &str) -> Result<&Deleted<CertObject>, VaultError> {
         let k = key(name);
         let object = self
             .certificates

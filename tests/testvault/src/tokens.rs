@@ -50,9 +50,15 @@ impl TokenProblem {
     pub fn message(&self, expected_audience: &str, tenant: &str) -> String {
         match self {
             TokenProblem::Missing => "AKV10000: Request is missing a Bearer or PoP token.".into(),
-            TokenProblem::Malformed => "AKV10022: Invalid token: the token is not a valid JWT.".into(),
-            TokenProblem::Expired => "AKV10010: Token validation failed: the token is expired.".into(),
-            TokenProblem::Revoked => "AKV10010: Token validation failed: the token has been revoked.".into(),
+            TokenProblem::Malformed => {
+                "AKV10022: Invalid token: the token is not a valid JWT.".into()
+            }
+            TokenProblem::Expired => {
+                "AKV10010: Token validation failed: the token is expired.".into()
+            }
+            TokenProblem::Revoked => {
+                "AKV10010: Token validation failed: the token has been revoked.".into()
+            }
             TokenProblem::WrongAudience(found) => {
                 format!("AKV10022: Invalid audience. Expected {expected_audience}, found: {found}.")
             }

@@ -8,8 +8,7 @@ use crate::ops::{Op, Route};
 use crate::paging::{self, PageRequest};
 use crate::state::State;
 use crate::store::{
-    self, AttributePatch, CertInput, CertObject, CertOperation, KeyInput, SecretInput, Store,
-    Tags,
+    self, AttributePatch, CertInput, CertObject, CertOperation, KeyInput, SecretInput, Store, Tags,
 };
 use crate::wire;
 
@@ -447,12 +446,8 @@ pub fn handle(state: &State, req: &VaultRequest<'_>) -> Result<Reply, VaultError
         UpdateCertificate => {
             let body = body_json(req.body)?;
             let mut store = state.store.lock();
-            let (name, _) = store.update_certificate(
-                name,
-                version,
-                &attribute_patch(&body)?,
-                tags(&body)?,
-            )?;
+            let (name, _) =
+                store.update_certificate(name, version, &attribute_patch(&body)?, tags(&body)?)?;
             let (object, v) = store.get_certificate(&name, version)?;
             Ok(Reply::ok(wire::cert_bundle(
                 base,
@@ -491,7 +486,8 @@ pub fn handle(state: &State, req: &VaultRequest<'_>) -> Result<Reply, VaultError
                 Kind::Secret => {
                     let o = store.secret(name)?;
                     let v = o.versions.last().expect("objects have versions");
-                    let mut b = wire::secret_bundle(base, &o.name, v, "", v.content_type.as_deref());
+                    let mut b =
+                        wire::secret_bundle(base, &o.name, v, "", v.content_type.as_deref());
                     b.as_object_mut().map(|m| m.remove("value"));
                     b
                 }
@@ -506,11 +502,9 @@ pub fn handle(state: &State, req: &VaultRequest<'_>) -> Result<Reply, VaultError
             };
             Ok(Reply::ok(body))
         }
-        Token | ManagedIdentityToken | OpenIdConfiguration => Err(VaultError::new(
-            404,
-            "NotFound",
-            "Not a vault operation.",
-        )),
+        Token | ManagedIdentityToken | OpenIdConfiguration => {
+            Err(VaultError::new(404, "NotFound", "Not a vault operation."))
+        }
     }
 }
 
@@ -592,7 +586,14 @@ fn deleted_certificate(base: &str, d: &store::Deleted<CertObject>) -> Value {
 
 fn key_ops(body: &Map<String, Value>) -> Result<Option<Vec<String>>, VaultError> {
     const KNOWN: &[&str] = &[
-        "encrypt", "decrypt", "sign", "verify", "wrapKey", "unwrapKey", "import", "export",
+        "encrypt",
+        "decrypt",
+        "sign",
+        "verify",
+        "wrapKey",
+        "unwrapKey",
+        "import",
+        "export",
     ];
     match body.get("key_ops") {
         None | Some(Value::Null) => Ok(None),
@@ -680,8 +681,13 @@ pub fn complete_policy(given: Option<&Value>, derived: Value) -> Value {
     Value::Object(out)
 }
 
-pub(crate) fn default_policy_for(bundle: Option<&CertBundle>, content_type: &str, issuer: &str) -> Value {
-    let mut key_props = json!({ "exportable": true, "kty": "RSA", "key_size": 2048, "reuse_key": false });
+pub(crate) fn default_policy_for(
+    bundle: Option<&CertBundle>,
+    content_type: &str,
+    issuer: &str,
+) -> Value {
+    let mut key_props =
+        json!({ "exportable": true, "kty": "RSA", "key_size": 2048, "reuse_key": false });
     let mut x509 = json!({
         "subject": "CN=DefaultPolicy",
         "ekus": ["1.3.6.1.5.5.7.3.1", "1.3.6.1.5.5.7.3.2"],
@@ -712,7 +718,11 @@ pub(crate) fn default_policy_for(bundle: Option<&CertBundle>, content_type: &str
     })
 }
 
-pub(crate) fn secret_value_for(bundle: &CertBundle, content_type: &str, exportable: bool) -> Result<String, VaultError> {
+pub(crate) fn secret_value_for(
+    bundle: &CertBundle,
+    content_type: &str,
+    exportable: bool,
+) -> Result<String, VaultError> {
     if content_type == PEM {
         Ok(crypto::to_pem(bundle, exportable))
     } else {
@@ -736,10 +746,16 @@ fn content_type_of(policy: &Value) -> Result<String, VaultError> {
 
 /// Self-signed certificates are made at once; the operation reports inProgress in the 202 and
 /// completed on the first poll, as a fast real issuer would.
-fn create_certificate(state: &State, req: &VaultRequest<'_>, name: &str) -> Result<Reply, VaultError> {
+fn create_certificate(
+    state: &State,
+    req: &VaultRequest<'_>,
+    name: &str,
+) -> Result<Reply, VaultError> {
     let body = body_json(req.body)?;
     let Some(given) = body.get("policy").filter(|p| p.is_object()) else {
-        return Err(VaultError::bad_parameter("The parameter policy is required."));
+        return Err(VaultError::bad_parameter(
+            "The parameter policy is required.",
+        ));
     };
     let issuer = given
         .pointer("/issuer/name")
@@ -753,7 +769,10 @@ fn create_certificate(state: &State, req: &VaultRequest<'_>, name: &str) -> Resu
     let policy = complete_policy(Some(given), default_policy_for(None, PKCS12, "Self"));
     let content_type = content_type_of(&policy)?;
     let key_props = obj(policy.get("key_props"));
-    let reuse = key_props.get("reuse_key").and_then(Value::as_bool).unwrap_or(false);
+    let reuse = key_props
+        .get("reuse_key")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
     let previous_key = if reuse {
         state
             .store
@@ -798,7 +817,10 @@ fn create_certificate(state: &State, req: &VaultRequest<'_>, name: &str) -> Resu
         chain: Vec::new(),
         key,
     };
-    let exportable = key_props.get("exportable").and_then(Value::as_bool).unwrap_or(true);
+    let exportable = key_props
+        .get("exportable")
+        .and_then(Value::as_bool)
+        .unwrap_or(true);
     let secret_value = secret_value_for(&bundle, &content_type, exportable)?;
     let operation = CertOperation {
         issuer: "Self".into(),
@@ -814,11 +836,10 @@ fn create_certificate(state: &State, req: &VaultRequest<'_>, name: &str) -> Resu
         tags: tags(&body)?,
         operation: Some(operation.clone()),
     };
-    let (name, v) =
-        state
-            .store
-            .lock()
-            .add_certificate(name, input, &content_type, secret_value)?;
+    let (name, v) = state
+        .store
+        .lock()
+        .add_certificate(name, input, &content_type, secret_value)?;
     let op = CertOperation {
         target_version: v.version.clone(),
         ..operation
@@ -836,7 +857,11 @@ fn create_certificate(state: &State, req: &VaultRequest<'_>, name: &str) -> Resu
     })
 }
 
-fn import_certificate(state: &State, req: &VaultRequest<'_>, name: &str) -> Result<Reply, VaultError> {
+fn import_certificate(
+    state: &State,
+    req: &VaultRequest<'_>,
+    name: &str,
+) -> Result<Reply, VaultError> {
     let body = body_json(req.body)?;
     let value = opt_string(&body, "value")?
         .ok_or_else(|| VaultError::bad_parameter("The parameter value is required."))?;
@@ -860,7 +885,10 @@ fn import_certificate(state: &State, req: &VaultRequest<'_>, name: &str) -> Resu
         VaultError::bad_parameter(format!("The certificate could not be imported: {e}"))
     })?;
     let detected = if is_pem { PEM } else { PKCS12 };
-    let policy = complete_policy(given_policy, default_policy_for(Some(&bundle), detected, "Unknown"));
+    let policy = complete_policy(
+        given_policy,
+        default_policy_for(Some(&bundle), detected, "Unknown"),
+    );
     let content_type = content_type_of(&policy)?;
     let exportable = policy
         .pointer("/key_props/exportable")

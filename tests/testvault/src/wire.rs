@@ -124,7 +124,10 @@ pub fn jwk(base: &str, name: &str, v: &KeyVersion) -> Value {
 pub fn key_bundle(base: &str, name: &str, v: &KeyVersion, api_version: &str) -> Value {
     let mut m = Map::new();
     m.insert("key".into(), jwk(base, name, v));
-    m.insert("attributes".into(), key_attributes(&v.attributes, api_version));
+    m.insert(
+        "attributes".into(),
+        key_attributes(&v.attributes, api_version),
+    );
     put_tags(&mut m, &v.tags);
     if v.managed {
         m.insert("managed".into(), json!(true));
@@ -143,7 +146,10 @@ pub fn key_item(
     let mut m = Map::new();
     let version = versioned.then_some(v.version.as_str());
     m.insert("kid".into(), json!(object_id(base, "keys", name, version)));
-    m.insert("attributes".into(), key_attributes(&v.attributes, api_version));
+    m.insert(
+        "attributes".into(),
+        key_attributes(&v.attributes, api_version),
+    );
     put_tags(&mut m, &v.tags);
     if v.managed {
         m.insert("managed".into(), json!(true));
@@ -258,7 +264,13 @@ pub fn cert_operation(base: &str, name: &str, op: &CertOperation, done: bool) ->
 }
 
 /// Adds the soft-delete fields to a bundle.
-pub fn deleted<T>(base: &str, deleted_collection: &str, name: &str, d: &Deleted<T>, mut bundle: Value) -> Value {
+pub fn deleted<T>(
+    base: &str,
+    deleted_collection: &str,
+    name: &str,
+    d: &Deleted<T>,
+    mut bundle: Value,
+) -> Value {
     bundle["recoveryId"] = json!(format!("{base}/{deleted_collection}/{name}"));
     bundle["deletedDate"] = json!(d.deleted_date);
     bundle["scheduledPurgeDate"] = json!(d.scheduled_purge_date);

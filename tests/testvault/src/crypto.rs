@@ -182,7 +182,9 @@ pub fn generate_many(specs: &[KeySpec]) -> Result<Vec<KeyMaterial>, CryptoError>
         .min(specs.len().max(1));
     let mut slots: Vec<Option<Result<KeyMaterial, CryptoError>>> = vec![None; specs.len()];
     std::thread::scope(|scope| {
-        let chunks: Vec<_> = slots.chunks_mut(specs.len().div_ceil(workers).max(1)).collect();
+        let chunks: Vec<_> = slots
+            .chunks_mut(specs.len().div_ceil(workers).max(1))
+            .collect();
         let mut start = 0;
         for chunk in chunks {
             let part = &specs[start..start + chunk.len()];

@@ -15,7 +15,8 @@ use crate::store::now;
 pub struct TokenReply {
     pub status: u16,
     pub body: Value,
-    pub identity: Option<Identity>,
+    /// Who got the token: (identity name, client id).
+    pub identity: Option<(String, String)>,
     pub grant: Option<&'static str>,
 }
 
@@ -110,7 +111,7 @@ fn success(state: &State, identity: &Identity, audience: &str, grant: &'static s
             "ext_expires_in": lifetime,
             "access_token": token,
         }),
-        identity: Some(identity.clone()),
+        identity: Some((identity.name.clone(), identity.client_id.clone())),
         grant: Some(grant),
     }
 }
@@ -186,12 +187,12 @@ pub fn token(state: &State, authority: &str, tenant: &str, body: &[u8]) -> Token
         let oidc_public = directory.oidc_key.public_spki_pem();
         return match check_federated(app, assertion, &oidc_public) {
             Ok(()) => success(state, app, &audience, "federated"),
-            Err(reply) => reply,
+            Err(reply) => *reply,
         };
     }
     match check_certificate_assertion(app, assertion, authority, tenant) {
         Ok(()) => success(state, app, &audience, "client_certificate"),
-        Err(reply) => reply,
+        Err(reply) => *reply,
     }
 }
 
@@ -206,8 +207,8 @@ fn check_certificate_assertion(
     assertion: &str,
     authority: &str,
     tenant: &str,
-) -> Result<(), TokenReply> {
-    let invalid = |code: u32, msg: &str| aad_error(401, "invalid_client", code, msg);
+) -> Result<(), Box<TokenReply>> {
+    let invalid = |code: u32, msg: &str| Box::new(aad_error(401, "invalid_client", code, msg));
     let header = jsonwebtoken::decode_header(assertion)
         .map_err(|_| invalid(700025, "Client assertion is not a valid JWT."))?;
     // MSAL sends `x5t` (or `x5t#S256`); some clients put the hex SHA-1 thumbprint in `kid`.
@@ -299,8 +300,8 @@ fn check_federated(
     app: &Identity,
     assertion: &str,
     oidc_public_pem: &str,
-) -> Result<(), TokenReply> {
-    let invalid = |code: u32, msg: String| aad_error(401, "invalid_client", code, &msg);
+) -> Result<(), Box<TokenReply>> {
+    let invalid = |code: u32, msg: String| Box::new(aad_error(401, "invalid_client", code, &msg));
     let decoding = rsa_key(oidc_public_pem).expect("oidc key is RSA");
     let mut validation = Validation::new(Algorithm::RS256);
     validation.validate_aud = false;
@@ -492,7 +493,7 @@ pub fn managed_identity(
     TokenReply {
         status: 200,
         body,
-        identity: Some(identity.clone()),
+        identity: Some((identity.name.clone(), identity.client_id.clone())),
         grant: Some("managed_identity"),
     }
 }

@@ -342,9 +342,9 @@ async fn identity_endpoint(
             return Ok(json_response(404, Some(&e.body()), &parts.headers));
         }
     };
-    if let Some(identity) = &reply.identity {
-        pending.entry.identity = Some(identity.name.clone());
-        pending.entry.client_id = Some(identity.client_id.clone());
+    if let Some((name, client_id)) = &reply.identity {
+        pending.entry.identity = Some(name.clone());
+        pending.entry.client_id = Some(client_id.clone());
     }
     pending.entry.grant = reply.grant.map(str::to_string);
     pending.finish(state, reply.status);

@@ -131,3 +131,49 @@ def keys(vault, credential):
 def certificates(vault, credential):
     from azure.keyvault.certificates import CertificateClient
     return CertificateClient(vault.url, credential, **client_kwargs(vault))
+
+
+# ---- helpers for the SDK conformance files (test_sdk_*.py) ---------------------------------------
+
+def make_credential(vault, client_id=None, client_secret=None, tenant_id=None, **kwargs):
+    """A ClientSecretCredential against this vault's token endpoint (identity `app` by default)."""
+    from azure.identity import ClientSecretCredential
+    return ClientSecretCredential(
+        tenant_id or vault.info["tenant_id"], client_id or vault.info["client_id"],
+        client_secret or vault.info["client_secret"],
+        authority=vault.info["authority_host"], disable_instance_discovery=True,
+        connection_verify=vault.ca, **kwargs)
+
+
+def make_client(cls, vault, credential=None, **kwargs):
+    """An SDK client (SecretClient, KeyClient, CertificateClient) for this vault."""
+    return cls(vault.url, credential or make_credential(vault), **client_kwargs(vault), **kwargs)
+
+
+def control_token(vault, identity="app", **extra) -> str:
+    """A vault access token minted by the control API (for raw requests)."""
+    return vault.control("POST", "/tokens", {"identity": identity, **extra})["access_token"]
+
+
+def raw_request(vault, method, path, query=None, token=None, body=None, headers=None):
+    """One HTTPS request to the vault without the SDK: (status, headers, parsed JSON body or None).
+    `query` is a dict or a list of pairs; nothing is added to it (not even api-version)."""
+    import urllib.error
+    import urllib.parse
+    url = vault.url + path
+    if query:
+        url += "?" + urllib.parse.urlencode(query)
+    h = {"Accept": "application/json", **(headers or {})}
+    if token:
+        h["Authorization"] = f"Bearer {token}"
+    data = None
+    if body is not None:
+        data = json.dumps(body).encode()
+        h["Content-Type"] = "application/json"
+    req = urllib.request.Request(url, data=data, method=method, headers=h)
+    try:
+        with urllib.request.urlopen(req, context=vault._ssl) as r:
+            status, hdrs, raw = r.status, r.headers, r.read()
+    except urllib.error.HTTPError as e:
+        status, hdrs, raw = e.code, e.headers, e.read()
+    return status, hdrs, (json.loads(raw) if raw else None)

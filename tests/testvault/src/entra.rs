@@ -100,9 +100,33 @@ fn field<'a>(fields: &'a [(String, String)], key: &str) -> Option<&'a str> {
         .map(|(_, v)| v.as_str())
 }
 
-fn success(state: &State, identity: &Identity, audience: &str, grant: &'static str) -> TokenReply {
+/// The client capabilities a token request declares in its `claims` parameter
+/// (`{"access_token":{"xms_cc":{"values":["CP1"]}}}`, what MSAL sends for CAE-capable clients).
+fn client_capabilities(fields: &[(String, String)]) -> Vec<String> {
+    field(fields, "claims")
+        .and_then(|c| serde_json::from_str::<Value>(c).ok())
+        .and_then(|c| c.pointer("/access_token/xms_cc/values").cloned())
+        .and_then(|v| v.as_array().cloned())
+        .map(|a| {
+            a.iter()
+                .filter_map(|x| x.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn success(
+    state: &State,
+    identity: &Identity,
+    audience: &str,
+    grant: &'static str,
+    capabilities: Vec<String>,
+) -> TokenReply {
     let lifetime = state.settings.read().token_lifetime_secs;
-    let (token, _) = state.tokens.mint(identity, audience, lifetime, grant);
+    let (token, _) =
+        state
+            .tokens
+            .mint_with_capabilities(identity, audience, lifetime, grant, capabilities);
     TokenReply {
         status: 200,
         body: json!({
@@ -163,7 +187,13 @@ pub fn token(state: &State, authority: &str, tenant: &str, body: &[u8]) -> Token
     };
     if let Some(secret) = field(&fields, "client_secret") {
         return if app.client_secret.as_deref() == Some(secret) {
-            success(state, app, &audience, "client_secret")
+            success(
+                state,
+                app,
+                &audience,
+                "client_secret",
+                client_capabilities(&fields),
+            )
         } else {
             aad_error(
                 401,
@@ -186,12 +216,24 @@ pub fn token(state: &State, authority: &str, tenant: &str, body: &[u8]) -> Token
     if !app.federations.is_empty() {
         let oidc_public = directory.oidc_key.public_spki_pem();
         return match check_federated(app, assertion, &oidc_public) {
-            Ok(()) => success(state, app, &audience, "federated"),
+            Ok(()) => success(
+                state,
+                app,
+                &audience,
+                "federated",
+                client_capabilities(&fields),
+            ),
             Err(reply) => *reply,
         };
     }
     match check_certificate_assertion(app, assertion, authority, tenant) {
-        Ok(()) => success(state, app, &audience, "client_certificate"),
+        Ok(()) => success(
+            state,
+            app,
+            &audience,
+            "client_certificate",
+            client_capabilities(&fields),
+        ),
         Err(reply) => *reply,
     }
 }
@@ -211,10 +253,12 @@ fn check_certificate_assertion(
     let invalid = |code: u32, msg: &str| Box::new(aad_error(401, "invalid_client", code, msg));
     let header = jsonwebtoken::decode_header(assertion)
         .map_err(|_| invalid(700025, "Client assertion is not a valid JWT."))?;
-    // MSAL sends `x5t` (or `x5t#S256`); some clients put the hex SHA-1 thumbprint in `kid`.
+    // MSAL sends `x5t` (or `x5t#S256`), MSAL Python with base64 padding; some clients put the
+    // hex SHA-1 thumbprint in `kid`.
+    let unpadded = |t: Option<&str>| t.map(|t| t.trim_end_matches('=').to_string());
     let key = app.certificate_keys.iter().find(|c| {
-        header.x5t.as_deref() == Some(c.x5t.as_str())
-            || header.x5t_s256.as_deref() == Some(c.x5t_s256.as_str())
+        unpadded(header.x5t.as_deref()).as_deref() == Some(c.x5t.as_str())
+            || unpadded(header.x5t_s256.as_deref()).as_deref() == Some(c.x5t_s256.as_str())
             || header.kid.as_deref().is_some_and(|kid| {
                 crate::crypto::b64url_decode(&c.x5t)
                     .map(|b| hex::encode(b).eq_ignore_ascii_case(kid))

@@ -41,6 +41,7 @@ ops! {
     UpdateSecret => "Microsoft.KeyVault/vaults/secrets/update/action", "secrets", "set";
     DeleteSecret => "Microsoft.KeyVault/vaults/secrets/delete", "secrets", "delete";
     GetDeletedSecret => "Microsoft.KeyVault/vaults/deletedSecrets/read", "secrets", "list";
+    GetDeletedSecrets => "Microsoft.KeyVault/vaults/deletedSecrets/read", "secrets", "list";
     PurgeDeletedSecret => "Microsoft.KeyVault/vaults/deletedSecrets/delete", "secrets", "purge";
     RecoverDeletedSecret => "Microsoft.KeyVault/vaults/deletedSecrets/recover/action", "secrets", "recover";
     GetKey => "Microsoft.KeyVault/vaults/keys/read", "keys", "get";
@@ -52,6 +53,7 @@ ops! {
     DeleteKey => "Microsoft.KeyVault/vaults/keys/delete", "keys", "delete";
     Sign => "Microsoft.KeyVault/vaults/keys/sign/action", "keys", "sign";
     GetDeletedKey => "Microsoft.KeyVault/vaults/deletedKeys/read", "keys", "list";
+    GetDeletedKeys => "Microsoft.KeyVault/vaults/deletedKeys/read", "keys", "list";
     PurgeDeletedKey => "Microsoft.KeyVault/vaults/deletedKeys/delete", "keys", "purge";
     RecoverDeletedKey => "Microsoft.KeyVault/vaults/deletedKeys/recover/action", "keys", "recover";
     GetCertificate => "Microsoft.KeyVault/vaults/certificates/read", "certificates", "get";
@@ -64,6 +66,7 @@ ops! {
     UpdateCertificate => "Microsoft.KeyVault/vaults/certificates/update/action", "certificates", "update";
     DeleteCertificate => "Microsoft.KeyVault/vaults/certificates/delete", "certificates", "delete";
     GetDeletedCertificate => "Microsoft.KeyVault/vaults/deletedCertificates/read", "certificates", "list";
+    GetDeletedCertificates => "Microsoft.KeyVault/vaults/deletedCertificates/read", "certificates", "list";
     PurgeDeletedCertificate => "Microsoft.KeyVault/vaults/deletedCertificates/delete", "certificates", "purge";
     RecoverDeletedCertificate => "Microsoft.KeyVault/vaults/deletedCertificates/recover/action", "certificates", "recover";
     // Identity endpoints: no vault permission, listed so faults and counters can name them.
@@ -126,7 +129,18 @@ pub fn route_vault(method: &str, path: &str) -> Result<Route, NoRoute> {
     match collection {
         "secrets" | "keys" | "certificates" => {}
         "deletedsecrets" | "deletedkeys" | "deletedcertificates" => {
-            let name = name.ok_or(NoRoute::NotFound)?;
+            let Some(name) = name else {
+                // The collection itself: GET lists the soft-deleted objects.
+                if too_long(2) {
+                    return Err(NoRoute::NotFound);
+                }
+                return match (collection, m) {
+                    ("deletedsecrets", "GET") => route(GetDeletedSecrets, None, None),
+                    ("deletedkeys", "GET") => route(GetDeletedKeys, None, None),
+                    ("deletedcertificates", "GET") => route(GetDeletedCertificates, None, None),
+                    _ => not_allowed,
+                };
+            };
             let (get, purge, recover) = match collection {
                 "deletedsecrets" => (GetDeletedSecret, PurgeDeletedSecret, RecoverDeletedSecret),
                 "deletedkeys" => (GetDeletedKey, PurgeDeletedKey, RecoverDeletedKey),
@@ -242,6 +256,12 @@ mod tests {
         assert_eq!(op("PATCH", "/secrets/a/"), Op::UpdateSecret);
         assert_eq!(op("DELETE", "/secrets/a"), Op::DeleteSecret);
         assert_eq!(op("GET", "/deletedsecrets/a"), Op::GetDeletedSecret);
+        assert_eq!(op("GET", "/deletedsecrets"), Op::GetDeletedSecrets);
+        assert_eq!(op("GET", "/deletedkeys/"), Op::GetDeletedKeys);
+        assert_eq!(
+            op("GET", "/deletedcertificates"),
+            Op::GetDeletedCertificates
+        );
         assert_eq!(op("DELETE", "/deletedsecrets/a"), Op::PurgeDeletedSecret);
         assert_eq!(
             op("POST", "/deletedsecrets/a/recover"),

@@ -189,6 +189,12 @@ fn json_response(
     if body.is_none() {
         response.headers_mut().remove("content-type");
     }
+    if status == 429 {
+        // The service's 429 status line has an empty reason phrase (kv-recordings, obs. 23).
+        response
+            .extensions_mut()
+            .insert(hyper::ext::ReasonPhrase::from_static(b""));
+    }
     response
 }
 
@@ -313,7 +319,7 @@ async fn identity_endpoint(
 ) -> Reply {
     let mut pending = Pending::new(parts.method.as_str(), path, op.name());
     state.observed.lock().count(op.name());
-    if let Some(reply) = apply_fault(state, op, None, &mut pending, &parts.headers).await? {
+    if let Some(reply) = apply_fault(state, op, None, &mut pending, &parts.headers, None).await? {
         return Ok(reply);
     }
     // Entra ID is HTTPS only; the managed-identity endpoints are plain HTTP in real life, and
@@ -358,12 +364,14 @@ async fn identity_endpoint(
 }
 
 /// Apply the first matching fault, if any. `Ok(Some(reply))` answers instead of the operation.
+/// `caller` is the vault request's host and token claims (`None` for identity endpoints).
 async fn apply_fault(
     state: &State,
     op: Op,
     name: Option<&str>,
     pending: &mut Pending,
     request_headers: &HeaderMap,
+    caller: Option<(&str, &crate::tokens::Claims)>,
 ) -> Result<Option<Response<Full<Bytes>>>, DropConnection> {
     let action = state.faults.lock().take(op.name(), name);
     let Some(action) = action else {
@@ -404,10 +412,18 @@ async fn apply_fault(
         FaultAction::Revoke => {
             state.tokens.revoke_all();
             pending.entry.fault = Some("revoke".into());
+            // The same answer the revoked token gets from now on.
+            let (host, problem) = match caller {
+                Some((host, claims)) if claims.handles_claims_challenges() => {
+                    (host, TokenProblem::RevokedClaimsChallenge)
+                }
+                Some((host, _)) => (host, TokenProblem::Revoked),
+                None => ("", TokenProblem::Revoked),
+            };
             Ok(Some(challenge(
                 state,
-                "",
-                &TokenProblem::Revoked,
+                host,
+                &problem,
                 request_headers,
                 pending,
             )))
@@ -434,9 +450,22 @@ fn challenge(
     drop(settings);
     let e = VaultError::unauthorized(&problem.message(&resource, &tenant));
     let mut response = json_response(401, Some(&e.body()), request_headers);
-    if let Ok(v) = HeaderValue::from_str(&format!(
-        "Bearer authorization=\"{authority}\", resource=\"{resource}\""
-    )) {
+    let header = if *problem == TokenProblem::RevokedClaimsChallenge {
+        // A CAE claims challenge: the client must get a new token (not one from its cache)
+        // carrying these claims. Sent only to clients that declared capability CP1.
+        use base64::Engine;
+        let claims = format!(
+            r#"{{"access_token":{{"nbf":{{"essential":true, "value":"{}"}}}}}}"#,
+            crate::store::now()
+        );
+        format!(
+            "Bearer authorization=\"{authority}\", error=\"invalid_token\", error_description=\"User session has been revoked\", claims=\"{}\"",
+            base64::engine::general_purpose::STANDARD.encode(claims)
+        )
+    } else {
+        format!("Bearer authorization=\"{authority}\", resource=\"{resource}\"")
+    };
+    if let Ok(v) = HeaderValue::from_str(&header) {
         response.headers_mut().insert("www-authenticate", v);
     }
     let p = std::mem::replace(pending, Pending::new("", "", ""));
@@ -511,6 +540,7 @@ async fn vault_request(
         route.name.as_deref(),
         &mut pending,
         headers,
+        Some((host, &claims)),
     )
     .await?
     {

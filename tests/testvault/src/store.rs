@@ -590,7 +590,10 @@ impl Store {
             version: version_id.clone(),
             bundle: input.bundle.clone(),
             attributes: attributes.clone(),
-            tags: Some(input.tags.clone().unwrap_or_default()),
+            // Only the tags the creator sent: 2025 certificates created without tags have no
+            // `tags` (kv-recordings get_certificate[1], get_certificates[1]); the 2021 ones show
+            // `{}` because the C++ client always sends `"tags": {}`.
+            tags: input.tags.clone(),
             exportable,
         };
         let kty = input.bundle.key.kty();

@@ -32,6 +32,17 @@ pub struct Claims {
     pub xms_tv_grant: String,
     /// Revocation generation at minting time.
     pub xms_tv_gen: u64,
+    /// Client capabilities the token request declared (`CP1`: the client handles CAE claims
+    /// challenges), as Entra ID records them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub xms_cc: Vec<String>,
+}
+
+impl Claims {
+    /// Whether the client declared capability `CP1` (continuous access evaluation).
+    pub fn handles_claims_challenges(&self) -> bool {
+        self.xms_cc.iter().any(|c| c.eq_ignore_ascii_case("CP1"))
+    }
 }
 
 /// Why the vault refuses a bearer token; each maps to a 401 with the challenge.
@@ -41,6 +52,9 @@ pub enum TokenProblem {
     Malformed,
     Expired,
     Revoked,
+    /// Revoked, and the token says its client handles claims challenges (CAE): the vault answers
+    /// with a claims challenge, which makes the client fetch a new token instead of a cached one.
+    RevokedClaimsChallenge,
     WrongAudience(String),
     WrongIssuer(String),
 }
@@ -56,7 +70,7 @@ impl TokenProblem {
             TokenProblem::Expired => {
                 "AKV10010: Token validation failed: the token is expired.".into()
             }
-            TokenProblem::Revoked => {
+            TokenProblem::Revoked | TokenProblem::RevokedClaimsChallenge => {
                 "AKV10010: Token validation failed: the token has been revoked.".into()
             }
             TokenProblem::WrongAudience(found) => {
@@ -93,6 +107,18 @@ impl TokenIssuer {
         lifetime_secs: i64,
         grant: &str,
     ) -> (String, Claims) {
+        self.mint_with_capabilities(identity, audience, lifetime_secs, grant, Vec::new())
+    }
+
+    /// `mint`, recording the client capabilities (`xms_cc`) the token request declared.
+    pub fn mint_with_capabilities(
+        &self,
+        identity: &Identity,
+        audience: &str,
+        lifetime_secs: i64,
+        grant: &str,
+        capabilities: Vec<String>,
+    ) -> (String, Claims) {
         let t = now();
         let claims = Claims {
             aud: audience.to_string(),
@@ -112,6 +138,7 @@ impl TokenIssuer {
             xms_tv_identity: identity.name.clone(),
             xms_tv_grant: grant.to_string(),
             xms_tv_gen: self.generation.load(Ordering::SeqCst),
+            xms_cc: capabilities,
         };
         let token = jsonwebtoken::encode(
             &Header::new(Algorithm::HS256),
@@ -150,7 +177,11 @@ impl TokenIssuer {
             return Err(TokenProblem::Expired);
         }
         if claims.xms_tv_gen < self.generation.load(Ordering::SeqCst) {
-            return Err(TokenProblem::Revoked);
+            return Err(if claims.handles_claims_challenges() {
+                TokenProblem::RevokedClaimsChallenge
+            } else {
+                TokenProblem::Revoked
+            });
         }
         if !accepted_audiences
             .iter()
@@ -230,6 +261,34 @@ mod tests {
         );
         let (fresh, _) = issuer.mint(&identity("t1"), AUD, 60, "client_secret");
         assert!(issuer.validate(&fresh, &[AUD.into()], "t1").is_ok());
+    }
+
+    #[test]
+    fn revoked_cae_capable_token_gets_the_claims_challenge() {
+        let issuer = TokenIssuer::default();
+        let (cae, _) = issuer.mint_with_capabilities(
+            &identity("t1"),
+            AUD,
+            60,
+            "client_secret",
+            vec!["CP1".into()],
+        );
+        let (plain, _) = issuer.mint(&identity("t1"), AUD, 60, "client_secret");
+        assert!(
+            issuer
+                .validate(&cae, &[AUD.into()], "t1")
+                .unwrap()
+                .handles_claims_challenges()
+        );
+        issuer.revoke_all();
+        assert_eq!(
+            issuer.validate(&cae, &[AUD.into()], "t1"),
+            Err(TokenProblem::RevokedClaimsChallenge)
+        );
+        assert_eq!(
+            issuer.validate(&plain, &[AUD.into()], "t1"),
+            Err(TokenProblem::Revoked)
+        );
     }
 
     #[test]

@@ -469,6 +469,56 @@ pub fn handle(state: &State, req: &VaultRequest<'_>) -> Result<Reply, VaultError
                 .ok_or_else(|| VaultError::deleted_not_found(Kind::Certificate, name))?;
             Ok(Reply::ok(deleted_certificate(base, d)))
         }
+        // The recycle bins: list items plus recoveryId, deletedDate and scheduledPurgeDate.
+        GetDeletedSecrets => {
+            let items = {
+                let store = state.store.lock();
+                store
+                    .deleted_secrets
+                    .iter()
+                    .filter_map(|(k, d)| {
+                        let v = d.object.versions.last()?;
+                        let item = wire::secret_item(base, &d.object.name, v, false);
+                        let item = wire::deleted(base, "deletedsecrets", &d.object.name, d, item);
+                        Some((k.clone(), item))
+                    })
+                    .collect()
+            };
+            list(state, req, items)
+        }
+        GetDeletedKeys => {
+            let items = {
+                let store = state.store.lock();
+                store
+                    .deleted_keys
+                    .iter()
+                    .filter_map(|(k, d)| {
+                        let v = d.object.versions.last()?;
+                        let item = wire::key_item(base, &d.object.name, v, false, api);
+                        let item = wire::deleted(base, "deletedkeys", &d.object.name, d, item);
+                        Some((k.clone(), item))
+                    })
+                    .collect()
+            };
+            list(state, req, items)
+        }
+        GetDeletedCertificates => {
+            let items = {
+                let store = state.store.lock();
+                store
+                    .deleted_certificates
+                    .iter()
+                    .filter_map(|(k, d)| {
+                        let v = d.object.versions.last()?;
+                        let item = wire::cert_item(base, &d.object.name, v, false);
+                        let item =
+                            wire::deleted(base, "deletedcertificates", &d.object.name, d, item);
+                        Some((k.clone(), item))
+                    })
+                    .collect()
+            };
+            list(state, req, items)
+        }
         PurgeDeletedSecret | PurgeDeletedKey | PurgeDeletedCertificate => {
             let kind = route.op.kind().expect("vault op");
             state.store.lock().purge(kind, name)?;
@@ -870,15 +920,16 @@ fn import_certificate(
     let stated_ct = given_policy
         .and_then(|p| p.pointer("/secret_props/contentType"))
         .and_then(Value::as_str);
-    // PEM arrives as text; some clients base64 it anyway, which the service also accepts.
-    let (text, is_pem) = if stated_ct == Some(PEM) || value.trim_start().starts_with("-----BEGIN") {
+    // PEM arrives as text; some clients base64 it anyway (the Python SDK always does, even with
+    // a PEM policy), which the service also accepts ("PEM content or Base64 encoded PEM content").
+    let (text, is_pem) = if value.trim_start().starts_with("-----BEGIN") {
         (value.clone(), true)
     } else {
         match crypto::b64std_decode(&value) {
-            Ok(bytes) if bytes.starts_with(b"-----BEGIN") => {
+            Ok(bytes) if bytes.trim_ascii_start().starts_with(b"-----BEGIN") => {
                 (String::from_utf8_lossy(&bytes).into_owned(), true)
             }
-            _ => (value.clone(), false),
+            _ => (value.clone(), stated_ct == Some(PEM)),
         }
     };
     let bundle = crypto::parse_import(&text, password.as_deref(), is_pem).map_err(|e| {

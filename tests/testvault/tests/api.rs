@@ -1,50 +1,15 @@
 //! testvault's own behaviour, seen over raw HTTPS with reqwest (no SDK): the challenge, counters,
 //! the request log, fault injection, api-version checks and the life cycle of a `TestVault`.
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use testvault::{Fault, FaultAction, Options, Seed, TestVault};
+use testvault::{Fault, FaultAction, Options, TestVault};
 
-const SAMPLE_SEED: &str = include_str!("../seed/sample.json");
+mod common;
+use common::{http_builder as builder, http_client as client, port_of, sample_seed, start};
+
 const API: &str = "api-version=7.5";
-
-fn sample_seed() -> Seed {
-    Seed::from_json(SAMPLE_SEED).expect("sample seed parses")
-}
-
-fn start(seed: Option<Seed>) -> TestVault {
-    TestVault::start(Options {
-        seed,
-        ..Default::default()
-    })
-    .expect("testvault starts")
-}
-
-fn port_of(vault: &TestVault) -> u16 {
-    url::Url::parse(&vault.info().vault_url)
-        .expect("vault_url is a URL")
-        .port()
-        .expect("vault_url has a port")
-}
-
-fn builder(vault: &TestVault) -> reqwest::ClientBuilder {
-    let pem = std::fs::read(&vault.info().ca_file).expect("CA file readable");
-    let ca = reqwest::Certificate::from_pem(&pem).expect("CA is PEM");
-    reqwest::Client::builder()
-        .tls_certs_only([ca])
-        .no_proxy()
-        .resolve(
-            "testvault.vault.localhost",
-            SocketAddr::from(([127, 0, 0, 1], port_of(vault))),
-        )
-}
-
-/// A client trusting only this vault's CA.
-fn client(vault: &TestVault) -> reqwest::Client {
-    builder(vault).build().expect("reqwest client builds")
-}
 
 fn token(vault: &TestVault) -> String {
     vault

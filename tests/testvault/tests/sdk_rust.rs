@@ -19,7 +19,6 @@
 //! * **Retries**: exponential, 20 ms initial delay, 3 retries (the default waits up to a minute).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use azure_core::cloud::{CloudConfiguration, CustomConfiguration};
@@ -49,45 +48,13 @@ use openssl::pkcs12::Pkcs12;
 use openssl::pkey::PKey;
 use openssl::x509::X509;
 use serde_json::Value;
-use testvault::{Fault, FaultAction, Options, Seed, TestVault};
+use testvault::{Fault, FaultAction, TestVault};
 
-const SAMPLE_SEED: &str = include_str!("../seed/sample.json");
-/// The host part of `Info::vault_host_url`.
-const VAULT_HOST: &str = "testvault.vault.localhost";
-
-fn sample_seed() -> Seed {
-    Seed::from_json(SAMPLE_SEED).expect("sample seed parses")
-}
+mod common;
+use common::{http_client, sample_seed};
 
 fn start_sample() -> TestVault {
-    TestVault::start(Options {
-        seed: Some(sample_seed()),
-        ..Default::default()
-    })
-    .expect("testvault starts")
-}
-
-fn port_of(vault: &TestVault) -> u16 {
-    url::Url::parse(&vault.info().vault_url)
-        .expect("vault_url is a URL")
-        .port()
-        .expect("vault_url has a port")
-}
-
-/// A reqwest client that trusts testvault's CA and nothing else, never uses a proxy, and resolves
-/// `testvault.vault.localhost` to the server.
-fn http_client(vault: &TestVault) -> reqwest::Client {
-    let pem = std::fs::read(&vault.info().ca_file).expect("CA file readable");
-    let ca = reqwest::Certificate::from_pem(&pem).expect("CA is PEM");
-    reqwest::Client::builder()
-        .tls_certs_only([ca])
-        .no_proxy()
-        .resolve(
-            VAULT_HOST,
-            SocketAddr::from(([127, 0, 0, 1], port_of(vault))),
-        )
-        .build()
-        .expect("reqwest client builds")
+    common::start(Some(sample_seed()))
 }
 
 /// Retries that keep tests quick (the crate default waits up to 60 s).

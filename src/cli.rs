@@ -1,0 +1,387 @@
+//! The command line of PRODUCT.md, and its resolution (flags, then `-o` options, then defaults)
+//! into a [`MountSettings`].
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{self, MountOpt};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "kvfs",
+    version,
+    about = "Mount an Azure Key Vault as a live, read-only filesystem"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Mount a vault (a vault name or an https:// URL) on a directory.
+    Mount(Box<MountArgs>),
+    /// Unmount a kvfs mount.
+    Unmount { mountpoint: PathBuf },
+}
+
+#[derive(Args, Debug, Default, Clone)]
+pub struct MountArgs {
+    /// A vault name (myvault) or its URL (https://myvault.vault.azure.net).
+    pub vault: String,
+    pub mountpoint: PathBuf,
+
+    /// Stay attached; by default kvfs detaches once the mount answers.
+    #[arg(long, short = 'f')]
+    pub foreground: bool,
+
+    #[arg(long, value_name = "DURATION", help_heading = "Freshness")]
+    /// How stale a value may be: a change in the vault shows after at most this (default 60s).
+    pub cache_ttl: Option<String>,
+    #[arg(long, value_name = "DURATION", help_heading = "Freshness")]
+    /// How long the last good value outlives a vault outage (default 24h).
+    pub max_stale: Option<String>,
+
+    #[arg(long, value_name = "METHOD", help_heading = "Identity")]
+    /// auto | client-secret (default auto).
+    pub auth: Option<String>,
+    #[arg(long, value_name = "ID", help_heading = "Identity")]
+    pub client_id: Option<String>,
+    #[arg(long, value_name = "ID", help_heading = "Identity")]
+    pub tenant_id: Option<String>,
+    #[arg(long, value_name = "NAME", help_heading = "Identity")]
+    /// public (default) | china | usgov: the DNS suffix of vault names and the authority host.
+    pub cloud: Option<String>,
+    #[arg(long, value_name = "URL", help_heading = "Identity")]
+    /// Entra ID authority host (AZURE_AUTHORITY_HOST is honoured too).
+    pub authority_host: Option<String>,
+
+    #[arg(long, value_name = "PEM", help_heading = "TLS")]
+    /// Extra trust roots, in addition to the system's (SSL_CERT_FILE is honoured too).
+    pub ca_file: Vec<PathBuf>,
+    #[arg(long, help_heading = "TLS")]
+    /// Accept a vault whose host is not under the challenge's resource domain (local emulators).
+    pub no_verify_challenge_resource: bool,
+
+    #[arg(long, help_heading = "Access")]
+    /// Let other users reach the mount (they still need the file modes to read).
+    pub allow_other: bool,
+    #[arg(long, help_heading = "Access")]
+    pub uid: Option<u32>,
+    #[arg(long, help_heading = "Access")]
+    pub gid: Option<u32>,
+    #[arg(long, value_name = "OCTAL", help_heading = "Access")]
+    /// Mode of files (default 0400).
+    pub file_mode: Option<String>,
+    #[arg(long, value_name = "OCTAL", help_heading = "Access")]
+    /// Mode of directories (default 0500).
+    pub dir_mode: Option<String>,
+
+    /// Write logs to this file (appending) instead of stderr; a detached daemon has no stderr.
+    #[arg(long, value_name = "PATH")]
+    pub log_file: Option<PathBuf>,
+
+    /// The same options in mount(8) form: -o allow_other,cache_ttl=30s,uid=1000
+    #[arg(short = 'o', value_name = "OPTIONS")]
+    pub options: Vec<String>,
+}
+
+/// Which Entra ID cloud: vault DNS suffix and default authority host.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cloud {
+    Public,
+    China,
+    UsGov,
+}
+
+impl Cloud {
+    fn parse(s: &str) -> Result<Cloud, String> {
+        match s {
+            "public" | "AzurePublicCloud" => Ok(Cloud::Public),
+            "china" | "AzureChinaCloud" => Ok(Cloud::China),
+            "usgov" | "AzureUSGovernment" => Ok(Cloud::UsGov),
+            other => Err(format!(
+                "unknown cloud {other:?}: use public, china or usgov"
+            )),
+        }
+    }
+
+    pub fn vault_suffix(self) -> &'static str {
+        match self {
+            Cloud::Public => "vault.azure.net",
+            Cloud::China => "vault.azure.cn",
+            Cloud::UsGov => "vault.usgovcloudapi.net",
+        }
+    }
+
+    pub fn authority_host(self) -> &'static str {
+        match self {
+            Cloud::Public => "https://login.microsoftonline.com",
+            Cloud::China => "https://login.chinacloudapi.cn",
+            Cloud::UsGov => "https://login.microsoftonline.us",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AuthMethod {
+    Auto,
+    ClientSecret,
+}
+
+/// Everything a mount needs, resolved and checked.
+#[derive(Clone, Debug)]
+pub struct MountSettings {
+    pub vault_url: url::Url,
+    pub mountpoint: PathBuf,
+    pub foreground: bool,
+    pub cache_ttl: Duration,
+    pub max_stale: Duration,
+    pub auth: AuthMethod,
+    pub client_id: Option<String>,
+    pub tenant_id: Option<String>,
+    pub cloud: Cloud,
+    pub authority_host: Option<String>,
+    pub ca_files: Vec<PathBuf>,
+    pub verify_challenge_resource: bool,
+    pub allow_other: bool,
+    pub uid: u32,
+    pub gid: u32,
+    pub file_mode: u16,
+    pub dir_mode: u16,
+    pub log_file: Option<PathBuf>,
+}
+
+fn vault_url(vault: &str, cloud: Cloud) -> Result<url::Url, String> {
+    if vault.contains("://") {
+        let url =
+            url::Url::parse(vault).map_err(|e| format!("invalid vault URL {vault:?}: {e}"))?;
+        if url.scheme() != "https" {
+            return Err(format!(
+                "invalid vault URL {vault:?}: Key Vault is reached over https only"
+            ));
+        }
+        if url.host_str().is_none() {
+            return Err(format!("invalid vault URL {vault:?}: no host"));
+        }
+        return Ok(url);
+    }
+    // Vault names: 3–24 characters, letters, digits and hyphens, starting with a letter.
+    let ok = (3..=24).contains(&vault.len())
+        && vault.starts_with(|c: char| c.is_ascii_alphabetic())
+        && vault
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-');
+    if !ok {
+        return Err(format!(
+            "invalid vault name {vault:?}: 3-24 letters, digits and hyphens, starting with a letter (or give an https:// URL)"
+        ));
+    }
+    url::Url::parse(&format!("https://{vault}.{}", cloud.vault_suffix()))
+        .map_err(|e| format!("invalid vault name {vault:?}: {e}"))
+}
+
+fn flag_or(flag: bool, o: &[MountOpt], key: &str) -> Result<bool, String> {
+    match o.iter().rev().find(|x| x.key == key) {
+        Some(MountOpt { value: None, .. }) => Ok(true),
+        Some(MountOpt { value: Some(v), .. }) => {
+            Err(format!("mount option {key} takes no value (got {key}={v})"))
+        }
+        None => Ok(flag),
+    }
+}
+
+impl MountArgs {
+    /// Resolve flags, `-o` options and defaults; the first problem is a one-line error.
+    pub fn resolve(&self, current_uid: u32, current_gid: u32) -> Result<MountSettings, String> {
+        let o: Vec<MountOpt> = self
+            .options
+            .iter()
+            .flat_map(|s| config::parse_o(s))
+            .collect();
+        const KNOWN: &[&str] = &[
+            "cache_ttl",
+            "max_stale",
+            "auth",
+            "client_id",
+            "tenant_id",
+            "cloud",
+            "authority_host",
+            "ca_file",
+            "no_verify_challenge_resource",
+            "allow_other",
+            "uid",
+            "gid",
+            "file_mode",
+            "dir_mode",
+            "foreground",
+            "log_file",
+        ];
+        if let Some(bad) = o.iter().find(|x| !KNOWN.contains(&x.key.as_str())) {
+            return Err(format!("unknown mount option {:?}", bad.key));
+        }
+        let value = |key: &str| -> Result<Option<String>, String> {
+            match o.iter().rev().find(|x| x.key == key) {
+                Some(MountOpt { value: Some(v), .. }) => Ok(Some(v.clone())),
+                Some(MountOpt { value: None, .. }) => {
+                    Err(format!("mount option {key} needs a value ({key}=…)"))
+                }
+                None => Ok(None),
+            }
+        };
+        let pick = |flag: &Option<String>, key: &str| -> Result<Option<String>, String> {
+            Ok(flag.clone().or(value(key)?))
+        };
+        let cloud = match pick(&self.cloud, "cloud")? {
+            Some(c) => Cloud::parse(&c)?,
+            None => Cloud::Public,
+        };
+        let auth = match pick(&self.auth, "auth")?.as_deref() {
+            None | Some("auto") => AuthMethod::Auto,
+            Some("client-secret") => AuthMethod::ClientSecret,
+            Some(
+                m @ ("workload-identity" | "managed-identity" | "azure-cli" | "client-certificate"),
+            ) => {
+                return Err(format!(
+                    "--auth {m} is not available in this build yet; use client-secret"
+                ));
+            }
+            Some(other) => {
+                return Err(format!(
+                    "unknown --auth {other:?}: use auto, workload-identity, managed-identity, azure-cli, client-secret or client-certificate"
+                ));
+            }
+        };
+        let duration = |flag: &Option<String>, key: &str, default: Duration| {
+            pick(flag, key)?.map_or(Ok(default), |v| {
+                config::parse_duration(&v).map_err(|e| format!("--{}: {e}", key.replace('_', "-")))
+            })
+        };
+        let cache_ttl = duration(&self.cache_ttl, "cache_ttl", Duration::from_secs(60))?;
+        let max_stale = duration(&self.max_stale, "max_stale", Duration::from_secs(86_400))?;
+        let mode = |flag: &Option<String>, key: &str, default: u16| {
+            pick(flag, key)?.map_or(Ok(default), |v| {
+                config::parse_mode(&v).map_err(|e| format!("--{}: {e}", key.replace('_', "-")))
+            })
+        };
+        let number = |flag: Option<u32>, key: &str, default: u32| -> Result<u32, String> {
+            match flag {
+                Some(n) => Ok(n),
+                None => value(key)?.map_or(Ok(default), |v| {
+                    v.parse()
+                        .map_err(|_| format!("--{key}: {v:?} is not a number"))
+                }),
+            }
+        };
+        let mut ca_files = self.ca_file.clone();
+        ca_files.extend(
+            o.iter()
+                .filter(|x| x.key == "ca_file")
+                .filter_map(|x| x.value.clone())
+                .map(PathBuf::from),
+        );
+        let authority_host = pick(&self.authority_host, "authority_host")?;
+        if let Some(a) = &authority_host
+            && !a.starts_with("https://")
+        {
+            return Err(format!("--authority-host {a:?} must be an https:// URL"));
+        }
+        Ok(MountSettings {
+            vault_url: vault_url(&self.vault, cloud)?,
+            mountpoint: self.mountpoint.clone(),
+            foreground: flag_or(self.foreground, &o, "foreground")?,
+            cache_ttl,
+            max_stale,
+            auth,
+            client_id: pick(&self.client_id, "client_id")?,
+            tenant_id: pick(&self.tenant_id, "tenant_id")?,
+            cloud,
+            authority_host,
+            ca_files,
+            verify_challenge_resource: !flag_or(
+                self.no_verify_challenge_resource,
+                &o,
+                "no_verify_challenge_resource",
+            )?,
+            allow_other: flag_or(self.allow_other, &o, "allow_other")?,
+            uid: number(self.uid, "uid", current_uid)?,
+            gid: number(self.gid, "gid", current_gid)?,
+            file_mode: mode(&self.file_mode, "file_mode", 0o400)?,
+            dir_mode: mode(&self.dir_mode, "dir_mode", 0o500)?,
+            log_file: self
+                .log_file
+                .clone()
+                .or(value("log_file")?.map(PathBuf::from)),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(vault: &str) -> MountArgs {
+        MountArgs {
+            vault: vault.into(),
+            mountpoint: "/mnt/kv".into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn defaults_follow_product_md() {
+        let s = args("myvault").resolve(1000, 1000).unwrap();
+        assert_eq!(s.vault_url.as_str(), "https://myvault.vault.azure.net/");
+        assert_eq!(s.cache_ttl, Duration::from_secs(60));
+        assert_eq!(s.max_stale, Duration::from_secs(86_400));
+        assert_eq!((s.file_mode, s.dir_mode), (0o400, 0o500));
+        assert_eq!((s.uid, s.gid), (1000, 1000));
+        assert!(!s.allow_other && s.verify_challenge_resource && !s.foreground);
+    }
+
+    #[test]
+    fn o_options_set_the_same_things_and_flags_win() {
+        let mut a = args("https://127.0.0.1:8443");
+        a.options = vec![
+            "rw,allow_other,cache_ttl=5s,uid=7,file_mode=0440,no_verify_challenge_resource".into(),
+        ];
+        a.uid = Some(9);
+        let s = a.resolve(0, 0).unwrap();
+        assert!(s.allow_other);
+        assert!(!s.verify_challenge_resource);
+        assert_eq!(s.cache_ttl, Duration::from_secs(5));
+        assert_eq!(s.uid, 9, "the flag wins over -o");
+        assert_eq!(s.file_mode, 0o440);
+    }
+
+    #[test]
+    fn bad_input_is_one_clear_line() {
+        let mut a = args("x");
+        assert!(a.resolve(0, 0).unwrap_err().contains("invalid vault name"));
+        a.vault = "http://127.0.0.1".into();
+        assert!(a.resolve(0, 0).unwrap_err().contains("https"));
+        a.vault = "myvault".into();
+        a.options = vec!["bogus=1".into()];
+        assert_eq!(
+            a.resolve(0, 0).unwrap_err(),
+            "unknown mount option \"bogus\""
+        );
+        a.options = vec![];
+        a.cache_ttl = Some("soon".into());
+        assert!(
+            a.resolve(0, 0)
+                .unwrap_err()
+                .starts_with("--cache-ttl: invalid duration")
+        );
+        a.cache_ttl = None;
+        a.cloud = Some("mars".into());
+        assert!(a.resolve(0, 0).unwrap_err().contains("unknown cloud"));
+        a.cloud = Some("china".into());
+        assert_eq!(
+            a.resolve(0, 0).unwrap().vault_url.as_str(),
+            "https://myvault.vault.azure.cn/"
+        );
+    }
+}

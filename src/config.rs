@@ -1,0 +1,143 @@
+//! Typed mount configuration: durations, modes, and the `-o` mount(8)-style options, which set
+//! the same things as the flags (for fstab and `mount -t fuse.kvfs`).
+
+use std::time::Duration;
+
+/// `30s`, `5m`, `1h`, `2d`, `500ms`, or plain seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    let split = t
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("invalid duration {text:?}: expected e.g. 30s, 5m, 1h"))?;
+    let seconds = match unit {
+        "" | "s" => value,
+        "ms" => value / 1000.0,
+        "m" => value * 60.0,
+        "h" => value * 3600.0,
+        "d" => value * 86_400.0,
+        _ => {
+            return Err(format!(
+                "invalid duration {text:?}: unit must be ms, s, m, h or d"
+            ));
+        }
+    };
+    if !seconds.is_finite() || !(0.0..=10.0 * 365.0 * 86_400.0).contains(&seconds) {
+        return Err(format!("invalid duration {text:?}: out of range"));
+    }
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+/// File and directory modes in octal (`0400`, `440`); only permission bits.
+pub fn parse_mode(text: &str) -> Result<u16, String> {
+    let digits = text.trim().trim_start_matches("0o");
+    let mode = u16::from_str_radix(digits, 8)
+        .map_err(|_| format!("invalid mode {text:?}: expected octal like 0400"))?;
+    if mode > 0o777 {
+        return Err(format!(
+            "invalid mode {text:?}: only permission bits (at most 0777)"
+        ));
+    }
+    Ok(mode)
+}
+
+/// One `-o` option: a flag (`allow_other`) or `key=value`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MountOpt {
+    pub key: String,
+    pub value: Option<String>,
+}
+
+/// Options mount(8) and fstab pass that mean nothing to kvfs (kvfs is always read-only).
+const IGNORED: &[&str] = &[
+    "defaults",
+    "ro",
+    "rw",
+    "auto",
+    "noauto",
+    "user",
+    "nouser",
+    "users",
+    "nofail",
+    "_netdev",
+    "dev",
+    "nodev",
+    "suid",
+    "nosuid",
+    "exec",
+    "noexec",
+    "atime",
+    "noatime",
+    "relatime",
+    "x-systemd.automount",
+];
+
+/// Split `a,b=c,d` into options, dropping the generic ones mount(8) adds.
+pub fn parse_o(text: &str) -> Vec<MountOpt> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .filter(|s| !IGNORED.contains(s) && !s.starts_with("x-") && !s.starts_with("comment="))
+        .map(|s| match s.split_once('=') {
+            Some((k, v)) => MountOpt {
+                key: k.replace('-', "_"),
+                value: Some(v.to_string()),
+            },
+            None => MountOpt {
+                key: s.replace('-', "_"),
+                value: None,
+            },
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
+        assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
+        assert_eq!(parse_duration("24h").unwrap(), Duration::from_secs(86_400));
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("2").unwrap(), Duration::from_secs(2));
+        assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
+        for bad in ["", "s", "5x", "-1s", "1e999s", "abc"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn modes() {
+        assert_eq!(parse_mode("0400").unwrap(), 0o400);
+        assert_eq!(parse_mode("440").unwrap(), 0o440);
+        assert!(parse_mode("0800").is_err());
+        assert!(parse_mode("1777").is_err());
+    }
+
+    #[test]
+    fn o_options() {
+        let o = parse_o("rw,allow_other,cache-ttl=30s,uid=1000,nofail,x-systemd.requires=net");
+        assert_eq!(
+            o,
+            vec![
+                MountOpt {
+                    key: "allow_other".into(),
+                    value: None
+                },
+                MountOpt {
+                    key: "cache_ttl".into(),
+                    value: Some("30s".into())
+                },
+                MountOpt {
+                    key: "uid".into(),
+                    value: Some("1000".into())
+                },
+            ]
+        );
+    }
+}

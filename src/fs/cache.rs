@@ -1,0 +1,1371 @@
+//! The cache between the filesystem core and a [`VaultClient`]: TTL freshness, single-flight
+//! fetches, negative caching, stale-on-outage with backoff, and a memory bound.
+//!
+//! # API
+//!
+//! ```text
+//! Cache::new(client: Arc<dyn VaultClient>, config: CacheConfig) -> Cache      (Clone: shares state)
+//! cache.secret(name, version: Option<&str>).await -> Result<Cached<SecretValue>, VaultError>
+//! cache.list(collection).await                    -> Result<Cached<Vec<ObjectProps>>, VaultError>
+//! cache.versions(collection, name).await          -> Result<Cached<Vec<ObjectProps>>, VaultError>
+//! cache.stats()                                   -> CacheStats
+//! Cached<T> { value: Arc<T>, valid_for: Duration, stale: bool }
+//! ```
+//!
+//! `Cached::valid_for` is the *remaining validity*: how long the kernel may cache what was just
+//! returned. It is `ttl - age` of the entry (age measured from the **start** of the fetch that
+//! produced it) and zero for a stale value, so the kernel never caches longer than this cache does.
+//! An open file keeps its `Arc<SecretValue>` as its snapshot.
+//!
+//! # Semantics
+//!
+//! - Keys: object names compare case-insensitively (`DB-Password` and `db-password` are one entry);
+//!   the latest value and each explicit version are separate entries; lists and version lists
+//!   are entries of their own. Names or versions the vault cannot have are `NotFound` at once.
+//! - Fresh (`age < ttl`): answered without a vault call. Age counts from the start of the fetch, so
+//!   a read that starts more than one TTL after a change never gets a value fetched before it.
+//! - Single flight: callers of a key that needs fetching share one vault call, cold or refresh.
+//!   A caller does not join a flight that started more than a TTL ago (it could only return a
+//!   value older than the contract allows); it starts the next one, which later callers join.
+//! - `NotFound`/`Disabled` are cached like values, for the TTL.
+//! - Transient errors (`Throttled`, `Unavailable`): the last answer (value or `NotFound`) is served
+//!   as long as `now - last successful fetch <= max_stale`, marked `stale` with `valid_for` zero.
+//!   The next attempt waits a retry interval: `min(ttl, 5 s)` (at least 1 s), doubling per failed
+//!   attempt up to `max(ttl, that first interval)`. Reads inside the interval get the stale value (or
+//!   the error) without a call, and while a retry is in flight other readers get the stale value
+//!   at once instead of waiting for a vault that may hang. One warning per object per outage.
+//!   Past `max_stale`, or with nothing ever fetched, the error is returned (the fs maps it to EIO).
+//! - `Unauthorized`/`Forbidden`/`Unexpected`: returned at once and the cached value is dropped
+//!   (access was revoked, or the vault answers nonsense: stop serving). Logged once per condition
+//!   with the message, which names the missing role or permission; retried with the same backoff.
+//! - Memory: LRU bounded by entries and bytes (see [`ENTRY_OVERHEAD`]). An evicted entry loses its
+//!   last good value, so it cannot be served stale in an outage.
+//! - Values never reach logs or `Debug` output: logs name the object and the error only.
+//!
+//! Fetches run as tokio tasks (`tokio::spawn`), so the methods must be called on a tokio runtime.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::mem::discriminant;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use futures::FutureExt;
+use futures::future::{BoxFuture, Shared};
+use moka::ops::compute::Op;
+use moka::policy::EvictionPolicy;
+use parking_lot::Mutex;
+use tokio::time::Instant;
+
+use crate::vault::{
+    Collection, ObjectProps, SecretValue, VaultClient, VaultError, valid_name, valid_version,
+};
+
+/// Bytes charged per entry on top of its value: the key, the entry struct, moka's bookkeeping.
+/// Also makes negative and error entries (which hold no value) count against the byte bound.
+pub const ENTRY_OVERHEAD: u64 = 256;
+
+/// The first retry interval after a failed fetch is `min(ttl, this)`.
+const FIRST_RETRY: Duration = Duration::from_secs(5);
+/// However short the TTL, an object is not retried more than once per this interval in an outage.
+const MIN_RETRY: Duration = Duration::from_secs(1);
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CacheConfig {
+    /// `--cache-ttl`: a value changed in the vault is served by every read that starts more than
+    /// one TTL after the change.
+    pub ttl: Duration,
+    /// `--max-stale`: how long the last good value outlives an outage, measured from the start of
+    /// its last successful fetch.
+    pub max_stale: Duration,
+    /// LRU bound on the number of entries.
+    pub max_entries: u64,
+    /// LRU bound on value bytes plus [`ENTRY_OVERHEAD`] per entry.
+    pub max_bytes: u64,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            ttl: Duration::from_secs(60),
+            max_stale: Duration::from_secs(24 * 3600),
+            max_entries: 100_000,
+            max_bytes: 256 << 20,
+        }
+    }
+}
+
+/// A cached answer and how long the kernel may keep it.
+#[derive(Debug)]
+pub struct Cached<T> {
+    pub value: Arc<T>,
+    /// Remaining freshness of the entry (zero when `stale`).
+    pub valid_for: Duration,
+    /// Served past its TTL because the vault is failing transiently.
+    pub stale: bool,
+}
+
+// Manual impl: cloning shares the `Arc`, so `T` need not be `Clone`.
+impl<T> Clone for Cached<T> {
+    fn clone(&self) -> Self {
+        Cached {
+            value: Arc::clone(&self.value),
+            valid_for: self.valid_for,
+            stale: self.stale,
+        }
+    }
+}
+
+/// Vault call failures by kind.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ErrorCounts {
+    pub not_found: u64,
+    pub disabled: u64,
+    pub unauthorized: u64,
+    pub forbidden: u64,
+    pub throttled: u64,
+    pub unavailable: u64,
+    pub unexpected: u64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CacheStats {
+    /// Requests answered from a fresh entry (values and cached `NotFound`/`Disabled`).
+    pub hits: u64,
+    /// Vault calls made.
+    pub misses: u64,
+    /// Requests that waited for a vault call another request had started.
+    pub coalesced: u64,
+    /// Requests answered with the last good answer past its TTL because of an outage.
+    pub stale_served: u64,
+    /// Requests answered with the last error, without a call, inside a retry interval.
+    pub deferred_errors: u64,
+    /// Failed vault calls by kind (`NotFound`/`Disabled` included: they are answers too).
+    pub errors: ErrorCounts,
+    /// Entries held (moka's count: settles after its pending maintenance has run).
+    pub entries: u64,
+    /// Weighted size held: value bytes + overhead per entry, each at least
+    /// `max_bytes / max_entries` (the weight that bounds the entry count).
+    pub bytes: u64,
+}
+
+/// A cache in front of a vault client. Cloning is cheap and shares the cache.
+#[derive(Clone)]
+pub struct Cache {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for Cache {
+    /// Configuration and counters only: never a value.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Cache")
+            .field("config", &self.inner.config)
+            .field("stats", &self.stats())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Cache {
+    pub fn new(client: Arc<dyn VaultClient>, config: CacheConfig) -> Cache {
+        // Every entry weighs at least `floor`, so `max_capacity(max_bytes)` also caps the count at
+        // `max_entries`: one weighted LRU enforces both bounds.
+        let floor = config.max_bytes.div_ceil(config.max_entries.max(1)).max(1);
+        let slots = moka::future::Cache::builder()
+            .max_capacity(config.max_bytes.max(1))
+            .weigher(move |_key: &Request, slot: &Arc<Slot>| {
+                let weight = slot.bytes.saturating_add(ENTRY_OVERHEAD).max(floor);
+                u32::try_from(weight).unwrap_or(u32::MAX)
+            })
+            // Plain LRU: moka's default TinyLFU may refuse to admit a new entry, and a freshly
+            // fetched secret is exactly what the next read wants.
+            .eviction_policy(EvictionPolicy::lru())
+            .build();
+        Cache {
+            inner: Arc::new(Inner {
+                client,
+                config,
+                slots,
+                flights: Mutex::new(HashMap::new()),
+                next_flight: AtomicU64::new(0),
+                counters: Counters::default(),
+            }),
+        }
+    }
+
+    /// A secret's value: the latest version when `version` is `None`.
+    pub async fn secret(
+        &self,
+        name: &str,
+        version: Option<&str>,
+    ) -> Result<Cached<SecretValue>, VaultError> {
+        // Names and versions the vault cannot have cost no call (and no entry).
+        if !valid_name(name) || version.is_some_and(|v| !valid_version(v)) {
+            return Err(VaultError::NotFound);
+        }
+        let request = Request::Secret {
+            name: name.to_owned(),
+            version: version.map(str::to_owned),
+        };
+        match self.get(request).await? {
+            Reply {
+                value: Value::Secret(value),
+                valid_for,
+                stale,
+            } => Ok(Cached {
+                value,
+                valid_for,
+                stale,
+            }),
+            Reply { .. } => Err(wrong_kind()),
+        }
+    }
+
+    /// Every object of a collection, latest metadata each.
+    pub async fn list(
+        &self,
+        collection: Collection,
+    ) -> Result<Cached<Vec<ObjectProps>>, VaultError> {
+        self.props(Request::List(collection)).await
+    }
+
+    /// Every version of one object (empty for an unknown name, as the vault answers).
+    pub async fn versions(
+        &self,
+        collection: Collection,
+        name: &str,
+    ) -> Result<Cached<Vec<ObjectProps>>, VaultError> {
+        if !valid_name(name) {
+            return Err(VaultError::NotFound);
+        }
+        self.props(Request::Versions(collection, name.to_owned()))
+            .await
+    }
+
+    pub fn stats(&self) -> CacheStats {
+        let c = &self.inner.counters;
+        let n = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        CacheStats {
+            hits: n(&c.hits),
+            misses: n(&c.misses),
+            coalesced: n(&c.coalesced),
+            stale_served: n(&c.stale_served),
+            deferred_errors: n(&c.deferred_errors),
+            errors: ErrorCounts {
+                not_found: n(&c.not_found),
+                disabled: n(&c.disabled),
+                unauthorized: n(&c.unauthorized),
+                forbidden: n(&c.forbidden),
+                throttled: n(&c.throttled),
+                unavailable: n(&c.unavailable),
+                unexpected: n(&c.unexpected),
+            },
+            entries: self.inner.slots.entry_count(),
+            bytes: self.inner.slots.weighted_size(),
+        }
+    }
+
+    async fn props(&self, request: Request) -> Result<Cached<Vec<ObjectProps>>, VaultError> {
+        match self.get(request).await? {
+            Reply {
+                value: Value::Props(value),
+                valid_for,
+                stale,
+            } => Ok(Cached {
+                value,
+                valid_for,
+                stale,
+            }),
+            Reply { .. } => Err(wrong_kind()),
+        }
+    }
+
+    /// Answer from the entry if it may, else wait for the key's flight, starting one if needed.
+    async fn get(&self, request: Request) -> Result<Reply, VaultError> {
+        let inner = &self.inner;
+        let key = request.key();
+        let now = Instant::now();
+        let slot = inner.slots.get(&key).await;
+        if let Some(answer) = slot.as_deref().and_then(|s| inner.cached_answer(s, now)) {
+            return answer;
+        }
+        let flight = {
+            let mut flights = inner.flights.lock();
+            match flights.get(&key) {
+                Some(flight)
+                    if now.saturating_duration_since(flight.started) <= inner.config.ttl =>
+                {
+                    // A retry during a known outage may hang until the client times out; readers
+                    // that have a stale answer to fall back on take it now instead of waiting.
+                    if let Some(answer) = slot.as_deref().and_then(|s| inner.stale(s, now)) {
+                        return answer;
+                    }
+                    inner.counters.coalesced.fetch_add(1, Ordering::Relaxed);
+                    flight.result.clone()
+                }
+                // No flight, or one too old to join: start the next one. An older flight that is
+                // replaced here still finishes, but will not overwrite a newer answer. (This also
+                // retires a flight whose task panicked and so never removed itself.)
+                _ => {
+                    let id = inner.next_flight.fetch_add(1, Ordering::Relaxed);
+                    // Spawned, so the fetch completes and is cached even if every caller waiting
+                    // on it is cancelled (an interrupted FUSE request).
+                    let task = tokio::spawn(Arc::clone(inner).fly(request, id, now));
+                    let result = async move {
+                        task.await.unwrap_or_else(|e| {
+                            Err(VaultError::Unexpected(format!("cache fetch failed: {e}")))
+                        })
+                    }
+                    .boxed()
+                    .shared();
+                    flights.insert(
+                        key,
+                        Flight {
+                            id,
+                            started: now,
+                            result: result.clone(),
+                        },
+                    );
+                    result
+                }
+            }
+        };
+        flight.await
+    }
+}
+
+fn wrong_kind() -> VaultError {
+    VaultError::Unexpected("cache entry of the wrong kind".into())
+}
+
+/// What was asked, as the caller spelt it (names go to the vault and to logs this way).
+/// Its [`Request::key`] form, with names upper-cased, is the cache key.
+#[derive(Clone, PartialEq, Eq, Hash)]
+enum Request {
+    Secret {
+        name: String,
+        version: Option<String>,
+    },
+    List(Collection),
+    Versions(Collection, String),
+}
+
+impl Request {
+    fn key(&self) -> Request {
+        match self {
+            Request::Secret { name, version } => Request::Secret {
+                name: name.to_ascii_uppercase(),
+                version: version.clone(),
+            },
+            Request::List(c) => Request::List(*c),
+            Request::Versions(c, name) => Request::Versions(*c, name.to_ascii_uppercase()),
+        }
+    }
+}
+
+/// How logs name the object: `secrets/db-password`, `secrets/db-password/<version>`,
+/// `secrets (list)`, `secrets/db-password (versions)`.
+impl fmt::Display for Request {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Request::Secret {
+                name,
+                version: None,
+            } => write!(f, "secrets/{name}"),
+            Request::Secret {
+                name,
+                version: Some(v),
+            } => write!(f, "secrets/{name}/{v}"),
+            Request::List(c) => write!(f, "{} (list)", c.as_str()),
+            Request::Versions(c, name) => write!(f, "{}/{name} (versions)", c.as_str()),
+        }
+    }
+}
+
+#[derive(Clone)]
+enum Value {
+    Secret(Arc<SecretValue>),
+    Props(Arc<Vec<ObjectProps>>),
+}
+
+impl Value {
+    /// Approximate heap footprint, for the byte bound.
+    fn bytes(&self) -> u64 {
+        let n = match self {
+            Value::Secret(s) => s.value.len() + props_bytes(&s.props),
+            Value::Props(list) => list.iter().map(props_bytes).sum(),
+        };
+        n as u64
+    }
+}
+
+fn props_bytes(p: &ObjectProps) -> usize {
+    std::mem::size_of::<ObjectProps>()
+        + p.name.len()
+        + p.version.as_ref().map_or(0, String::len)
+        + p.content_type.as_ref().map_or(0, String::len)
+        + p.tags
+            .iter()
+            .map(|(k, v)| k.len() + v.len() + 64)
+            .sum::<usize>()
+}
+
+/// What a request gets when it succeeds.
+#[derive(Clone)]
+struct Reply {
+    value: Value,
+    valid_for: Duration,
+    stale: bool,
+}
+
+type Answer = Result<Reply, VaultError>;
+
+/// The cached state of one key. Immutable: every change stores a new `Arc<Slot>`.
+struct Slot {
+    /// The last answer the vault gave (a value, `NotFound` or `Disabled`).
+    known: Option<Known>,
+    /// Set while fetches of this key fail; cleared by the next answer.
+    outage: Option<Outage>,
+    /// Start of the fetch that produced this state: a slower fetch that started earlier does not
+    /// overwrite it.
+    as_of: Instant,
+    /// Value bytes, for the weigher.
+    bytes: u64,
+}
+
+#[derive(Clone)]
+struct Known {
+    answer: Result<Value, VaultError>,
+    /// Start of the successful fetch; freshness and `max_stale` are measured from here.
+    fetched_at: Instant,
+}
+
+#[derive(Clone)]
+struct Outage {
+    /// The latest failure.
+    error: VaultError,
+    /// First failure of this outage (for the recovery log line).
+    since: Instant,
+    /// No vault call for this key before then.
+    retry_at: Instant,
+    /// The interval that led to `retry_at`; the next failure doubles it.
+    backoff: Duration,
+    /// The "older than --max-stale" line has been logged for this outage.
+    expiry_logged: bool,
+}
+
+struct Flight {
+    id: u64,
+    started: Instant,
+    result: Shared<BoxFuture<'static, Answer>>,
+}
+
+#[derive(Default)]
+struct Counters {
+    hits: AtomicU64,
+    misses: AtomicU64,
+    coalesced: AtomicU64,
+    stale_served: AtomicU64,
+    deferred_errors: AtomicU64,
+    not_found: AtomicU64,
+    disabled: AtomicU64,
+    unauthorized: AtomicU64,
+    forbidden: AtomicU64,
+    throttled: AtomicU64,
+    unavailable: AtomicU64,
+    unexpected: AtomicU64,
+}
+
+impl Counters {
+    fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn error(&self, e: &VaultError) {
+        Self::bump(match e {
+            VaultError::NotFound => &self.not_found,
+            VaultError::Disabled => &self.disabled,
+            VaultError::Unauthorized(_) => &self.unauthorized,
+            VaultError::Forbidden(_) => &self.forbidden,
+            VaultError::Throttled => &self.throttled,
+            VaultError::Unavailable(_) => &self.unavailable,
+            VaultError::Unexpected(_) => &self.unexpected,
+        });
+    }
+}
+
+struct Inner {
+    client: Arc<dyn VaultClient>,
+    config: CacheConfig,
+    /// Bounded LRU of the cached states. Its TTL features are not used: expiry here does not
+    /// evict (a stale value is what an outage serves), and moka's clock is not tokio's.
+    slots: moka::future::Cache<Request, Arc<Slot>>,
+    /// Fetches in flight, by key. Written by hand because moka's `get_with` coalesces only the
+    /// initialisation of an absent entry, not the refresh of one that is present but expired.
+    /// INVARIANT: a flight removes itself (if still the current one for its key) only after
+    /// storing its slot, so a caller that finds no flight finds the slot.
+    flights: Mutex<HashMap<Request, Flight>>,
+    next_flight: AtomicU64,
+    counters: Counters,
+}
+
+impl Inner {
+    fn remaining(&self, fetched_at: Instant, now: Instant) -> Duration {
+        self.config
+            .ttl
+            .saturating_sub(now.saturating_duration_since(fetched_at))
+    }
+
+    fn first_retry(&self) -> Duration {
+        self.config.ttl.min(FIRST_RETRY).max(MIN_RETRY)
+    }
+
+    fn max_retry(&self) -> Duration {
+        self.config.ttl.max(self.first_retry())
+    }
+
+    /// The answer a slot gives without a vault call, if it may give one now.
+    fn cached_answer(&self, slot: &Slot, now: Instant) -> Option<Answer> {
+        if let Some(known) = &slot.known {
+            let age = now.saturating_duration_since(known.fetched_at);
+            if age < self.config.ttl {
+                Counters::bump(&self.counters.hits);
+                return Some(match &known.answer {
+                    Ok(value) => Ok(Reply {
+                        value: value.clone(),
+                        valid_for: self.config.ttl - age,
+                        stale: false,
+                    }),
+                    Err(e) => Err(e.clone()),
+                });
+            }
+        }
+        let outage = slot.outage.as_ref()?;
+        if now >= outage.retry_at {
+            return None;
+        }
+        self.stale(slot, now).or_else(|| {
+            Counters::bump(&self.counters.deferred_errors);
+            Some(Err(outage.error.clone()))
+        })
+    }
+
+    /// The last answer, served stale, if the slot is in a transient outage within `max_stale`.
+    fn stale(&self, slot: &Slot, now: Instant) -> Option<Answer> {
+        let outage = slot.outage.as_ref()?;
+        let known = slot.known.as_ref()?;
+        if !outage.error.is_transient()
+            || now.saturating_duration_since(known.fetched_at) > self.config.max_stale
+        {
+            return None;
+        }
+        Counters::bump(&self.counters.stale_served);
+        Some(match &known.answer {
+            Ok(value) => Ok(Reply {
+                value: value.clone(),
+                valid_for: Duration::ZERO,
+                stale: true,
+            }),
+            Err(e) => Err(e.clone()),
+        })
+    }
+
+    /// One flight: fetch, store the outcome, leave the flight map.
+    async fn fly(self: Arc<Self>, request: Request, id: u64, started: Instant) -> Answer {
+        let key = request.key();
+        let answer = self.fetch_and_store(&request, &key, started).await;
+        let mut flights = self.flights.lock();
+        if flights.get(&key).is_some_and(|f| f.id == id) {
+            flights.remove(&key);
+        }
+        answer
+    }
+
+    async fn fetch_and_store(&self, request: &Request, key: &Request, started: Instant) -> Answer {
+        // The previous flight may have stored its slot and left between our caller's look at
+        // the slot and its look at the flight map; its answer stands.
+        if let Some(slot) = self.slots.get(key).await
+            && let Some(answer) = self.cached_answer(&slot, Instant::now())
+        {
+            return answer;
+        }
+        Counters::bump(&self.counters.misses);
+        let fetched = match request {
+            Request::Secret { name, version } => self
+                .client
+                .get_secret(name, version.as_deref())
+                .await
+                .map(|s| Value::Secret(Arc::new(s))),
+            Request::List(c) => self
+                .client
+                .list(*c)
+                .await
+                .map(|l| Value::Props(Arc::new(l))),
+            Request::Versions(c, name) => self
+                .client
+                .list_versions(*c, name)
+                .await
+                .map(|l| Value::Props(Arc::new(l))),
+        };
+        if let Err(e) = &fetched {
+            self.counters.error(e);
+        }
+        let mut answer = None;
+        // Settled against the slot as it is now, under moka's per-key lock, so two overlapping
+        // flights of one key cannot lose each other's outage state.
+        self.slots
+            .entry(key.clone())
+            .and_compute_with(|current| {
+                let current = current.map(|entry| entry.into_value());
+                let (slot, reply) = self.settle(
+                    current.as_deref(),
+                    fetched,
+                    started,
+                    Instant::now(),
+                    request,
+                );
+                answer = Some(reply);
+                let newer_stored = current.is_some_and(|c| c.as_of > started);
+                std::future::ready(if newer_stored {
+                    Op::Nop
+                } else {
+                    Op::Put(Arc::new(slot))
+                })
+            })
+            .await;
+        answer.unwrap_or_else(|| Err(VaultError::Unexpected("cache update did not run".into())))
+    }
+
+    /// The new state of a key after a fetch, and what the fetch's callers get.
+    fn settle(
+        &self,
+        current: Option<&Slot>,
+        fetched: Result<Value, VaultError>,
+        started: Instant,
+        now: Instant,
+        object: &Request,
+    ) -> (Slot, Answer) {
+        let previous_outage = current.and_then(|s| s.outage.as_ref());
+        match fetched {
+            Ok(_) | Err(VaultError::NotFound | VaultError::Disabled) => {
+                if let Some(outage) = previous_outage {
+                    tracing::info!(
+                        object = %object,
+                        outage = ?now.saturating_duration_since(outage.since),
+                        "vault answers again"
+                    );
+                }
+                let answer = match &fetched {
+                    Ok(value) => Ok(Reply {
+                        value: value.clone(),
+                        valid_for: self.remaining(started, now),
+                        stale: false,
+                    }),
+                    Err(e) => Err(e.clone()),
+                };
+                let bytes = fetched.as_ref().map_or(0, Value::bytes);
+                let slot = Slot {
+                    known: Some(Known {
+                        answer: fetched,
+                        fetched_at: started,
+                    }),
+                    outage: None,
+                    as_of: started,
+                    bytes,
+                };
+                (slot, answer)
+            }
+            Err(error) => {
+                // Log once per outage (and again if its kind changes, e.g. 503 → 403), not per
+                // read: reads inside a retry interval never get here.
+                let new_condition =
+                    previous_outage.is_none_or(|o| discriminant(&o.error) != discriminant(&error));
+                let backoff = previous_outage.map_or(self.first_retry(), |o| {
+                    o.backoff.saturating_mul(2).min(self.max_retry())
+                });
+                let mut outage = Outage {
+                    error: error.clone(),
+                    since: previous_outage.map_or(now, |o| o.since),
+                    retry_at: now + backoff,
+                    backoff,
+                    expiry_logged: previous_outage.is_some_and(|o| o.expiry_logged),
+                };
+                if !error.is_transient() {
+                    // Access revoked (401/403) or an answer we do not understand: what we hold
+                    // may no longer be served, so drop it.
+                    if new_condition {
+                        tracing::error!(object = %object, error = %error, "vault refused the request; not serving a cached value for it");
+                    }
+                    let slot = Slot {
+                        known: None,
+                        outage: Some(outage),
+                        as_of: started,
+                        bytes: 0,
+                    };
+                    return (slot, Err(error));
+                }
+                let known = current.and_then(|s| s.known.clone());
+                let answer = match &known {
+                    Some(k)
+                        if now.saturating_duration_since(k.fetched_at) <= self.config.max_stale =>
+                    {
+                        if new_condition {
+                            tracing::warn!(
+                                object = %object,
+                                error = %error,
+                                age = ?now.saturating_duration_since(k.fetched_at),
+                                retry_in = ?backoff,
+                                "vault failing; serving the last good answer until it recovers or --max-stale passes"
+                            );
+                        }
+                        Counters::bump(&self.counters.stale_served);
+                        match &k.answer {
+                            Ok(value) => Ok(Reply {
+                                value: value.clone(),
+                                valid_for: Duration::ZERO,
+                                stale: true,
+                            }),
+                            Err(e) => Err(e.clone()),
+                        }
+                    }
+                    Some(_) => {
+                        if !outage.expiry_logged {
+                            tracing::warn!(
+                                object = %object,
+                                error = %error,
+                                "vault failing and the last good answer is older than --max-stale; reads fail until it recovers"
+                            );
+                            outage.expiry_logged = true;
+                        }
+                        Err(error)
+                    }
+                    None => {
+                        if new_condition {
+                            tracing::warn!(
+                                object = %object,
+                                error = %error,
+                                "vault failing and nothing cached for this object; reads fail (EIO) until it recovers"
+                            );
+                        }
+                        Err(error)
+                    }
+                };
+                if !new_condition {
+                    tracing::debug!(object = %object, retry_in = ?backoff, "vault still failing");
+                }
+                let bytes = known
+                    .as_ref()
+                    .and_then(|k| k.answer.as_ref().ok())
+                    .map_or(0, Value::bytes);
+                let slot = Slot {
+                    known,
+                    outage: Some(outage),
+                    as_of: started,
+                    bytes,
+                };
+                (slot, answer)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vault::memory::MemoryVault;
+    use tokio::time::advance;
+
+    const TTL: Duration = Duration::from_secs(60);
+
+    fn config(ttl: Duration) -> CacheConfig {
+        CacheConfig {
+            ttl,
+            max_stale: Duration::from_secs(3600),
+            ..CacheConfig::default()
+        }
+    }
+
+    fn setup(config: CacheConfig) -> (Arc<MemoryVault>, Cache) {
+        let vault = Arc::new(MemoryVault::new());
+        let cache = Cache::new(vault.clone(), config);
+        (vault, cache)
+    }
+
+    fn unavailable() -> VaultError {
+        VaultError::Unavailable("503 Service Unavailable".into())
+    }
+
+    async fn read(cache: &Cache, name: &str) -> Result<Vec<u8>, VaultError> {
+        cache
+            .secret(name, None)
+            .await
+            .map(|c| c.value.value.clone())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn names_are_case_insensitive_and_versions_are_separate_entries() {
+        let (vault, cache) = setup(config(TTL));
+        let v1 = vault.set_secret("DB-Password", b"one");
+        assert_eq!(read(&cache, "DB-Password").await.unwrap(), b"one");
+        assert_eq!(read(&cache, "db-password").await.unwrap(), b"one");
+        assert_eq!(read(&cache, "DB-PASSWORD").await.unwrap(), b"one");
+        assert_eq!(vault.calls("get_secret"), 1);
+
+        let got = cache.secret("db-password", Some(&v1)).await.unwrap();
+        assert_eq!(got.value.value, b"one");
+        assert_eq!(vault.calls("get_secret"), 2);
+        cache.secret("DB-PASSWORD", Some(&v1)).await.unwrap();
+        assert_eq!(vault.calls("get_secret"), 2);
+
+        cache
+            .versions(Collection::Secrets, "db-password")
+            .await
+            .unwrap();
+        cache
+            .versions(Collection::Secrets, "DB-Password")
+            .await
+            .unwrap();
+        assert_eq!(vault.calls("list_versions"), 1);
+        assert_eq!(cache.stats().misses, 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn impossible_names_cost_no_call() {
+        let (vault, cache) = setup(config(TTL));
+        assert_eq!(read(&cache, "a_b").await, Err(VaultError::NotFound));
+        assert_eq!(read(&cache, "").await, Err(VaultError::NotFound));
+        assert_eq!(
+            cache.secret("ok", Some("not-a-version")).await.unwrap_err(),
+            VaultError::NotFound
+        );
+        assert_eq!(
+            cache.versions(Collection::Secrets, "..").await.unwrap_err(),
+            VaultError::NotFound
+        );
+        assert_eq!(vault.calls("get_secret") + vault.calls("list_versions"), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn fresh_entries_cost_no_call_and_rotation_shows_after_one_ttl() {
+        let (vault, cache) = setup(config(TTL));
+        vault.set_secret("api", b"old");
+        let first = cache.secret("api", None).await.unwrap();
+        assert_eq!(first.valid_for, TTL);
+        assert!(!first.stale);
+
+        vault.set_secret("api", b"new");
+        advance(Duration::from_secs(20)).await;
+        let cached = cache.secret("api", None).await.unwrap();
+        assert_eq!(cached.value.value, b"old");
+        // The kernel may keep it only for what is left of the daemon's TTL.
+        assert_eq!(cached.valid_for, Duration::from_secs(40));
+        assert_eq!(vault.calls("get_secret"), 1);
+        // The open-file snapshot outlives the entry.
+        let snapshot = Arc::clone(&cached.value);
+
+        advance(Duration::from_secs(40)).await;
+        assert_eq!(read(&cache, "api").await.unwrap(), b"new");
+        assert_eq!(vault.calls("get_secret"), 2);
+        assert_eq!(snapshot.value, b"old");
+
+        let stats = cache.stats();
+        assert_eq!((stats.hits, stats.misses), (1, 2));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn validity_counts_from_the_start_of_the_fetch() {
+        let (vault, cache) = setup(config(TTL));
+        vault.set_secret("slow", b"v");
+        vault.set_delay(Duration::from_secs(2));
+        let got = cache.secret("slow", None).await.unwrap();
+        assert_eq!(got.valid_for, Duration::from_secs(58));
+        // And the entry expires a TTL after the fetch started, not after it ended.
+        advance(Duration::from_secs(58)).await;
+        cache.secret("slow", None).await.unwrap();
+        assert_eq!(vault.calls("get_secret"), 2);
+    }
+
+    /// Let spawned tasks run up to their next timer, without moving the clock.
+    async fn settle() {
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    async fn storm(cache: &Cache, name: &str, n: usize) -> Vec<Result<Vec<u8>, VaultError>> {
+        let tasks: Vec<_> = (0..n)
+            .map(|_| {
+                let cache = cache.clone();
+                let name = name.to_owned();
+                tokio::spawn(async move { read(&cache, &name).await })
+            })
+            .collect();
+        let mut out = Vec::new();
+        for t in tasks {
+            out.push(t.await.unwrap());
+        }
+        out
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn concurrent_cold_reads_make_one_call() {
+        for n in [32, 64] {
+            let (vault, cache) = setup(config(TTL));
+            vault.set_secret("cold", b"value");
+            vault.set_delay(Duration::from_millis(200));
+            let results = storm(&cache, "cold", n).await;
+            assert!(results.iter().all(|r| r.as_deref() == Ok(&b"value"[..])));
+            assert_eq!(vault.calls("get_secret"), 1, "{n} readers");
+            assert_eq!(cache.stats().coalesced, n as u64 - 1);
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn concurrent_refreshes_of_an_expired_entry_make_one_call() {
+        for n in [32, 64] {
+            let (vault, cache) = setup(config(TTL));
+            vault.set_secret("warm", b"one");
+            read(&cache, "warm").await.unwrap();
+            vault.set_secret("warm", b"two");
+            vault.set_delay(Duration::from_millis(200));
+            advance(TTL).await;
+            let results = storm(&cache, "warm", n).await;
+            assert!(results.iter().all(|r| r.as_deref() == Ok(&b"two"[..])));
+            assert_eq!(vault.calls("get_secret"), 2, "{n} readers");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn lists_and_version_lists_are_cached_and_coalesced() {
+        let (vault, cache) = setup(config(TTL));
+        vault.set_secret("a", b"1");
+        vault.set_secret("b", b"2");
+        vault.set_delay(Duration::from_millis(100));
+        let lists: Vec<_> = (0..32)
+            .map(|_| {
+                let cache = cache.clone();
+                tokio::spawn(async move { cache.list(Collection::Secrets).await })
+            })
+            .collect();
+        for l in lists {
+            assert_eq!(l.await.unwrap().unwrap().value.len(), 2);
+        }
+        assert_eq!(vault.calls("list"), 1);
+        cache.list(Collection::Secrets).await.unwrap();
+        assert_eq!(vault.calls("list"), 1);
+
+        assert_eq!(
+            cache
+                .versions(Collection::Secrets, "a")
+                .await
+                .unwrap()
+                .value
+                .len(),
+            1
+        );
+        vault.set_secret("a", b"3");
+        assert_eq!(
+            cache
+                .versions(Collection::Secrets, "a")
+                .await
+                .unwrap()
+                .value
+                .len(),
+            1
+        );
+        advance(TTL).await;
+        assert_eq!(
+            cache
+                .versions(Collection::Secrets, "a")
+                .await
+                .unwrap()
+                .value
+                .len(),
+            2
+        );
+        assert_eq!(vault.calls("list_versions"), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_flight_older_than_the_ttl_is_not_joined() {
+        let ttl = Duration::from_secs(1);
+        let (vault, cache) = setup(config(ttl));
+        vault.set_secret("s", b"v");
+        vault.set_delay(Duration::from_secs(3));
+        let spawn_read = || {
+            let cache = cache.clone();
+            tokio::spawn(async move { read(&cache, "s").await })
+        };
+        let first = spawn_read();
+        settle().await;
+        advance(Duration::from_millis(500)).await;
+        let joiner = spawn_read();
+        settle().await;
+        advance(Duration::from_millis(1000)).await;
+        // 1.5 s into the first flight: joining it could return a value older than the TTL.
+        let late = spawn_read();
+        let later = spawn_read();
+        for t in [first, joiner, late, later] {
+            assert_eq!(t.await.unwrap().unwrap(), b"v");
+        }
+        assert_eq!(vault.calls("get_secret"), 2);
+        assert_eq!(cache.stats().coalesced, 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn not_found_and_disabled_are_cached_for_the_ttl() {
+        let (vault, cache) = setup(config(TTL));
+        for _ in 0..100 {
+            assert_eq!(read(&cache, "missing").await, Err(VaultError::NotFound));
+        }
+        assert_eq!(vault.calls("get_secret"), 1);
+        vault.set_secret("missing", b"now here");
+        advance(TTL).await;
+        assert_eq!(read(&cache, "missing").await.unwrap(), b"now here");
+        assert_eq!(vault.calls("get_secret"), 2);
+
+        vault.set_secret("off", b"v");
+        vault.set_enabled("off", false);
+        for _ in 0..100 {
+            assert_eq!(read(&cache, "off").await, Err(VaultError::Disabled));
+        }
+        assert_eq!(vault.calls("get_secret"), 3);
+        let stats = cache.stats();
+        assert_eq!((stats.errors.not_found, stats.errors.disabled), (1, 1));
+        assert_eq!(stats.hits, 99 + 99);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn deleted_or_disabled_after_a_value_existed_is_not_served_stale() {
+        let (vault, cache) = setup(config(TTL));
+        vault.set_secret("gone", b"v");
+        vault.set_secret("off", b"v");
+        read(&cache, "gone").await.unwrap();
+        read(&cache, "off").await.unwrap();
+        vault.remove("gone");
+        vault.set_enabled("off", false);
+        advance(TTL).await;
+        assert_eq!(read(&cache, "gone").await, Err(VaultError::NotFound));
+        assert_eq!(read(&cache, "off").await, Err(VaultError::Disabled));
+        assert_eq!(cache.stats().stale_served, 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn transient_errors_serve_the_last_good_value_until_max_stale() {
+        let (vault, cache) = setup(CacheConfig {
+            ttl: TTL,
+            max_stale: Duration::from_secs(600),
+            ..CacheConfig::default()
+        });
+        vault.set_secret("db", b"good");
+        read(&cache, "db").await.unwrap();
+        vault.fail_with(Some(VaultError::Throttled));
+        advance(TTL).await;
+        let stale = cache.secret("db", None).await.unwrap();
+        assert_eq!(stale.value.value, b"good");
+        assert!(stale.stale);
+        assert_eq!(stale.valid_for, Duration::ZERO);
+        assert_eq!(cache.stats().errors.throttled, 1);
+
+        // 601 s after the last successful fetch: the outage has outlived --max-stale.
+        advance(Duration::from_secs(541)).await;
+        assert_eq!(read(&cache, "db").await, Err(VaultError::Throttled));
+        // Inside the retry interval too, without a call.
+        let calls = vault.calls("get_secret");
+        assert_eq!(read(&cache, "db").await, Err(VaultError::Throttled));
+        assert_eq!(vault.calls("get_secret"), calls);
+
+        vault.fail_with(None);
+        vault.set_secret("db", b"rotated");
+        advance(TTL).await;
+        let back = cache.secret("db", None).await.unwrap();
+        assert_eq!(back.value.value, b"rotated");
+        assert!(!back.stale);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_known_not_found_is_served_stale_through_an_outage() {
+        let (vault, cache) = setup(config(TTL));
+        assert_eq!(read(&cache, "nope").await, Err(VaultError::NotFound));
+        vault.fail_with(Some(unavailable()));
+        advance(TTL).await;
+        assert_eq!(read(&cache, "nope").await, Err(VaultError::NotFound));
+        assert_eq!(cache.stats().stale_served, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_outage_does_not_become_a_request_storm() {
+        // 1 s TTL, a read every 10 ms for 10 s of outage: about one call per second, not 1000.
+        let ttl = Duration::from_secs(1);
+        let (vault, cache) = setup(config(ttl));
+        vault.set_secret("hot", b"good");
+        read(&cache, "hot").await.unwrap();
+        vault.fail_with(Some(unavailable()));
+        for _ in 0..1000 {
+            advance(Duration::from_millis(10)).await;
+            assert_eq!(read(&cache, "hot").await.unwrap(), b"good");
+        }
+        let calls = vault.calls("get_secret");
+        assert!((9..=11).contains(&calls), "{calls} calls");
+        assert!(cache.stats().stale_served >= 900);
+
+        // Recovery is picked up by the first attempt after the retry interval.
+        vault.fail_with(None);
+        vault.set_secret("hot", b"rotated");
+        advance(ttl).await;
+        let back = cache.secret("hot", None).await.unwrap();
+        assert_eq!(back.value.value, b"rotated");
+        assert!(!back.stale);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retries_back_off_exponentially_up_to_the_ttl() {
+        let (vault, cache) = setup(config(TTL));
+        vault.set_secret("s", b"good");
+        read(&cache, "s").await.unwrap();
+        vault.fail_with(Some(unavailable()));
+        advance(TTL).await;
+        read(&cache, "s").await.unwrap();
+        assert_eq!(vault.calls("get_secret"), 2);
+        // Retry intervals 5, 10, 20, 40, 60, 60 s.
+        let mut expected = 2;
+        for interval in [5u64, 10, 20, 40, 60, 60] {
+            advance(Duration::from_secs(interval) - Duration::from_millis(1)).await;
+            read(&cache, "s").await.unwrap();
+            assert_eq!(
+                vault.calls("get_secret"),
+                expected,
+                "before the {interval} s retry"
+            );
+            advance(Duration::from_millis(1)).await;
+            read(&cache, "s").await.unwrap();
+            expected += 1;
+            assert_eq!(
+                vault.calls("get_secret"),
+                expected,
+                "at the {interval} s retry"
+            );
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn readers_do_not_wait_for_a_retry_during_a_known_outage() {
+        let (vault, cache) = setup(config(TTL));
+        vault.set_secret("s", b"good");
+        read(&cache, "s").await.unwrap();
+        vault.fail_with(Some(unavailable()));
+        advance(TTL).await;
+        read(&cache, "s").await.unwrap();
+        // The vault now hangs for 30 s on each call.
+        vault.set_delay(Duration::from_secs(30));
+        advance(Duration::from_secs(5)).await;
+        let start = Instant::now();
+        let prober = {
+            let cache = cache.clone();
+            tokio::spawn(async move { read(&cache, "s").await })
+        };
+        settle().await;
+        assert_eq!(read(&cache, "s").await.unwrap(), b"good");
+        assert_eq!(
+            Instant::now(),
+            start,
+            "served without waiting for the retry"
+        );
+        assert_eq!(prober.await.unwrap().unwrap(), b"good");
+        assert_eq!(vault.calls("get_secret"), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn never_fetched_and_transient_is_an_error_without_hammering() {
+        let (vault, cache) = setup(config(TTL));
+        vault.set_secret("new", b"v");
+        vault.fail_with(Some(unavailable()));
+        for _ in 0..50 {
+            assert_eq!(read(&cache, "new").await, Err(unavailable()));
+        }
+        assert_eq!(vault.calls("get_secret"), 1);
+        assert_eq!(cache.stats().deferred_errors, 49);
+        vault.fail_with(None);
+        advance(Duration::from_secs(5)).await;
+        assert_eq!(read(&cache, "new").await.unwrap(), b"v");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn revoked_access_is_returned_at_once_not_served_stale() {
+        for error in [
+            VaultError::Forbidden("the Key Vault Secrets User role".into()),
+            VaultError::Unauthorized("token expired".into()),
+        ] {
+            let (vault, cache) = setup(config(TTL));
+            vault.set_secret("s", b"good");
+            read(&cache, "s").await.unwrap();
+            vault.fail_with(Some(error.clone()));
+            advance(TTL).await;
+            assert_eq!(read(&cache, "s").await, Err(error.clone()));
+            // Not served stale later in the outage either, even if the vault turns transient.
+            vault.fail_with(Some(unavailable()));
+            advance(TTL).await;
+            assert_eq!(read(&cache, "s").await, Err(unavailable()));
+            assert_eq!(cache.stats().stale_served, 0);
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn lru_bounds_entries() {
+        let (vault, cache) = setup(CacheConfig {
+            max_entries: 4,
+            max_bytes: 1 << 20,
+            ..config(TTL)
+        });
+        for i in 0..10 {
+            vault.set_secret(&format!("s{i}"), b"v");
+        }
+        for i in 0..4 {
+            read(&cache, &format!("s{i}")).await.unwrap();
+        }
+        cache.inner.slots.run_pending_tasks().await;
+        // Touch s0 so that s1 is the least recently used.
+        read(&cache, "s0").await.unwrap();
+        cache.inner.slots.run_pending_tasks().await;
+        read(&cache, "s4").await.unwrap();
+        cache.inner.slots.run_pending_tasks().await;
+        assert_eq!(cache.stats().entries, 4);
+        let calls = vault.calls("get_secret");
+        read(&cache, "s0").await.unwrap();
+        assert_eq!(vault.calls("get_secret"), calls, "s0 was recently used");
+        read(&cache, "s1").await.unwrap();
+        assert_eq!(vault.calls("get_secret"), calls + 1, "s1 was evicted");
+
+        for i in 0..10 {
+            read(&cache, &format!("s{i}")).await.unwrap();
+        }
+        cache.inner.slots.run_pending_tasks().await;
+        assert!(cache.stats().entries <= 4);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn lru_bounds_bytes() {
+        let (vault, cache) = setup(CacheConfig {
+            max_entries: 1000,
+            max_bytes: 10_000,
+            ..config(TTL)
+        });
+        let big = vec![b'x'; 3000];
+        for i in 0..10 {
+            vault.set_secret(&format!("big{i}"), &big);
+            read(&cache, &format!("big{i}")).await.unwrap();
+        }
+        cache.inner.slots.run_pending_tasks().await;
+        let stats = cache.stats();
+        assert!(stats.entries <= 3, "{stats:?}");
+        assert!(stats.bytes <= 10_000, "{stats:?}");
+        assert!(stats.bytes >= 3000, "{stats:?}");
+    }
+
+    /// Captures log lines of the current thread (the paused-clock runtime runs every task on it).
+    #[derive(Clone, Default)]
+    struct Logs(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Logs {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Logs {
+        fn capture(&self) -> tracing::subscriber::DefaultGuard {
+            let logs = self.clone();
+            let subscriber = tracing_subscriber::fmt()
+                .with_writer(move || logs.clone())
+                .with_ansi(false)
+                .with_max_level(tracing::Level::DEBUG)
+                .finish();
+            // tracing caches each callsite's interest process-wide. While one dispatcher is
+            // registered it asks the *current thread's* default, so a callsite first hit on
+            // another test's thread (no subscriber there) would be cached as "never" for this
+            // one too. A second registered dispatcher makes it consult every dispatcher, and
+            // the rebuild corrects callsites cached before this test started.
+            static SECOND: std::sync::OnceLock<tracing::Dispatch> = std::sync::OnceLock::new();
+            SECOND.get_or_init(|| {
+                tracing::Dispatch::new(tracing::subscriber::NoSubscriber::default())
+            });
+            let guard = tracing::subscriber::set_default(subscriber);
+            tracing::callsite::rebuild_interest_cache();
+            guard
+        }
+
+        fn lines(&self, level: &str) -> Vec<String> {
+            String::from_utf8_lossy(&self.0.lock())
+                .lines()
+                .filter(|l| l.contains(level))
+                .map(str::to_owned)
+                .collect()
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn one_warning_per_object_per_outage_naming_object_and_error_not_value() {
+        let logs = Logs::default();
+        let _guard = logs.capture();
+        let ttl = Duration::from_secs(1);
+        let (vault, cache) = setup(config(ttl));
+        vault.set_secret("db-password", b"hunter2");
+        vault.set_secret("other", b"correct-horse");
+        read(&cache, "db-password").await.unwrap();
+        read(&cache, "other").await.unwrap();
+        vault.fail_with(Some(unavailable()));
+        for _ in 0..300 {
+            advance(Duration::from_millis(100)).await;
+            read(&cache, "db-password").await.unwrap();
+            read(&cache, "other").await.unwrap();
+        }
+        let warnings = logs.lines("WARN");
+        assert_eq!(warnings.len(), 2, "{warnings:#?}");
+        assert!(warnings.iter().any(|l| l.contains("secrets/db-password")));
+        assert!(warnings.iter().any(|l| l.contains("secrets/other")));
+        assert!(
+            warnings
+                .iter()
+                .all(|l| l.contains("503 Service Unavailable"))
+        );
+
+        // Recovery is logged; the next outage warns again.
+        vault.fail_with(None);
+        advance(ttl).await;
+        read(&cache, "db-password").await.unwrap();
+        assert_eq!(logs.lines("vault answers again").len(), 1);
+        vault.fail_with(Some(VaultError::Throttled));
+        advance(ttl).await;
+        read(&cache, "db-password").await.unwrap();
+        assert_eq!(logs.lines("WARN").len(), 3);
+
+        // Revoked access: logged with the message that names the missing role.
+        vault.fail_with(Some(VaultError::Forbidden(
+            "caller lacks the Key Vault Secrets User role".into(),
+        )));
+        advance(ttl * 2).await;
+        assert!(read(&cache, "other").await.is_err());
+        let errors = logs.lines("ERROR");
+        assert_eq!(errors.len(), 1, "{errors:#?}");
+        assert!(
+            errors[0].contains("Key Vault Secrets User") && errors[0].contains("secrets/other")
+        );
+
+        let all = String::from_utf8_lossy(&logs.0.lock()).into_owned();
+        assert!(!all.contains("hunter2") && !all.contains("correct-horse"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn values_never_appear_in_debug_output() {
+        let (vault, cache) = setup(config(TTL));
+        vault.set_secret("s", b"hunter2");
+        let got = cache.secret("s", None).await.unwrap();
+        assert!(!format!("{got:?}").contains("hunter2"));
+        assert!(!format!("{cache:?}").contains("hunter2"));
+        assert!(format!("{cache:?}").contains("misses: 1"));
+    }
+}

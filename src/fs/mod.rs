@@ -1,0 +1,8 @@
+//! The filesystem core: the tree of PRODUCT.md, inode numbers, attributes, open-file snapshots
+//! and the cache in front of the vault. It knows nothing of fuser, so it is tested without a kernel.
+
+pub mod cache;
+pub mod core;
+pub mod error;
+pub mod inodes;
+pub mod node;

@@ -1,0 +1,13 @@
+//! kvfs: an Azure Key Vault as a live, read-only filesystem.
+//!
+//! Three layers, dependencies in one direction: [`vault`] (a client trait over Key Vault),
+//! [`fs`] (the filesystem core: tree, inodes, attributes, cache — no FUSE), and [`fuse`] (a thin
+//! adapter from fuser's callbacks to the core). [`cli`] and `main.rs` wire them to a mount.
+
+pub mod cli;
+pub mod config;
+pub mod daemon;
+pub mod fs;
+pub mod fuse;
+pub mod mount;
+pub mod vault;

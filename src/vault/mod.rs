@@ -1,0 +1,162 @@
+//! The vault client layer: what the filesystem needs from Key Vault, behind a trait.
+//!
+//! `azure` implements it with Microsoft's `azure_security_keyvault_*` crates; `memory` is an
+//! in-memory vault for tests of the layers above, with fault injection. Nothing here knows about
+//! inodes or FUSE.
+
+pub mod azure;
+pub mod memory;
+
+use std::collections::BTreeMap;
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+
+/// The three object collections of a vault.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Collection {
+    Secrets,
+    Keys,
+    Certificates,
+}
+
+impl Collection {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Collection::Secrets => "secrets",
+            Collection::Keys => "keys",
+            Collection::Certificates => "certificates",
+        }
+    }
+}
+
+/// Metadata of one object version, as list and get operations return it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ObjectProps {
+    /// The object's name as the vault stores it (its casing).
+    pub name: String,
+    /// Version id; `None` in vault-wide lists, which carry base ids.
+    pub version: Option<String>,
+    pub enabled: bool,
+    /// Backs a certificate (the key and secret of a certificate).
+    pub managed: bool,
+    pub created: Option<SystemTime>,
+    pub updated: Option<SystemTime>,
+    pub not_before: Option<SystemTime>,
+    pub expires: Option<SystemTime>,
+    pub content_type: Option<String>,
+    pub tags: BTreeMap<String, String>,
+}
+
+/// A secret version with its value.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretValue {
+    pub props: ObjectProps,
+    pub value: Vec<u8>,
+}
+
+/// Values never reach logs through `Debug`.
+impl std::fmt::Debug for SecretValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecretValue")
+            .field("props", &self.props)
+            .field("value", &format_args!("<{} bytes>", self.value.len()))
+            .finish()
+    }
+}
+
+/// Why a vault call failed, in the terms the filesystem acts on.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum VaultError {
+    /// 404, or a name the vault cannot have.
+    #[error("not found")]
+    NotFound,
+    /// 403 `SecretDisabled`: the object exists but is disabled.
+    #[error("disabled")]
+    Disabled,
+    /// 401 the client could not get past, or a credential that cannot get a token.
+    #[error("not authenticated: {0}")]
+    Unauthorized(String),
+    /// 403 access denied; the message names what is missing (role or access-policy permission).
+    #[error("access denied: {0}")]
+    Forbidden(String),
+    /// 429 after the client's own retries.
+    #[error("throttled by the vault")]
+    Throttled,
+    /// 5xx, timeouts, connection failures: the vault is not answering properly.
+    #[error("vault unavailable: {0}")]
+    Unavailable(String),
+    /// Anything else (400, an answer that does not parse, …).
+    #[error("unexpected vault answer: {0}")]
+    Unexpected(String),
+}
+
+impl VaultError {
+    /// Transient failures, through which the last good value is served (up to `--max-stale`).
+    pub fn is_transient(&self) -> bool {
+        matches!(self, VaultError::Throttled | VaultError::Unavailable(_))
+    }
+}
+
+/// What the filesystem asks of a vault. Implementations must be cheap to share across tasks.
+#[async_trait]
+pub trait VaultClient: Send + Sync + 'static {
+    /// Every object of a collection (following `nextLink` across all pages), latest metadata each.
+    async fn list(&self, collection: Collection) -> Result<Vec<ObjectProps>, VaultError>;
+
+    /// Every version of one object. An unknown name gives an empty list.
+    async fn list_versions(
+        &self,
+        collection: Collection,
+        name: &str,
+    ) -> Result<Vec<ObjectProps>, VaultError>;
+
+    /// A secret's value: the latest version when `version` is `None`.
+    async fn get_secret(
+        &self,
+        name: &str,
+        version: Option<&str>,
+    ) -> Result<SecretValue, VaultError>;
+}
+
+/// Key Vault object names: 1–127 of `[0-9A-Za-z-]`. Anything else cannot exist, so the
+/// filesystem answers it without asking the vault.
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 127
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+}
+
+/// Version ids are 32 hex digits.
+pub fn valid_version(version: &str) -> bool {
+    version.len() == 32 && version.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_versions() {
+        assert!(valid_name("db-password"));
+        assert!(valid_name(&"a".repeat(127)));
+        assert!(!valid_name(&"a".repeat(128)));
+        assert!(!valid_name(""));
+        assert!(!valid_name("a_b"));
+        assert!(!valid_name("a.b"));
+        assert!(!valid_name(".."));
+        assert!(valid_version("0123456789abcdef0123456789ABCDEF"));
+        assert!(!valid_version("0123"));
+    }
+
+    #[test]
+    fn secret_debug_hides_the_value() {
+        let s = SecretValue {
+            props: ObjectProps::default(),
+            value: b"hunter2".to_vec(),
+        };
+        let shown = format!("{s:?}");
+        assert!(!shown.contains("hunter2"));
+        assert!(shown.contains("<7 bytes>"));
+    }
+}

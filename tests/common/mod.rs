@@ -1,0 +1,172 @@
+//! Real mounts for integration tests: a testvault over HTTPS and the `kvfs` binary mounted on a
+//! temporary directory, unmounted (and the daemon stopped) on drop.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use testvault::{Options, Seed, TestVault};
+
+pub const KVFS: &str = env!("CARGO_BIN_EXE_kvfs");
+
+pub fn sample_seed() -> Seed {
+    Seed::from_json(include_str!("../testvault/seed/sample.json")).expect("sample seed parses")
+}
+
+pub fn start_vault() -> TestVault {
+    TestVault::start(Options {
+        seed: Some(sample_seed()),
+        ..Default::default()
+    })
+    .expect("testvault starts")
+}
+
+/// The environment a client-secret mount against `vault` needs.
+pub fn kvfs_env(vault: &TestVault) -> Vec<(String, String)> {
+    let i = vault.info();
+    vec![
+        ("AZURE_TENANT_ID".into(), i.tenant_id.clone()),
+        ("AZURE_CLIENT_ID".into(), i.client_id.clone()),
+        ("AZURE_CLIENT_SECRET".into(), i.client_secret.clone()),
+        ("AZURE_AUTHORITY_HOST".into(), i.authority_host.clone()),
+        ("KVFS_LOG".into(), "kvfs=debug,warn".into()),
+    ]
+}
+
+/// `kvfs mount` arguments for `vault` on `dir`, plus `extra`.
+pub fn mount_args(vault: &TestVault, dir: &Path, extra: &[&str]) -> Vec<String> {
+    let mut args = vec![
+        "mount".to_string(),
+        vault.info().vault_url.clone(),
+        dir.display().to_string(),
+        "--ca-file".into(),
+        vault.info().ca_file.display().to_string(),
+        "--no-verify-challenge-resource".into(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
+pub fn is_mounted(dir: &Path) -> bool {
+    let wanted = dir.display().to_string();
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.split(' ').nth(4) == Some(wanted.as_str()))
+}
+
+pub fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A foreground `kvfs mount` process and its mountpoint.
+pub struct Mount {
+    pub dir: tempfile::TempDir,
+    pub child: Option<Child>,
+    pub log: PathBuf,
+    _logs: tempfile::TempDir,
+}
+
+impl Mount {
+    /// Mount `vault` with `--foreground` and wait until the kernel shows the mount.
+    pub fn start(vault: &TestVault, extra: &[&str]) -> Mount {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let logs = tempfile::tempdir().expect("tempdir");
+        let log = logs.path().join("kvfs.log");
+        let mut args = mount_args(vault, dir.path(), extra);
+        args.push("--foreground".into());
+        let child = Command::new(KVFS)
+            .args(&args)
+            .envs(kvfs_env(vault))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .spawn()
+            .expect("kvfs starts");
+        let mut m = Mount {
+            dir,
+            child: Some(child),
+            log,
+            _logs: logs,
+        };
+        let path = m.dir.path().to_path_buf();
+        let start = Instant::now();
+        while !is_mounted(&path) {
+            if let Some(status) = m.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                panic!("kvfs exited before mounting ({status}): {}", m.log_text());
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(15),
+                "mount did not appear: {}",
+                m.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        m
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    pub fn read(&self, rel: &str) -> std::io::Result<String> {
+        std::fs::read_to_string(self.path(rel))
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGTERM the daemon; returns its exit status.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("running");
+        // SAFETY: sending a signal to our own child process.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let start = Instant::now();
+        loop {
+            if let Some(s) = child.try_wait().expect("wait") {
+                return s;
+            }
+            if start.elapsed() > Duration::from_secs(15) {
+                let _ = child.kill();
+                panic!("kvfs did not exit after SIGTERM: {}", self.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // SAFETY: as above.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let start = Instant::now();
+            while child.try_wait().ok().flatten().is_none()
+                && start.elapsed() < Duration::from_secs(5)
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if is_mounted(self.dir.path()) {
+            let _ = Command::new("umount")
+                .arg("-l")
+                .arg(self.dir.path())
+                .status();
+        }
+    }
+}
+
+/// The errno of an I/O error (panics if it has none).
+pub fn errno(e: &std::io::Error) -> i32 {
+    e.raw_os_error()
+        .unwrap_or_else(|| panic!("no errno in {e}"))
+}

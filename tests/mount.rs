@@ -484,3 +484,42 @@ fn mounting_over_a_stale_mount_recovers_it() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn a_missing_role_is_eacces_with_a_log_line_naming_it() {
+    let vault = start_vault();
+    let reader = vault
+        .add_identity(testvault::IdentitySpec {
+            name: "metadata-reader".into(),
+            roles: Some(vec!["Key Vault Reader".into()]),
+            ..Default::default()
+        })
+        .expect("identity added");
+    let dir = tempfile::tempdir().unwrap();
+    let logs = tempfile::tempdir().unwrap();
+    let log = logs.path().join("kvfs.log");
+    let mut env = kvfs_env(&vault);
+    for (k, v) in env.iter_mut() {
+        match k.as_str() {
+            "AZURE_CLIENT_ID" => *v = reader.client_id.clone(),
+            "AZURE_CLIENT_SECRET" => *v = reader.client_secret.clone().expect("app secret"),
+            _ => {}
+        }
+    }
+    let log_arg = log.display().to_string();
+    let out = Command::new(KVFS)
+        .args(mount_args(&vault, dir.path(), &["--log-file", &log_arg]))
+        .envs(env)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // Listing needs only metadata, which a Reader has; the value needs Key Vault Secrets User.
+    assert!(names(&dir.path().join("secrets")).contains("api-key"));
+    let e = std::fs::read_to_string(dir.path().join("secrets/api-key")).unwrap_err();
+    assert_eq!(errno(&e), libc::EACCES, "{e}");
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("Key Vault Secrets User"), "{text}");
+    assert!(!text.contains("sk_test_4eC39HqLyjWDarjtT1zdp7dc"), "no values in logs");
+    let out = Command::new(KVFS).arg("unmount").arg(dir.path()).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}

@@ -49,7 +49,11 @@ fn run(cli: Cli, readiness: mount::Readiness) -> Result<(), String> {
 
 fn main() {
     let readiness = mount::Readiness::from_env();
-    let cli = Cli::parse();
+    let args = match kvfs::cli::normalize_args(std::env::args_os().collect()) {
+        kvfs::cli::Invocation::Run(args) => args,
+        kvfs::cli::Invocation::Fake => return,
+    };
+    let cli = Cli::parse_from(args);
     if let Err(e) = run(cli, readiness) {
         eprintln!("kvfs: {e}");
         std::process::exit(1);

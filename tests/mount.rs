@@ -512,14 +512,66 @@ fn a_missing_role_is_eacces_with_a_log_line_naming_it() {
         .envs(env)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // Listing needs only metadata, which a Reader has; the value needs Key Vault Secrets User.
     assert!(names(&dir.path().join("secrets")).contains("api-key"));
     let e = std::fs::read_to_string(dir.path().join("secrets/api-key")).unwrap_err();
     assert_eq!(errno(&e), libc::EACCES, "{e}");
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(text.contains("Key Vault Secrets User"), "{text}");
-    assert!(!text.contains("sk_test_4eC39HqLyjWDarjtT1zdp7dc"), "no values in logs");
-    let out = Command::new(KVFS).arg("unmount").arg(dir.path()).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        !text.contains("sk_test_4eC39HqLyjWDarjtT1zdp7dc"),
+        "no values in logs"
+    );
+    let out = Command::new(KVFS)
+        .arg("unmount")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn the_mount_helper_form_takes_o_options_as_fstab_gives_them() {
+    let vault = start_vault();
+    let bin = tempfile::tempdir().unwrap();
+    let helper = bin.path().join("mount.fuse.kvfs");
+    std::os::unix::fs::symlink(KVFS, &helper).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let options = format!(
+        "rw,nofail,allow_other,uid=65534,cache_ttl=30s,ca_file={},no_verify_challenge_resource",
+        vault.info().ca_file.display()
+    );
+    let out = Command::new(&helper)
+        .arg(&vault.info().vault_url)
+        .arg(dir.path())
+        .args(["-n", "-o", &options])
+        .envs(kvfs_env(&vault))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let meta = std::fs::metadata(dir.path().join("secrets/api-key")).unwrap();
+    assert_eq!(meta.uid(), 65534);
+    let out = Command::new(KVFS)
+        .arg("unmount")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -9,7 +9,10 @@ use std::process::Command;
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, SystemTime};
 
-use common::{KVFS, Mount, errno, is_mounted, kvfs_env, mount_args, start_vault, wait_until};
+use common::{
+    KVFS, Mount, errno, is_mounted, kvfs_env, mount_args, mount_detached, start_vault, succeed,
+    unmount, wait_until,
+};
 use testvault::{Fault, FaultAction};
 
 fn names(dir: &std::path::Path) -> BTreeSet<String> {
@@ -26,6 +29,8 @@ fn set(items: &[&str]) -> BTreeSet<String> {
 #[test]
 fn lists_and_reads_the_tree_without_fetching_at_mount() {
     let vault = start_vault();
+    // Two items per page: listings must follow nextLink across every page.
+    vault.update_settings(|s| s.page_size = 2).unwrap();
     vault.reset();
     let m = Mount::start(&vault, &["--cache-ttl", "60s"]);
     assert!(
@@ -397,31 +402,13 @@ fn sigterm_unmounts_cleanly_and_exits_zero() {
 fn detached_mount_answers_before_the_command_returns_and_unmount_ends_it() {
     let vault = start_vault();
     let dir = tempfile::tempdir().unwrap();
-    let out = Command::new(KVFS)
-        .args(mount_args(&vault, dir.path(), &[]))
-        .envs(kvfs_env(&vault))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    mount_detached(&vault, dir.path(), &[], kvfs_env(&vault));
     assert!(is_mounted(dir.path()), "mounted when the command returns");
     assert_eq!(
         std::fs::read_to_string(dir.path().join("secrets/api-key")).unwrap(),
         "sk_test_4eC39HqLyjWDarjtT1zdp7dc"
     );
-    let out = Command::new(KVFS)
-        .arg("unmount")
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    unmount(dir.path());
     assert!(!is_mounted(dir.path()));
 }
 
@@ -432,10 +419,11 @@ fn a_failed_mount_says_why_in_one_line() {
     for args in [
         mount_args(&vault, missing, &[]),
         mount_args(&vault, missing, &["--foreground"]),
-        {
-            let d = tempfile::tempdir().unwrap().keep();
-            mount_args(&vault, &d, &["--cache-ttl", "soon"])
-        },
+        mount_args(
+            &vault,
+            std::env::temp_dir().as_path(),
+            &["--cache-ttl", "soon"],
+        ),
     ] {
         let out = Command::new(KVFS)
             .args(&args)
@@ -459,30 +447,12 @@ fn mounting_over_a_stale_mount_recovers_it() {
     child.wait().unwrap();
     let e = std::fs::metadata(m.path("secrets")).unwrap_err();
     assert_eq!(errno(&e), libc::ENOTCONN);
-    let again = Command::new(KVFS)
-        .args(mount_args(&vault, m.dir.path(), &[]))
-        .envs(kvfs_env(&vault))
-        .output()
-        .unwrap();
-    assert!(
-        again.status.success(),
-        "{}",
-        String::from_utf8_lossy(&again.stderr)
-    );
+    mount_detached(&vault, m.dir.path(), &[], kvfs_env(&vault));
     assert_eq!(
         m.read("secrets/api-key").unwrap(),
         "sk_test_4eC39HqLyjWDarjtT1zdp7dc"
     );
-    let out = Command::new(KVFS)
-        .arg("unmount")
-        .arg(m.dir.path())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    unmount(m.dir.path());
 }
 
 #[test]
@@ -507,16 +477,7 @@ fn a_missing_role_is_eacces_with_a_log_line_naming_it() {
         }
     }
     let log_arg = log.display().to_string();
-    let out = Command::new(KVFS)
-        .args(mount_args(&vault, dir.path(), &["--log-file", &log_arg]))
-        .envs(env)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    mount_detached(&vault, dir.path(), &["--log-file", &log_arg], env);
     // Listing needs only metadata, which a Reader has; the value needs Key Vault Secrets User.
     assert!(names(&dir.path().join("secrets")).contains("api-key"));
     let e = std::fs::read_to_string(dir.path().join("secrets/api-key")).unwrap_err();
@@ -527,16 +488,7 @@ fn a_missing_role_is_eacces_with_a_log_line_naming_it() {
         !text.contains("sk_test_4eC39HqLyjWDarjtT1zdp7dc"),
         "no values in logs"
     );
-    let out = Command::new(KVFS)
-        .arg("unmount")
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    unmount(dir.path());
 }
 
 #[test]
@@ -550,28 +502,14 @@ fn the_mount_helper_form_takes_o_options_as_fstab_gives_them() {
         "rw,nofail,allow_other,uid=65534,cache_ttl=30s,ca_file={},no_verify_challenge_resource",
         vault.info().ca_file.display()
     );
-    let out = Command::new(&helper)
-        .arg(&vault.info().vault_url)
-        .arg(dir.path())
-        .args(["-n", "-o", &options])
-        .envs(kvfs_env(&vault))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    succeed(
+        Command::new(&helper)
+            .arg(&vault.info().vault_url)
+            .arg(dir.path())
+            .args(["-n", "-o", &options])
+            .envs(kvfs_env(&vault)),
     );
     let meta = std::fs::metadata(dir.path().join("secrets/api-key")).unwrap();
     assert_eq!(meta.uid(), 65534);
-    let out = Command::new(KVFS)
-        .arg("unmount")
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    unmount(dir.path());
 }

@@ -170,3 +170,29 @@ pub fn errno(e: &std::io::Error) -> i32 {
     e.raw_os_error()
         .unwrap_or_else(|| panic!("no errno in {e}"))
 }
+
+/// Run a command to completion and insist it succeeded, showing its stderr if not.
+pub fn succeed(command: &mut Command) -> std::process::Output {
+    let out = command.output().expect("command runs");
+    assert!(
+        out.status.success(),
+        "{:?} failed: {}",
+        command,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// `kvfs mount` (detached) with `env`; returns once mounted.
+pub fn mount_detached(vault: &TestVault, dir: &Path, extra: &[&str], env: Vec<(String, String)>) {
+    succeed(
+        Command::new(KVFS)
+            .args(mount_args(vault, dir, extra))
+            .envs(env),
+    );
+}
+
+/// `kvfs unmount`, which must succeed.
+pub fn unmount(dir: &Path) {
+    succeed(Command::new(KVFS).arg("unmount").arg(dir));
+}

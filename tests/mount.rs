@@ -396,6 +396,15 @@ fn sigterm_unmounts_cleanly_and_exits_zero() {
     let status = m.stop();
     assert!(status.success(), "exit status {status}: {}", m.log_text());
     assert!(!is_mounted(m.dir.path()));
+
+    // SIGINT (Ctrl-C in a foreground kvfs) does the same.
+    let mut m = Mount::start(&vault, &[]);
+    let mut child = m.child.take().unwrap();
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let status = child.wait().unwrap();
+    assert!(status.success(), "exit status {status}: {}", m.log_text());
+    assert!(!is_mounted(m.dir.path()));
 }
 
 #[test]

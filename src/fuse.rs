@@ -136,6 +136,19 @@ impl Filesystem for FuseAdapter {
         reply.ok();
     }
 
+    /// Nothing is buffered for writing, so there is nothing to flush (without this, fuser logs
+    /// every close as an unimplemented call).
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        reply.ok();
+    }
+
     fn readdir(
         &self,
         _req: &Request,

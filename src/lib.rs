@@ -10,4 +10,5 @@ pub mod daemon;
 pub mod fs;
 pub mod fuse;
 pub mod mount;
+pub mod render;
 pub mod vault;

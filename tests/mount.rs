@@ -51,8 +51,12 @@ fn lists_and_reads_the_tree_without_fetching_at_mount() {
         m.read("secrets/db-password").unwrap(),
         "c0rrect-h0rse-battery-staple"
     );
-    assert!(names(&m.path("keys")).is_empty());
-    assert!(names(&m.path("certs")).is_empty());
+    // Certificate-backing keys are not listed under keys/; certificates are under certs/.
+    assert_eq!(names(&m.path("keys")), set(&["signing-ec", "signing-rsa"]));
+    assert_eq!(
+        names(&m.path("certs")),
+        set(&["internal-signing", "web", "web-pem"])
+    );
     assert_eq!(
         names(&m.path("versions")),
         set(&["certs", "keys", "secrets"])

@@ -59,7 +59,8 @@ use parking_lot::Mutex;
 use tokio::time::Instant;
 
 use crate::vault::{
-    Collection, ObjectProps, SecretValue, VaultClient, VaultError, valid_name, valid_version,
+    CertificateValue, Collection, KeyValue, ObjectProps, SecretValue, VaultClient, VaultError,
+    valid_name, valid_version,
 };
 
 /// Bytes charged per entry on top of its value: the key, the entry struct, moka's bookkeeping.
@@ -221,6 +222,60 @@ impl Cache {
         }
     }
 
+    /// A key's public JWK: the latest version when `version` is `None`.
+    pub async fn key(
+        &self,
+        name: &str,
+        version: Option<&str>,
+    ) -> Result<Cached<KeyValue>, VaultError> {
+        if !valid_name(name) || version.is_some_and(|v| !valid_version(v)) {
+            return Err(VaultError::NotFound);
+        }
+        let request = Request::Key {
+            name: name.to_owned(),
+            version: version.map(str::to_owned),
+        };
+        match self.get(request).await? {
+            Reply {
+                value: Value::Key(value),
+                valid_for,
+                stale,
+            } => Ok(Cached {
+                value,
+                valid_for,
+                stale,
+            }),
+            Reply { .. } => Err(wrong_kind()),
+        }
+    }
+
+    /// A certificate with its backing secret, both of one version (latest when `None`).
+    pub async fn certificate(
+        &self,
+        name: &str,
+        version: Option<&str>,
+    ) -> Result<Cached<CertificateValue>, VaultError> {
+        if !valid_name(name) || version.is_some_and(|v| !valid_version(v)) {
+            return Err(VaultError::NotFound);
+        }
+        let request = Request::Certificate {
+            name: name.to_owned(),
+            version: version.map(str::to_owned),
+        };
+        match self.get(request).await? {
+            Reply {
+                value: Value::Certificate(value),
+                valid_for,
+                stale,
+            } => Ok(Cached {
+                value,
+                valid_for,
+                stale,
+            }),
+            Reply { .. } => Err(wrong_kind()),
+        }
+    }
+
     /// Every object of a collection, latest metadata each.
     pub async fn list(
         &self,
@@ -346,6 +401,14 @@ enum Request {
         name: String,
         version: Option<String>,
     },
+    Key {
+        name: String,
+        version: Option<String>,
+    },
+    Certificate {
+        name: String,
+        version: Option<String>,
+    },
     List(Collection),
     Versions(Collection, String),
 }
@@ -354,6 +417,14 @@ impl Request {
     fn key(&self) -> Request {
         match self {
             Request::Secret { name, version } => Request::Secret {
+                name: name.to_ascii_uppercase(),
+                version: version.clone(),
+            },
+            Request::Key { name, version } => Request::Key {
+                name: name.to_ascii_uppercase(),
+                version: version.clone(),
+            },
+            Request::Certificate { name, version } => Request::Certificate {
                 name: name.to_ascii_uppercase(),
                 version: version.clone(),
             },
@@ -376,6 +447,14 @@ impl fmt::Display for Request {
                 name,
                 version: Some(v),
             } => write!(f, "secrets/{name}/{v}"),
+            Request::Key { name, version } => {
+                write!(f, "keys/{name}")?;
+                version.iter().try_for_each(|v| write!(f, "/{v}"))
+            }
+            Request::Certificate { name, version } => {
+                write!(f, "certificates/{name}")?;
+                version.iter().try_for_each(|v| write!(f, "/{v}"))
+            }
             Request::List(c) => write!(f, "{} (list)", c.as_str()),
             Request::Versions(c, name) => write!(f, "{}/{name} (versions)", c.as_str()),
         }
@@ -385,6 +464,8 @@ impl fmt::Display for Request {
 #[derive(Clone)]
 enum Value {
     Secret(Arc<SecretValue>),
+    Key(Arc<KeyValue>),
+    Certificate(Arc<CertificateValue>),
     Props(Arc<Vec<ObjectProps>>),
 }
 
@@ -393,6 +474,15 @@ impl Value {
     fn bytes(&self) -> u64 {
         let n = match self {
             Value::Secret(s) => s.value.len() + props_bytes(&s.props),
+            Value::Key(k) => k.jwk.to_string().len() + props_bytes(&k.props),
+            Value::Certificate(c) => {
+                c.cer.len()
+                    + props_bytes(&c.props)
+                    + c.secret
+                        .as_ref()
+                        .map(|s| s.value.len() + props_bytes(&s.props))
+                        .unwrap_or(0)
+            }
             Value::Props(list) => list.iter().map(props_bytes).sum(),
         };
         n as u64
@@ -596,6 +686,16 @@ impl Inner {
                 .get_secret(name, version.as_deref())
                 .await
                 .map(|s| Value::Secret(Arc::new(s))),
+            Request::Key { name, version } => self
+                .client
+                .get_key(name, version.as_deref())
+                .await
+                .map(|k| Value::Key(Arc::new(k))),
+            Request::Certificate { name, version } => self
+                .client
+                .get_certificate(name, version.as_deref())
+                .await
+                .map(|c| Value::Certificate(Arc::new(c))),
             Request::List(c) => self
                 .client
                 .list(*c)

@@ -13,7 +13,10 @@ use super::cache::Cache;
 use super::error::FsError;
 use super::inodes::Inodes;
 use super::node::Node;
-use crate::vault::{Collection, ObjectProps, SecretValue};
+use crate::render::RenderError;
+use crate::render::cert::{self, CertFiles};
+use crate::render::key;
+use crate::vault::{Collection, ObjectProps};
 
 /// Ownership and modes of everything in the mount.
 #[derive(Clone, Debug)]
@@ -57,22 +60,54 @@ pub struct DirEntry {
     pub kind: Kind,
 }
 
+/// The bytes of one file as they are now, with the metadata of the object version they come from.
+pub struct FileContent {
+    pub bytes: Arc<Vec<u8>>,
+    pub props: ObjectProps,
+    /// Attributes beyond those of `props` (`user.kvfs.jwk` of a key).
+    pub extra_xattrs: Vec<(String, String)>,
+}
+
+/// Values never reach logs through `Debug`.
+impl std::fmt::Debug for FileContent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FileContent")
+            .field("bytes", &format_args!("<{} bytes>", self.bytes.len()))
+            .field("props", &self.props)
+            .finish()
+    }
+}
+
 /// What a resolved node stands for right now.
 enum Resolved {
     Dir {
         mtime: SystemTime,
         ttl: Duration,
+        /// For a certificate directory: its files.
+        cert: Option<(Arc<CertFiles>, ObjectProps)>,
     },
     File {
-        secret: Arc<SecretValue>,
+        content: Arc<FileContent>,
         ttl: Duration,
     },
+}
+
+/// Rendered key and certificate files, by (collection, lower-case name, version). A version never
+/// changes, so it is rendered once; a render error is remembered too, so malformed material is
+/// logged once rather than on every read.
+type Rendered = moka::sync::Cache<(Collection, String, String), Result<RenderedValue, RenderError>>;
+
+#[derive(Clone)]
+enum RenderedValue {
+    Key { pem: Arc<Vec<u8>>, jwk: String },
+    Cert(Arc<CertFiles>),
 }
 
 pub struct FsCore {
     cache: Cache,
     inodes: Inodes,
-    handles: Mutex<HashMap<u64, Arc<SecretValue>>>,
+    rendered: Rendered,
+    handles: Mutex<HashMap<u64, Arc<FileContent>>>,
     next_handle: AtomicU64,
     owner: Ownership,
     /// Upper bound on what the kernel may cache (the cache TTL).
@@ -88,11 +123,17 @@ fn rfc3339(t: SystemTime) -> String {
         .unwrap_or_default()
 }
 
+/// Keys of these types are not shown (symmetric keys release no material).
+fn key_listed(props: &ObjectProps, kty: Option<&str>) -> bool {
+    props.enabled && !props.managed && kty.is_none_or(key::is_supported)
+}
+
 impl FsCore {
     pub fn new(cache: Cache, owner: Ownership, ttl: Duration) -> Self {
         FsCore {
             cache,
             inodes: Inodes::default(),
+            rendered: moka::sync::Cache::new(10_000),
             handles: Mutex::new(HashMap::new()),
             next_handle: AtomicU64::new(1),
             owner,
@@ -106,33 +147,31 @@ impl FsCore {
     }
 
     fn attr(&self, ino: u64, resolved: &Resolved) -> Entry {
-        match resolved {
-            Resolved::Dir { mtime, ttl } => Entry {
-                attr: Attr {
-                    ino,
-                    kind: Kind::Dir,
-                    size: 0,
-                    perm: self.owner.dir_mode,
-                    nlink: 2,
-                    uid: self.owner.uid,
-                    gid: self.owner.gid,
-                    mtime: *mtime,
-                },
-                ttl: *ttl,
+        let (kind, size, perm, nlink, mtime, ttl) = match resolved {
+            Resolved::Dir { mtime, ttl, .. } => {
+                (Kind::Dir, 0, self.owner.dir_mode, 2, *mtime, *ttl)
+            }
+            Resolved::File { content, ttl } => (
+                Kind::File,
+                content.bytes.len() as u64,
+                self.owner.file_mode,
+                1,
+                content.props.updated.unwrap_or(self.mounted_at),
+                *ttl,
+            ),
+        };
+        Entry {
+            attr: Attr {
+                ino,
+                kind,
+                size,
+                perm,
+                nlink,
+                uid: self.owner.uid,
+                gid: self.owner.gid,
+                mtime,
             },
-            Resolved::File { secret, ttl } => Entry {
-                attr: Attr {
-                    ino,
-                    kind: Kind::File,
-                    size: secret.value.len() as u64,
-                    perm: self.owner.file_mode,
-                    nlink: 1,
-                    uid: self.owner.uid,
-                    gid: self.owner.gid,
-                    mtime: secret.props.updated.unwrap_or(self.mounted_at),
-                },
-                ttl: *ttl,
-            },
+            ttl,
         }
     }
 
@@ -140,39 +179,149 @@ impl FsCore {
         valid_for.min(self.ttl)
     }
 
-    /// Fetch what a node is (through the cache). Hidden objects — disabled ones and those that
-    /// back a certificate — are `NotFound`.
+    /// Render once per version; malformed material is one log line and `EIO`.
+    fn render(
+        &self,
+        collection: Collection,
+        props: &ObjectProps,
+        make: impl FnOnce() -> Result<RenderedValue, RenderError>,
+    ) -> Result<RenderedValue, FsError> {
+        let version = props.version.clone().unwrap_or_default();
+        let key = (collection, props.name.to_ascii_lowercase(), version.clone());
+        let result = self.rendered.get_with(key, || {
+            let r = make();
+            if let Err(e) = &r {
+                tracing::warn!(
+                    object = %format!("{}/{}/{version}", collection.as_str(), props.name),
+                    "cannot render the vault's material: {e}"
+                );
+            }
+            r
+        });
+        result.map_err(|e| match e {
+            RenderError::Unsupported(_) => FsError::NotFound,
+            RenderError::Malformed(_) => FsError::Io,
+        })
+    }
+
+    async fn key_file(&self, name: &str, version: Option<&str>) -> Result<Resolved, FsError> {
+        let got = self.cache.key(name, version).await?;
+        let k = &got.value;
+        let kty = k.jwk.get("kty").and_then(|v| v.as_str());
+        if !key_listed(&k.props, kty) {
+            return Err(FsError::NotFound);
+        }
+        let RenderedValue::Key { pem, jwk } = self.render(Collection::Keys, &k.props, || {
+            Ok(RenderedValue::Key {
+                pem: Arc::new(key::public_key_pem(&k.jwk)?),
+                jwk: key::public_jwk_json(&k.jwk),
+            })
+        })?
+        else {
+            return Err(FsError::Io);
+        };
+        Ok(Resolved::File {
+            content: Arc::new(FileContent {
+                bytes: pem,
+                props: k.props.clone(),
+                extra_xattrs: vec![(format!("{XATTR_PREFIX}jwk"), jwk)],
+            }),
+            ttl: self.bounded(got.valid_for),
+        })
+    }
+
+    async fn cert_files(
+        &self,
+        name: &str,
+        version: Option<&str>,
+    ) -> Result<(Arc<CertFiles>, ObjectProps, Duration), FsError> {
+        let got = self.cache.certificate(name, version).await?;
+        let c = &got.value;
+        if !c.props.enabled {
+            return Err(FsError::NotFound);
+        }
+        let secret = c.secret.as_ref().map(|s| {
+            (
+                s.props.content_type.as_deref().unwrap_or(""),
+                String::from_utf8_lossy(&s.value).into_owned(),
+            )
+        });
+        let RenderedValue::Cert(files) = self.render(Collection::Certificates, &c.props, || {
+            let secret = secret.as_ref().map(|(ct, v)| (*ct, v.as_str()));
+            Ok(RenderedValue::Cert(Arc::new(cert::render(&c.cer, secret)?)))
+        })?
+        else {
+            return Err(FsError::Io);
+        };
+        Ok((files, c.props.clone(), self.bounded(got.valid_for)))
+    }
+
+    /// Fetch what a node is (through the cache). Hidden objects — disabled ones, those that back a
+    /// certificate, keys kvfs does not render — are `NotFound`.
     async fn resolve(&self, node: &Node) -> Result<Resolved, FsError> {
         match node {
             Node::Root | Node::Collection(_) | Node::Versions | Node::VersionsOf(_) => {
                 Ok(Resolved::Dir {
                     mtime: self.mounted_at,
                     ttl: self.ttl,
+                    cert: None,
                 })
             }
-            Node::Secret(name) => {
-                let got = self.cache.secret(name, None).await?;
+            Node::Object {
+                collection: Collection::Secrets,
+                name,
+                version,
+            } => {
+                let got = self.cache.secret(name, version.as_deref()).await?;
                 if got.value.props.managed {
                     return Err(FsError::NotFound);
                 }
                 Ok(Resolved::File {
+                    content: Arc::new(FileContent {
+                        bytes: Arc::new(got.value.value.clone()),
+                        props: got.value.props.clone(),
+                        extra_xattrs: Vec::new(),
+                    }),
                     ttl: self.bounded(got.valid_for),
-                    secret: got.value,
                 })
             }
-            Node::SecretVersion(name, version) => {
-                let got = self.cache.secret(name, Some(version)).await?;
-                if got.value.props.managed {
-                    return Err(FsError::NotFound);
-                }
+            Node::Object {
+                collection: Collection::Keys,
+                name,
+                version,
+            } => self.key_file(name, version.as_deref()).await,
+            Node::Object {
+                collection: Collection::Certificates,
+                name,
+                version,
+            } => {
+                let (files, props, ttl) = self.cert_files(name, version.as_deref()).await?;
+                Ok(Resolved::Dir {
+                    mtime: props.updated.unwrap_or(self.mounted_at),
+                    ttl,
+                    cert: Some((files, props)),
+                })
+            }
+            Node::CertFile {
+                name,
+                version,
+                file,
+            } => {
+                let (files, props, ttl) = self.cert_files(name, version.as_deref()).await?;
+                let bytes = files.file(file).ok_or(FsError::NotFound)?.to_vec();
                 Ok(Resolved::File {
-                    ttl: self.bounded(got.valid_for),
-                    secret: got.value,
+                    content: Arc::new(FileContent {
+                        bytes: Arc::new(bytes),
+                        props,
+                        extra_xattrs: Vec::new(),
+                    }),
+                    ttl,
                 })
             }
-            Node::SecretVersions(name) => {
-                let got = self.cache.versions(Collection::Secrets, name).await?;
-                let visible: Vec<&ObjectProps> = visible_versions(&got.value).collect();
+            Node::ObjectVersions { collection, name } => {
+                let got = self.cache.versions(*collection, name).await?;
+                let visible: Vec<&ObjectProps> =
+                    visible_versions(*collection, &got.value).collect();
                 if visible.is_empty() {
                     return Err(FsError::NotFound);
                 }
@@ -184,6 +333,7 @@ impl FsCore {
                 Ok(Resolved::Dir {
                     mtime,
                     ttl: self.bounded(got.valid_for),
+                    cert: None,
                 })
             }
         }
@@ -210,39 +360,71 @@ impl FsCore {
         self.inodes.forget(ino, lookups);
     }
 
+    /// The objects a collection directory shows. Keys are fetched (through the cache) to leave
+    /// out the types kvfs does not render, which list items do not name.
+    async fn listed_objects(&self, collection: Collection) -> Result<Vec<String>, FsError> {
+        let listed = self.cache.list(collection).await?;
+        let candidates: Vec<&ObjectProps> = listed
+            .value
+            .iter()
+            .filter(|p| p.enabled && (collection == Collection::Certificates || !p.managed))
+            .collect();
+        if collection != Collection::Keys {
+            return Ok(candidates.iter().map(|p| p.name.clone()).collect());
+        }
+        let checks = candidates.iter().map(|p| async move {
+            match self.cache.key(&p.name, None).await {
+                Ok(k) => {
+                    let kty = k.value.jwk.get("kty").and_then(|v| v.as_str());
+                    key_listed(&k.value.props, kty).then(|| p.name.clone())
+                }
+                // A key that cannot be read right now is still listed; reading it says why.
+                Err(_) => Some(p.name.clone()),
+            }
+        });
+        Ok(futures::future::join_all(checks)
+            .await
+            .into_iter()
+            .flatten()
+            .collect())
+    }
+
     /// Every entry of a directory, `.` and `..` first.
     pub async fn readdir(&self, ino: u64) -> Result<Vec<DirEntry>, FsError> {
         let node = self.inodes.node(ino).ok_or(FsError::BadHandle)?;
         if !node.is_dir() {
             return Err(FsError::NotDir);
         }
-        let mut children: Vec<(String, Node)> = match &node {
-            Node::Root | Node::Versions => node.fixed_children(),
-            Node::Collection(Collection::Secrets) | Node::VersionsOf(Collection::Secrets) => {
-                let listed = self.cache.list(Collection::Secrets).await?;
-                listed
-                    .value
-                    .iter()
-                    .filter(|p| p.enabled && !p.managed)
-                    .filter_map(|p| node.child(&p.name).map(|child| (p.name.clone(), child)))
-                    .collect()
-            }
-            Node::SecretVersions(name) => {
-                let got = self.cache.versions(Collection::Secrets, name).await?;
-                let visible: Vec<(String, Node)> = visible_versions(&got.value)
+        let names: Vec<String> = match &node {
+            Node::Root | Node::Versions => node.fixed_children().into_iter().map(|c| c.0).collect(),
+            Node::Collection(c) | Node::VersionsOf(c) => self.listed_objects(*c).await?,
+            Node::ObjectVersions { collection, name } => {
+                let got = self.cache.versions(*collection, name).await?;
+                let visible: Vec<String> = visible_versions(*collection, &got.value)
                     .filter_map(|p| p.version.clone())
-                    .filter_map(|v| node.child(&v).map(|child| (v, child)))
                     .collect();
                 if visible.is_empty() {
                     return Err(FsError::NotFound);
                 }
                 visible
             }
-            // Keys and certificates get their files with the keys-and-certificates work.
-            Node::Collection(_) | Node::VersionsOf(_) => Vec::new(),
-            Node::Secret(_) | Node::SecretVersion(..) => return Err(FsError::NotDir),
+            Node::Object { .. } => match self.resolve(&node).await? {
+                Resolved::Dir {
+                    cert: Some((files, _)),
+                    ..
+                } => files.names().into_iter().map(str::to_string).collect(),
+                _ => return Err(FsError::NotDir),
+            },
+            Node::CertFile { .. } => return Err(FsError::NotDir),
         };
-        children.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut children: Vec<(String, Node)> = names
+            .into_iter()
+            .filter_map(|n| node.child(&n).map(|child| (n, child)))
+            .collect();
+        // A certificate's files keep their fixed order (cert.pem first); the rest is sorted.
+        if !matches!(node, Node::Object { .. }) {
+            children.sort_by(|a, b| a.0.cmp(&b.0));
+        }
         let mut out = vec![
             DirEntry {
                 ino,
@@ -250,7 +432,7 @@ impl FsCore {
                 kind: Kind::Dir,
             },
             DirEntry {
-                ino: self.parent_ino(&node),
+                ino: self.inodes.peek_or_insert(&node.parent()),
                 name: "..".into(),
                 kind: Kind::Dir,
             },
@@ -267,19 +449,8 @@ impl FsCore {
         Ok(out)
     }
 
-    fn parent_ino(&self, node: &Node) -> u64 {
-        let parent = match node {
-            Node::Root | Node::Collection(_) | Node::Versions => Node::Root,
-            Node::VersionsOf(_) => Node::Versions,
-            Node::Secret(_) => Node::Collection(Collection::Secrets),
-            Node::SecretVersions(_) => Node::VersionsOf(Collection::Secrets),
-            Node::SecretVersion(name, _) => Node::SecretVersions(name.clone()),
-        };
-        self.inodes.peek_or_insert(&parent)
-    }
-
-    /// Open a file for reading: the handle holds the value as it is now, so a rotation while the
-    /// file is open never tears a read.
+    /// Open a file for reading: the handle holds the bytes as they are now, so a rotation while
+    /// the file is open never tears a read.
     pub async fn open(&self, ino: u64, write: bool) -> Result<u64, FsError> {
         if write {
             return Err(FsError::ReadOnly);
@@ -288,18 +459,18 @@ impl FsCore {
         if node.is_dir() {
             return Err(FsError::IsDir);
         }
-        let Resolved::File { secret, .. } = self.resolve(&node).await? else {
+        let Resolved::File { content, .. } = self.resolve(&node).await? else {
             return Err(FsError::IsDir);
         };
         let fh = self.next_handle.fetch_add(1, Ordering::Relaxed);
-        self.handles.lock().insert(fh, secret);
+        self.handles.lock().insert(fh, content);
         Ok(fh)
     }
 
     pub fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>, FsError> {
         let handles = self.handles.lock();
-        let secret = handles.get(&fh).ok_or(FsError::BadHandle)?;
-        let bytes = &secret.value;
+        let content = handles.get(&fh).ok_or(FsError::BadHandle)?;
+        let bytes = &content.bytes;
         let start = (offset as usize).min(bytes.len());
         let end = start.saturating_add(size as usize).min(bytes.len());
         Ok(bytes[start..end].to_vec())
@@ -314,25 +485,35 @@ impl FsCore {
         self.handles.lock().len()
     }
 
-    async fn props(&self, ino: u64) -> Result<Option<Arc<SecretValue>>, FsError> {
+    async fn xattrs_of(&self, ino: u64) -> Result<Vec<(String, String)>, FsError> {
         let node = self.inodes.node(ino).ok_or(FsError::BadHandle)?;
-        match self.resolve(&node).await? {
-            Resolved::File { secret, .. } => Ok(Some(secret)),
-            Resolved::Dir { .. } => Ok(None),
-        }
-    }
-
-    /// `user.kvfs.version`, `content_type`, `updated`, `expires`, `tags.<tag>`.
-    pub async fn listxattr(&self, ino: u64) -> Result<Vec<String>, FsError> {
-        Ok(match self.props(ino).await? {
-            Some(secret) => xattrs(&secret.props).into_iter().map(|(k, _)| k).collect(),
-            None => Vec::new(),
+        Ok(match self.resolve(&node).await? {
+            Resolved::File { content, .. } => {
+                let mut all = xattrs(&content.props);
+                all.extend(content.extra_xattrs.iter().cloned());
+                all
+            }
+            Resolved::Dir {
+                cert: Some((_, props)),
+                ..
+            } => xattrs(&props),
+            Resolved::Dir { .. } => Vec::new(),
         })
     }
 
+    /// `user.kvfs.version`, `content_type`, `updated`, `expires`, `tags.<tag>` (and `jwk` on keys).
+    pub async fn listxattr(&self, ino: u64) -> Result<Vec<String>, FsError> {
+        Ok(self
+            .xattrs_of(ino)
+            .await?
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect())
+    }
+
     pub async fn getxattr(&self, ino: u64, name: &str) -> Result<Vec<u8>, FsError> {
-        let secret = self.props(ino).await?.ok_or(FsError::NoAttribute)?;
-        xattrs(&secret.props)
+        self.xattrs_of(ino)
+            .await?
             .into_iter()
             .find(|(k, _)| k == name)
             .map(|(_, v)| v.into_bytes())
@@ -340,8 +521,12 @@ impl FsCore {
     }
 }
 
-fn visible_versions(all: &[ObjectProps]) -> impl Iterator<Item = &ObjectProps> {
-    all.iter().filter(|p| p.enabled && !p.managed)
+fn visible_versions(
+    collection: Collection,
+    all: &[ObjectProps],
+) -> impl Iterator<Item = &ObjectProps> {
+    all.iter()
+        .filter(move |p| p.enabled && (collection == Collection::Certificates || !p.managed))
 }
 
 fn xattrs(p: &ObjectProps) -> Vec<(String, String)> {
@@ -571,5 +756,128 @@ mod tests {
         );
         vault.fail_with(Some(VaultError::Unavailable("503".into())));
         assert_eq!(path(&core, "secrets/other").await.unwrap_err(), FsError::Io);
+    }
+
+    fn b64url(bytes: &[u8]) -> String {
+        use base64::Engine;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    }
+
+    fn rsa_jwk() -> serde_json::Value {
+        let rsa = openssl::rsa::Rsa::generate(2048).unwrap();
+        serde_json::json!({
+            "kty": "RSA",
+            "n": b64url(&rsa.n().to_vec()),
+            "e": b64url(&rsa.e().to_vec()),
+        })
+    }
+
+    #[tokio::test]
+    async fn keys_render_to_pem_and_unsupported_or_broken_ones_do_not() {
+        let vault = Arc::new(MemoryVault::new());
+        vault.set_key("signing", rsa_jwk());
+        vault.set_key("symmetric", serde_json::json!({ "kty": "oct" }));
+        vault.set_key(
+            "broken",
+            serde_json::json!({ "kty": "EC", "crv": "P-256", "x": "AA", "y": "AA" }),
+        );
+        let core = core_with(vault, Duration::from_secs(60));
+        let keys = path(&core, "keys").await.unwrap();
+        let listed = core.readdir(keys.attr.ino).await.unwrap();
+        assert_eq!(
+            names(&listed),
+            ["broken", "signing"],
+            "oct keys are not listed"
+        );
+        let e = path(&core, "keys/signing").await.unwrap();
+        let pem = read_all(&core, e.attr.ino).await.unwrap();
+        assert!(pem.starts_with("-----BEGIN PUBLIC KEY-----\n"));
+        assert_eq!(e.attr.size, pem.len() as u64);
+        let jwk = core.getxattr(e.attr.ino, "user.kvfs.jwk").await.unwrap();
+        assert!(String::from_utf8(jwk).unwrap().contains("\"kty\":\"RSA\""));
+        assert_eq!(
+            path(&core, "keys/symmetric").await.unwrap_err(),
+            FsError::NotFound
+        );
+        assert_eq!(path(&core, "keys/broken").await.unwrap_err(), FsError::Io);
+    }
+
+    fn self_signed() -> (Vec<u8>, String) {
+        use openssl::{asn1::Asn1Time, bn::BigNum, hash::MessageDigest, pkey::PKey, x509};
+        let key = PKey::from_rsa(openssl::rsa::Rsa::generate(2048).unwrap()).unwrap();
+        let mut name = x509::X509NameBuilder::new().unwrap();
+        name.append_entry_by_text("CN", "core-test").unwrap();
+        let name = name.build();
+        let mut b = x509::X509Builder::new().unwrap();
+        b.set_version(2).unwrap();
+        b.set_serial_number(&BigNum::from_u32(7).unwrap().to_asn1_integer().unwrap())
+            .unwrap();
+        b.set_subject_name(&name).unwrap();
+        b.set_issuer_name(&name).unwrap();
+        b.set_pubkey(&key).unwrap();
+        b.set_not_before(&Asn1Time::days_from_now(0).unwrap())
+            .unwrap();
+        b.set_not_after(&Asn1Time::days_from_now(30).unwrap())
+            .unwrap();
+        b.sign(&key, MessageDigest::sha256()).unwrap();
+        let cert = b.build();
+        let pem = format!(
+            "{}{}",
+            String::from_utf8(key.private_key_to_pem_pkcs8().unwrap()).unwrap(),
+            String::from_utf8(cert.to_pem().unwrap()).unwrap()
+        );
+        (cert.to_der().unwrap(), pem)
+    }
+
+    #[tokio::test]
+    async fn certificates_are_directories_of_one_version() {
+        let vault = Arc::new(MemoryVault::new());
+        let (der, pem) = self_signed();
+        let v1 = vault.set_certificate("web", der.clone(), Some(("application/x-pem-file", &pem)));
+        let public_only = pem[pem.find("-----BEGIN CERTIFICATE-----").unwrap()..].to_string();
+        vault.set_certificate(
+            "internal",
+            der.clone(),
+            Some(("application/x-pem-file", &public_only)),
+        );
+        let core = core_with(vault.clone(), Duration::ZERO);
+        let web = path(&core, "certs/web").await.unwrap();
+        assert_eq!(web.attr.kind, Kind::Dir);
+        let files = core.readdir(web.attr.ino).await.unwrap();
+        assert_eq!(
+            names(&files),
+            [
+                "cert.pem",
+                "chain.pem",
+                "fullchain.pem",
+                "privkey.pem",
+                "bundle.pem",
+                "cert.pfx"
+            ]
+        );
+        let internal = path(&core, "certs/internal").await.unwrap();
+        let files = core.readdir(internal.attr.ino).await.unwrap();
+        assert_eq!(names(&files), ["cert.pem", "chain.pem", "fullchain.pem"]);
+        assert_eq!(
+            path(&core, "certs/internal/privkey.pem").await.unwrap_err(),
+            FsError::NotFound
+        );
+        // A renewal makes a new version; the old one stays under versions/.
+        let cert_file = path(&core, "certs/web/cert.pem").await.unwrap();
+        let before = read_all(&core, cert_file.attr.ino).await.unwrap();
+        let (der2, pem2) = self_signed();
+        vault.set_certificate("web", der2, Some(("application/x-pem-file", &pem2)));
+        let after = read_all(&core, cert_file.attr.ino).await.unwrap();
+        assert_ne!(before, after);
+        let old = path(&core, &format!("versions/certs/web/{v1}/cert.pem"))
+            .await
+            .unwrap();
+        assert_eq!(read_all(&core, old.attr.ino).await.unwrap(), before);
+        assert_eq!(
+            core.getxattr(old.attr.ino, "user.kvfs.version")
+                .await
+                .unwrap(),
+            v1.as_bytes()
+        );
     }
 }

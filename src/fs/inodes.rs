@@ -117,19 +117,28 @@ impl Inodes {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::vault::Collection;
+
+    fn secret(name: &str) -> Node {
+        Node::Object {
+            collection: Collection::Secrets,
+            name: name.into(),
+            version: None,
+        }
+    }
 
     #[test]
     fn same_object_in_any_case_is_one_inode_until_forgotten() {
         let inodes = Inodes::default();
-        let a = inodes.get_or_insert(&Node::Secret("Db".into()), true);
-        let b = inodes.get_or_insert(&Node::Secret("db".into()), true);
+        let a = inodes.get_or_insert(&secret("Db"), true);
+        let b = inodes.get_or_insert(&secret("db"), true);
         assert_eq!(a, b);
-        assert_eq!(inodes.node(a), Some(Node::Secret("Db".into())));
+        assert_eq!(inodes.node(a), Some(secret("Db")));
         inodes.forget(a, 1);
         assert!(inodes.node(a).is_some());
         inodes.forget(a, 1);
         assert!(inodes.node(a).is_none());
-        let c = inodes.get_or_insert(&Node::Secret("db".into()), true);
+        let c = inodes.get_or_insert(&secret("db"), true);
         assert_ne!(a, c, "a forgotten number is not reused");
     }
 

@@ -2,6 +2,16 @@
 
 use crate::vault::{Collection, valid_name, valid_version};
 
+/// The files of a certificate directory, in listing order.
+pub const CERT_FILES: [&str; 6] = [
+    "cert.pem",
+    "chain.pem",
+    "fullchain.pem",
+    "privkey.pem",
+    "bundle.pem",
+    "cert.pfx",
+];
+
 /// One node of the tree. Object names are kept as the caller spelled them; identity (and the inode
 /// number) uses [`Node::key`], which folds case because Key Vault names are case-insensitive.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -13,12 +23,24 @@ pub enum Node {
     Versions,
     /// `/versions/secrets`, `/versions/keys`, `/versions/certs`.
     VersionsOf(Collection),
-    /// `/secrets/<name>`: the current value.
-    Secret(String),
-    /// `/versions/secrets/<name>`.
-    SecretVersions(String),
-    /// `/versions/secrets/<name>/<version>`.
-    SecretVersion(String, String),
+    /// `secrets/<name>` and `keys/<name>` (files), `certs/<name>` (a directory); with a version,
+    /// the same under `versions/<collection>/<name>/<version>`.
+    Object {
+        collection: Collection,
+        name: String,
+        version: Option<String>,
+    },
+    /// `versions/<collection>/<name>`.
+    ObjectVersions {
+        collection: Collection,
+        name: String,
+    },
+    /// `certs/<name>/<file>` and `versions/certs/<name>/<version>/<file>`.
+    CertFile {
+        name: String,
+        version: Option<String>,
+        file: &'static str,
+    },
 }
 
 /// Directory names of the collections in the tree (`certs`, not `certificates`).
@@ -38,17 +60,39 @@ const COLLECTIONS: [Collection; 3] = [
 
 impl Node {
     pub fn is_dir(&self) -> bool {
-        !matches!(self, Node::Secret(_) | Node::SecretVersion(..))
+        match self {
+            Node::Object { collection, .. } => *collection == Collection::Certificates,
+            Node::CertFile { .. } => false,
+            _ => true,
+        }
     }
 
-    /// Identity of the node: names folded to lower case, versions too (hex ids).
+    /// Identity of the node: names and versions folded to lower case.
     pub fn key(&self) -> Node {
+        let lower = |s: &String| s.to_ascii_lowercase();
         match self {
-            Node::Secret(n) => Node::Secret(n.to_ascii_lowercase()),
-            Node::SecretVersions(n) => Node::SecretVersions(n.to_ascii_lowercase()),
-            Node::SecretVersion(n, v) => {
-                Node::SecretVersion(n.to_ascii_lowercase(), v.to_ascii_lowercase())
-            }
+            Node::Object {
+                collection,
+                name,
+                version,
+            } => Node::Object {
+                collection: *collection,
+                name: lower(name),
+                version: version.as_ref().map(lower),
+            },
+            Node::ObjectVersions { collection, name } => Node::ObjectVersions {
+                collection: *collection,
+                name: lower(name),
+            },
+            Node::CertFile {
+                name,
+                version,
+                file,
+            } => Node::CertFile {
+                name: lower(name),
+                version: version.as_ref().map(lower),
+                file,
+            },
             other => other.clone(),
         }
     }
@@ -66,17 +110,63 @@ impl Node {
                 .into_iter()
                 .find(|c| collection_dir(*c) == name)
                 .map(Node::VersionsOf),
-            // Keys and certificates get their files with the keys-and-certificates work.
-            Node::Collection(Collection::Secrets) => {
-                valid_name(name).then(|| Node::Secret(name.to_string()))
-            }
-            Node::VersionsOf(Collection::Secrets) => {
-                valid_name(name).then(|| Node::SecretVersions(name.to_string()))
-            }
-            Node::SecretVersions(secret) => {
-                valid_version(name).then(|| Node::SecretVersion(secret.clone(), name.to_string()))
-            }
+            Node::Collection(c) => valid_name(name).then(|| Node::Object {
+                collection: *c,
+                name: name.to_string(),
+                version: None,
+            }),
+            Node::VersionsOf(c) => valid_name(name).then(|| Node::ObjectVersions {
+                collection: *c,
+                name: name.to_string(),
+            }),
+            Node::ObjectVersions {
+                collection,
+                name: object,
+            } => valid_version(name).then(|| Node::Object {
+                collection: *collection,
+                name: object.clone(),
+                version: Some(name.to_string()),
+            }),
+            Node::Object {
+                collection: Collection::Certificates,
+                name: object,
+                version,
+            } => CERT_FILES
+                .into_iter()
+                .find(|f| *f == name)
+                .map(|file| Node::CertFile {
+                    name: object.clone(),
+                    version: version.clone(),
+                    file,
+                }),
             _ => None,
+        }
+    }
+
+    /// The directory this node is in.
+    pub fn parent(&self) -> Node {
+        match self {
+            Node::Root | Node::Collection(_) | Node::Versions => Node::Root,
+            Node::VersionsOf(_) => Node::Versions,
+            Node::Object {
+                collection,
+                version: None,
+                ..
+            } => Node::Collection(*collection),
+            Node::Object {
+                collection,
+                name,
+                version: Some(_),
+            } => Node::ObjectVersions {
+                collection: *collection,
+                name: name.clone(),
+            },
+            Node::ObjectVersions { collection, .. } => Node::VersionsOf(*collection),
+            Node::CertFile { name, version, .. } => Node::Object {
+                collection: Collection::Certificates,
+                name: name.clone(),
+                version: version.clone(),
+            },
         }
     }
 
@@ -101,6 +191,14 @@ impl Node {
 mod tests {
     use super::*;
 
+    fn object(c: Collection, name: &str, version: Option<&str>) -> Node {
+        Node::Object {
+            collection: c,
+            name: name.into(),
+            version: version.map(str::to_string),
+        }
+    }
+
     #[test]
     fn the_tree_of_product_md() {
         let root = Node::Root;
@@ -109,7 +207,7 @@ mod tests {
         let secrets = root.child("secrets").unwrap();
         assert_eq!(
             secrets.child("db-password"),
-            Some(Node::Secret("db-password".into()))
+            Some(object(Collection::Secrets, "db-password", None))
         );
         let versions = root.child("versions").unwrap().child("secrets").unwrap();
         let dir = versions.child("db-password").unwrap();
@@ -117,7 +215,32 @@ mod tests {
         let v = "0123456789abcdef0123456789abcdef";
         assert_eq!(
             dir.child(v),
-            Some(Node::SecretVersion("db-password".into(), v.into()))
+            Some(object(Collection::Secrets, "db-password", Some(v)))
+        );
+        assert!(!object(Collection::Keys, "k", None).is_dir());
+        let cert = root.child("certs").unwrap().child("web").unwrap();
+        assert!(cert.is_dir());
+        let file = cert.child("fullchain.pem").unwrap();
+        assert!(!file.is_dir());
+        assert_eq!(file.parent(), cert);
+        assert_eq!(cert.child("key.pem"), None);
+        let versioned = root
+            .child("versions")
+            .unwrap()
+            .child("certs")
+            .unwrap()
+            .child("web")
+            .unwrap()
+            .child(v)
+            .unwrap();
+        assert!(versioned.is_dir());
+        assert_eq!(
+            versioned.child("cert.pem"),
+            Some(Node::CertFile {
+                name: "web".into(),
+                version: Some(v.into()),
+                file: "cert.pem"
+            })
         );
     }
 
@@ -128,13 +251,15 @@ mod tests {
             assert_eq!(secrets.child(bad), None, "{bad:?}");
         }
         assert_eq!(Node::Root.child("nothing"), None);
+        let versions = Node::ObjectVersions {
+            collection: Collection::Secrets,
+            name: "a".into(),
+        };
+        assert_eq!(versions.child("not-a-version"), None);
         assert_eq!(
-            Node::SecretVersions("a".into()).child("not-a-version"),
-            None
+            object(Collection::Secrets, "A", None).key(),
+            object(Collection::Secrets, "a", None).key()
         );
-        assert_eq!(
-            Node::Secret("A".into()).key(),
-            Node::Secret("a".into()).key()
-        );
+        assert_eq!(object(Collection::Secrets, "a", None).child("x"), None);
     }
 }

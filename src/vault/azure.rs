@@ -33,9 +33,13 @@ use azure_core::http::policies::{RetryHeaders, RetryPolicy};
 use azure_core::http::{ClientOptions, HttpClient, RetryOptions, StatusCode, Transport};
 use azure_core::time::OffsetDateTime;
 use azure_identity::{ClientSecretCredential, ClientSecretCredentialOptions};
-use azure_security_keyvault_certificates::models::CertificateProperties;
+use azure_security_keyvault_certificates::models::{
+    Certificate as CertificateBundle, CertificateClientGetCertificateOptions, CertificateProperties,
+};
 use azure_security_keyvault_certificates::{CertificateClient, CertificateClientOptions};
-use azure_security_keyvault_keys::models::KeyProperties;
+use azure_security_keyvault_keys::models::{
+    Key as KeyBundle, KeyClientGetKeyOptions, KeyProperties,
+};
 use azure_security_keyvault_keys::{KeyClient, KeyClientOptions};
 use azure_security_keyvault_secrets::models::{
     Secret as SecretBundle, SecretClientGetSecretOptions, SecretProperties,
@@ -44,7 +48,8 @@ use azure_security_keyvault_secrets::{SecretClient, SecretClientOptions};
 use futures::{Stream, StreamExt};
 
 use super::{
-    Collection, ObjectProps, SecretValue, VaultClient, VaultError, valid_name, valid_version,
+    CertificateValue, Collection, KeyValue, ObjectProps, SecretValue, VaultClient, VaultError,
+    valid_name, valid_version,
 };
 
 /// Retries after the first attempt, unless the caller says otherwise.
@@ -389,6 +394,83 @@ impl VaultClient for AzureVault {
             value: value.into_bytes(),
         })
     }
+
+    async fn get_key(&self, name: &str, version: Option<&str>) -> Result<KeyValue, VaultError> {
+        if !valid_name(name) || version.is_some_and(|v| !valid_version(v)) {
+            return Err(VaultError::NotFound);
+        }
+        let op = Op::GetKey;
+        let options = KeyClientGetKeyOptions {
+            key_version: version.map(str::to_string),
+            ..Default::default()
+        };
+        let response = self
+            .bounded(op, self.keys.get_key(name, Some(options)))
+            .await?;
+        let key: KeyBundle = response.into_model().map_err(|e| {
+            VaultError::Unexpected(format!("the vault's answer for key '{name}': {e}"))
+        })?;
+        let props = key_props(&key).map_err(|e| {
+            VaultError::Unexpected(format!("the vault's answer for key '{name}': {e}"))
+        })?;
+        check_identity("key", name, version, &props)?;
+        let jwk = key
+            .key
+            .as_ref()
+            .map(serde_json::to_value)
+            .transpose()
+            .map_err(|e| VaultError::Unexpected(format!("key '{name}': {e}")))?
+            .ok_or_else(|| VaultError::Unexpected(format!("key '{name}' has no JWK")))?;
+        Ok(KeyValue { props, jwk })
+    }
+
+    async fn get_certificate(
+        &self,
+        name: &str,
+        version: Option<&str>,
+    ) -> Result<CertificateValue, VaultError> {
+        if !valid_name(name) || version.is_some_and(|v| !valid_version(v)) {
+            return Err(VaultError::NotFound);
+        }
+        let op = Op::GetCertificate;
+        let options = CertificateClientGetCertificateOptions {
+            certificate_version: version.map(str::to_string),
+            ..Default::default()
+        };
+        let response = self
+            .bounded(op, self.certificates.get_certificate(name, Some(options)))
+            .await?;
+        let cert: CertificateBundle = response.into_model().map_err(|e| {
+            VaultError::Unexpected(format!("the vault's answer for certificate '{name}': {e}"))
+        })?;
+        let props = certificate_props(&cert).map_err(|e| {
+            VaultError::Unexpected(format!("the vault's answer for certificate '{name}': {e}"))
+        })?;
+        check_identity("certificate", name, version, &props)?;
+        let cer = cert.cer.clone().ok_or_else(|| {
+            VaultError::Unexpected(format!(
+                "certificate '{name}' has no certificate yet (still being created?)"
+            ))
+        })?;
+        // The private key and chain live in the secret of the same name and version: read that
+        // exact version, so every file comes from the version the certificate answered with.
+        let cert_version = props.version.clone();
+        let secret = match self.get_secret(&props.name, cert_version.as_deref()).await {
+            Ok(s) => Some(s),
+            // No secret (or a disabled one), or an identity that may read certificates but not
+            // secrets: the public files still exist.
+            Err(VaultError::NotFound | VaultError::Disabled) => None,
+            Err(VaultError::Forbidden(why)) => {
+                tracing::warn!(
+                    certificate = %props.name,
+                    "the certificate's private key and chain are not readable: {why}"
+                );
+                None
+            }
+            Err(e) => return Err(e),
+        };
+        Ok(CertificateValue { props, cer, secret })
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -610,6 +692,50 @@ fn key_item_props(item: &KeyProperties) -> Result<ObjectProps, String> {
     ))
 }
 
+fn key_props(key: &KeyBundle) -> Result<ObjectProps, String> {
+    let kid = key.key.as_ref().and_then(|k| k.kid.as_deref());
+    to_props(meta!(Collection::Keys, kid, key, key.managed, None))
+}
+
+fn certificate_props(cert: &CertificateBundle) -> Result<ObjectProps, String> {
+    to_props(meta!(
+        Collection::Certificates,
+        cert.id.as_deref(),
+        cert,
+        None,
+        cert.content_type.as_deref()
+    ))
+}
+
+/// An answer about another object than the one asked for is refused: it would put one object's
+/// bytes under another's name.
+fn check_identity(
+    what: &str,
+    name: &str,
+    version: Option<&str>,
+    props: &ObjectProps,
+) -> Result<(), VaultError> {
+    let same_version = match (version, props.version.as_deref()) {
+        (Some(asked), Some(got)) => asked.eq_ignore_ascii_case(got),
+        (Some(_), None) => false,
+        (None, got) => got.is_some(),
+    };
+    if props.name.eq_ignore_ascii_case(name) && same_version {
+        Ok(())
+    } else {
+        Err(VaultError::Unexpected(format!(
+            "asked for {what} '{name}'{}, the vault answered with '{}'{}",
+            version.map(|v| format!(" version {v}")).unwrap_or_default(),
+            props.name,
+            props
+                .version
+                .as_deref()
+                .map(|v| format!(" version {v}"))
+                .unwrap_or_default(),
+        )))
+    }
+}
+
 fn certificate_item_props(item: &CertificateProperties) -> Result<ObjectProps, String> {
     to_props(meta!(
         Collection::Certificates,
@@ -694,6 +820,8 @@ enum Op {
     List(Collection),
     ListVersions(Collection),
     GetSecret,
+    GetKey,
+    GetCertificate,
 }
 
 impl fmt::Display for Op {
@@ -702,6 +830,8 @@ impl fmt::Display for Op {
             Op::List(c) => write!(f, "listing {}", c.as_str()),
             Op::ListVersions(c) => write!(f, "listing versions of {}", c.as_str()),
             Op::GetSecret => f.write_str("reading a secret"),
+            Op::GetKey => f.write_str("reading a key"),
+            Op::GetCertificate => f.write_str("reading a certificate"),
         }
     }
 }
@@ -711,6 +841,8 @@ impl Op {
     fn rbac_action(self) -> &'static str {
         match self {
             Op::GetSecret => "Microsoft.KeyVault/vaults/secrets/getSecret/action",
+            Op::GetKey => "Microsoft.KeyVault/vaults/keys/read",
+            Op::GetCertificate => "Microsoft.KeyVault/vaults/certificates/read",
             Op::List(Collection::Secrets) | Op::ListVersions(Collection::Secrets) => {
                 "Microsoft.KeyVault/vaults/secrets/readMetadata/action"
             }
@@ -727,6 +859,8 @@ impl Op {
     fn policy_permission(self) -> (&'static str, &'static str) {
         match self {
             Op::GetSecret => ("secrets", "get"),
+            Op::GetKey => ("keys", "get"),
+            Op::GetCertificate => ("certificates", "get"),
             Op::List(c) | Op::ListVersions(c) => (c.as_str(), "list"),
         }
     }

@@ -7,12 +7,16 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 use parking_lot::Mutex;
 
-use super::{Collection, ObjectProps, SecretValue, VaultClient, VaultError};
+use super::{
+    CertificateValue, Collection, KeyValue, ObjectProps, SecretValue, VaultClient, VaultError,
+};
 
 #[derive(Default)]
 struct Inner {
     /// Keyed by upper-cased name (names compare case-insensitively); versions in creation order.
     secrets: BTreeMap<String, Vec<SecretValue>>,
+    keys: BTreeMap<String, Vec<KeyValue>>,
+    certificates: BTreeMap<String, Vec<CertificateValue>>,
     failure: Option<VaultError>,
     delay: Duration,
     calls: BTreeMap<&'static str, u64>,
@@ -63,6 +67,58 @@ impl MemoryVault {
             .secrets
             .get_mut(&name.to_ascii_uppercase())
             .and_then(|v| v.last_mut())
+    }
+
+    fn new_props(inner: &mut Inner, name: &str) -> ObjectProps {
+        inner.next_version += 1;
+        let now = SystemTime::now();
+        ObjectProps {
+            name: name.to_string(),
+            version: Some(format!("{:032x}", inner.next_version)),
+            enabled: true,
+            created: Some(now),
+            updated: Some(now),
+            ..Default::default()
+        }
+    }
+
+    /// Add a key version with this public JWK; returns its version id.
+    pub fn set_key(&self, name: &str, jwk: serde_json::Value) -> String {
+        let mut inner = self.inner.lock();
+        let props = Self::new_props(&mut inner, name);
+        let version = props.version.clone().unwrap_or_default();
+        inner
+            .keys
+            .entry(name.to_ascii_uppercase())
+            .or_default()
+            .push(KeyValue { props, jwk });
+        version
+    }
+
+    /// Add a certificate version: the leaf's DER and its backing secret's (content type, value).
+    pub fn set_certificate(
+        &self,
+        name: &str,
+        cer: Vec<u8>,
+        secret: Option<(&str, &str)>,
+    ) -> String {
+        let mut inner = self.inner.lock();
+        let props = Self::new_props(&mut inner, name);
+        let version = props.version.clone().unwrap_or_default();
+        let secret = secret.map(|(ct, value)| SecretValue {
+            props: ObjectProps {
+                content_type: Some(ct.to_string()),
+                managed: true,
+                ..props.clone()
+            },
+            value: value.as_bytes().to_vec(),
+        });
+        inner
+            .certificates
+            .entry(name.to_ascii_uppercase())
+            .or_default()
+            .push(CertificateValue { props, cer, secret });
+        version
     }
 
     pub fn set_enabled(&self, name: &str, enabled: bool) {
@@ -126,19 +182,28 @@ impl MemoryVault {
 impl VaultClient for MemoryVault {
     async fn list(&self, collection: Collection) -> Result<Vec<ObjectProps>, VaultError> {
         self.enter("list").await?;
-        if collection != Collection::Secrets {
-            return Ok(Vec::new());
-        }
         let inner = self.inner.lock();
-        Ok(inner
-            .secrets
-            .values()
-            .filter_map(|versions| versions.last())
-            .map(|s| ObjectProps {
-                version: None,
-                ..s.props.clone()
-            })
-            .collect())
+        let base = |p: &ObjectProps| ObjectProps {
+            version: None,
+            ..p.clone()
+        };
+        Ok(match collection {
+            Collection::Secrets => inner
+                .secrets
+                .values()
+                .filter_map(|v| v.last().map(|s| base(&s.props)))
+                .collect(),
+            Collection::Keys => inner
+                .keys
+                .values()
+                .filter_map(|v| v.last().map(|k| base(&k.props)))
+                .collect(),
+            Collection::Certificates => inner
+                .certificates
+                .values()
+                .filter_map(|v| v.last().map(|c| base(&c.props)))
+                .collect(),
+        })
     }
 
     async fn list_versions(
@@ -147,15 +212,23 @@ impl VaultClient for MemoryVault {
         name: &str,
     ) -> Result<Vec<ObjectProps>, VaultError> {
         self.enter("list_versions").await?;
-        if collection != Collection::Secrets {
-            return Ok(Vec::new());
-        }
         let inner = self.inner.lock();
-        Ok(inner
-            .secrets
-            .get(&name.to_ascii_uppercase())
-            .map(|v| v.iter().map(|s| s.props.clone()).collect())
-            .unwrap_or_default())
+        let key = name.to_ascii_uppercase();
+        Ok(match collection {
+            Collection::Secrets => inner
+                .secrets
+                .get(&key)
+                .map(|v| v.iter().map(|s| s.props.clone()).collect()),
+            Collection::Keys => inner
+                .keys
+                .get(&key)
+                .map(|v| v.iter().map(|k| k.props.clone()).collect()),
+            Collection::Certificates => inner
+                .certificates
+                .get(&key)
+                .map(|v| v.iter().map(|c| c.props.clone()).collect()),
+        }
+        .unwrap_or_default())
     }
 
     async fn get_secret(
@@ -181,4 +254,44 @@ impl VaultClient for MemoryVault {
         }
         Ok(found.clone())
     }
+
+    async fn get_key(&self, name: &str, version: Option<&str>) -> Result<KeyValue, VaultError> {
+        self.enter("get_key").await?;
+        let inner = self.inner.lock();
+        let versions = inner
+            .keys
+            .get(&name.to_ascii_uppercase())
+            .ok_or(VaultError::NotFound)?;
+        pick(versions, version, |k| &k.props).cloned()
+    }
+
+    async fn get_certificate(
+        &self,
+        name: &str,
+        version: Option<&str>,
+    ) -> Result<CertificateValue, VaultError> {
+        self.enter("get_certificate").await?;
+        let inner = self.inner.lock();
+        let versions = inner
+            .certificates
+            .get(&name.to_ascii_uppercase())
+            .ok_or(VaultError::NotFound)?;
+        pick(versions, version, |c| &c.props).cloned()
+    }
+}
+
+/// The latest or the asked-for version (keys and certificates stay readable when disabled, as
+/// in Key Vault: only their `enabled` attribute says so).
+fn pick<'a, T>(
+    versions: &'a [T],
+    version: Option<&str>,
+    props: impl Fn(&T) -> &ObjectProps,
+) -> Result<&'a T, VaultError> {
+    match version {
+        None => versions.last(),
+        Some(v) => versions
+            .iter()
+            .find(|x| props(x).version.as_deref() == Some(v)),
+    }
+    .ok_or(VaultError::NotFound)
 }

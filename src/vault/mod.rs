@@ -65,6 +65,34 @@ impl std::fmt::Debug for SecretValue {
     }
 }
 
+/// A key version: its metadata and public JWK (wire form: base64url members).
+#[derive(Clone, Debug, PartialEq)]
+pub struct KeyValue {
+    pub props: ObjectProps,
+    pub jwk: serde_json::Value,
+}
+
+/// A certificate version with what its files are made from: the leaf's DER (`cer`) and the
+/// backing secret of the same version (private key and chain), when it can be read.
+#[derive(Clone, PartialEq, Eq)]
+pub struct CertificateValue {
+    pub props: ObjectProps,
+    pub cer: Vec<u8>,
+    /// `None` when the secret is missing or the identity may not read it: then only the
+    /// public files exist.
+    pub secret: Option<SecretValue>,
+}
+
+impl std::fmt::Debug for CertificateValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CertificateValue")
+            .field("props", &self.props)
+            .field("cer", &format_args!("<{} bytes>", self.cer.len()))
+            .field("secret", &self.secret)
+            .finish()
+    }
+}
+
 /// Why a vault call failed, in the terms the filesystem acts on.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum VaultError {
@@ -117,6 +145,17 @@ pub trait VaultClient: Send + Sync + 'static {
         name: &str,
         version: Option<&str>,
     ) -> Result<SecretValue, VaultError>;
+
+    /// A key's public JWK: the latest version when `version` is `None`.
+    async fn get_key(&self, name: &str, version: Option<&str>) -> Result<KeyValue, VaultError>;
+
+    /// A certificate and its backing secret, both of one version (latest when `None`), so that
+    /// every file rendered from them belongs to that version.
+    async fn get_certificate(
+        &self,
+        name: &str,
+        version: Option<&str>,
+    ) -> Result<CertificateValue, VaultError>;
 }
 
 /// Key Vault object names: 1–127 of `[0-9A-Za-z-]`. Anything else cannot exist, so the

@@ -469,6 +469,11 @@ impl VaultClient for AzureVault {
             }
             Err(e) => return Err(e),
         };
+        let mut props = props;
+        // The certificate's own contentType is usually absent; its secret's says PFX or PEM.
+        if props.content_type.is_none() {
+            props.content_type = secret.as_ref().and_then(|s| s.props.content_type.clone());
+        }
         Ok(CertificateValue { props, cer, secret })
     }
 }

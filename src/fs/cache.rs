@@ -200,26 +200,12 @@ impl Cache {
         name: &str,
         version: Option<&str>,
     ) -> Result<Cached<SecretValue>, VaultError> {
-        // Names and versions the vault cannot have cost no call (and no entry).
-        if !valid_name(name) || version.is_some_and(|v| !valid_version(v)) {
-            return Err(VaultError::NotFound);
-        }
-        let request = Request::Secret {
-            name: name.to_owned(),
-            version: version.map(str::to_owned),
-        };
-        match self.get(request).await? {
-            Reply {
-                value: Value::Secret(value),
-                valid_for,
-                stale,
-            } => Ok(Cached {
-                value,
-                valid_for,
-                stale,
-            }),
-            Reply { .. } => Err(wrong_kind()),
-        }
+        let (name, version) = object_key(name, version)?;
+        self.typed(Request::Secret { name, version }, |v| match v {
+            Value::Secret(s) => Some(s),
+            _ => None,
+        })
+        .await
     }
 
     /// A key's public JWK: the latest version when `version` is `None`.
@@ -228,25 +214,12 @@ impl Cache {
         name: &str,
         version: Option<&str>,
     ) -> Result<Cached<KeyValue>, VaultError> {
-        if !valid_name(name) || version.is_some_and(|v| !valid_version(v)) {
-            return Err(VaultError::NotFound);
-        }
-        let request = Request::Key {
-            name: name.to_owned(),
-            version: version.map(str::to_owned),
-        };
-        match self.get(request).await? {
-            Reply {
-                value: Value::Key(value),
-                valid_for,
-                stale,
-            } => Ok(Cached {
-                value,
-                valid_for,
-                stale,
-            }),
-            Reply { .. } => Err(wrong_kind()),
-        }
+        let (name, version) = object_key(name, version)?;
+        self.typed(Request::Key { name, version }, |v| match v {
+            Value::Key(k) => Some(k),
+            _ => None,
+        })
+        .await
     }
 
     /// A certificate with its backing secret, both of one version (latest when `None`).
@@ -255,25 +228,12 @@ impl Cache {
         name: &str,
         version: Option<&str>,
     ) -> Result<Cached<CertificateValue>, VaultError> {
-        if !valid_name(name) || version.is_some_and(|v| !valid_version(v)) {
-            return Err(VaultError::NotFound);
-        }
-        let request = Request::Certificate {
-            name: name.to_owned(),
-            version: version.map(str::to_owned),
-        };
-        match self.get(request).await? {
-            Reply {
-                value: Value::Certificate(value),
-                valid_for,
-                stale,
-            } => Ok(Cached {
-                value,
-                valid_for,
-                stale,
-            }),
-            Reply { .. } => Err(wrong_kind()),
-        }
+        let (name, version) = object_key(name, version)?;
+        self.typed(Request::Certificate { name, version }, |v| match v {
+            Value::Certificate(c) => Some(c),
+            _ => None,
+        })
+        .await
     }
 
     /// Every object of a collection, latest metadata each.
@@ -321,18 +281,31 @@ impl Cache {
     }
 
     async fn props(&self, request: Request) -> Result<Cached<Vec<ObjectProps>>, VaultError> {
-        match self.get(request).await? {
-            Reply {
-                value: Value::Props(value),
-                valid_for,
-                stale,
-            } => Ok(Cached {
+        self.typed(request, |v| match v {
+            Value::Props(p) => Some(p),
+            _ => None,
+        })
+        .await
+    }
+
+    /// The answer for `request`, as the type its variant holds.
+    async fn typed<T>(
+        &self,
+        request: Request,
+        pick: fn(Value) -> Option<Arc<T>>,
+    ) -> Result<Cached<T>, VaultError> {
+        let Reply {
+            value,
+            valid_for,
+            stale,
+        } = self.get(request).await?;
+        pick(value)
+            .map(|value| Cached {
                 value,
                 valid_for,
                 stale,
-            }),
-            Reply { .. } => Err(wrong_kind()),
-        }
+            })
+            .ok_or_else(wrong_kind)
     }
 
     /// Answer from the entry if it may, else wait for the key's flight, starting one if needed.
@@ -387,6 +360,14 @@ impl Cache {
         };
         flight.await
     }
+}
+
+/// Names and versions the vault cannot have cost no call (and no entry).
+fn object_key(name: &str, version: Option<&str>) -> Result<(String, Option<String>), VaultError> {
+    if !valid_name(name) || version.is_some_and(|v| !valid_version(v)) {
+        return Err(VaultError::NotFound);
+    }
+    Ok((name.to_owned(), version.map(str::to_owned)))
 }
 
 fn wrong_kind() -> VaultError {

@@ -2,15 +2,8 @@
 
 use crate::vault::{Collection, valid_name, valid_version};
 
-/// The files of a certificate directory, in listing order.
-pub const CERT_FILES: [&str; 6] = [
-    "cert.pem",
-    "chain.pem",
-    "fullchain.pem",
-    "privkey.pem",
-    "bundle.pem",
-    "cert.pfx",
-];
+/// The files a certificate directory can have, in listing order.
+pub const CERT_FILES: [&str; 6] = crate::render::cert::CertFiles::NAMES;
 
 /// One node of the tree. Object names are kept as the caller spelled them; identity (and the inode
 /// number) uses [`Node::key`], which folds case because Key Vault names are case-insensitive.

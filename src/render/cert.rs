@@ -43,7 +43,7 @@ pub struct CertFiles {
 
 impl CertFiles {
     /// The file names in the order a directory listing shows them.
-    const NAMES: [&'static str; 6] = [
+    pub const NAMES: [&'static str; 6] = [
         "cert.pem",
         "chain.pem",
         "fullchain.pem",

@@ -45,11 +45,14 @@ pub struct MountArgs {
     pub max_stale: Option<String>,
 
     #[arg(long, value_name = "METHOD", help_heading = "Identity")]
-    /// auto | client-secret (default auto).
+    /// auto | workload-identity | managed-identity | azure-cli | client-secret |
+    /// client-certificate (default auto).
     pub auth: Option<String>,
     #[arg(long, value_name = "ID", help_heading = "Identity")]
+    /// App registration, or user-assigned managed identity (AZURE_CLIENT_ID is honoured too).
     pub client_id: Option<String>,
     #[arg(long, value_name = "ID", help_heading = "Identity")]
+    /// Entra ID tenant (AZURE_TENANT_ID is honoured too).
     pub tenant_id: Option<String>,
     #[arg(long, value_name = "NAME", help_heading = "Identity")]
     /// public (default) | china | usgov: the DNS suffix of vault names and the authority host.
@@ -57,6 +60,10 @@ pub struct MountArgs {
     #[arg(long, value_name = "URL", help_heading = "Identity")]
     /// Entra ID authority host (AZURE_AUTHORITY_HOST is honoured too).
     pub authority_host: Option<String>,
+    #[arg(long, value_name = "URL", help_heading = "Identity")]
+    /// Instance metadata service for managed identity (KVFS_IMDS_ENDPOINT is honoured too;
+    /// default http://169.254.169.254).
+    pub imds_endpoint: Option<String>,
 
     #[arg(long, value_name = "PEM", help_heading = "TLS")]
     /// Extra trust roots, in addition to the system's (SSL_CERT_FILE is honoured too).
@@ -128,7 +135,11 @@ impl Cloud {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AuthMethod {
     Auto,
+    WorkloadIdentity,
+    ManagedIdentity,
+    AzureCli,
     ClientSecret,
+    ClientCertificate,
 }
 
 /// Everything a mount needs, resolved and checked.
@@ -144,6 +155,9 @@ pub struct MountSettings {
     pub tenant_id: Option<String>,
     pub cloud: Cloud,
     pub authority_host: Option<String>,
+    /// `--imds-endpoint`/`-o imds_endpoint=`; `KVFS_IMDS_ENDPOINT` and the default are applied
+    /// by [`crate::auth`].
+    pub imds_endpoint: Option<String>,
     pub ca_files: Vec<PathBuf>,
     pub verify_challenge_resource: bool,
     pub allow_other: bool,
@@ -209,6 +223,7 @@ impl MountArgs {
             "tenant_id",
             "cloud",
             "authority_host",
+            "imds_endpoint",
             "ca_file",
             "no_verify_challenge_resource",
             "allow_other",
@@ -241,13 +256,10 @@ impl MountArgs {
         let auth = match pick(&self.auth, "auth")?.as_deref() {
             None | Some("auto") => AuthMethod::Auto,
             Some("client-secret") => AuthMethod::ClientSecret,
-            Some(
-                m @ ("workload-identity" | "managed-identity" | "azure-cli" | "client-certificate"),
-            ) => {
-                return Err(format!(
-                    "--auth {m} is not available in this build yet; use client-secret"
-                ));
-            }
+            Some("workload-identity") => AuthMethod::WorkloadIdentity,
+            Some("managed-identity") => AuthMethod::ManagedIdentity,
+            Some("azure-cli") => AuthMethod::AzureCli,
+            Some("client-certificate") => AuthMethod::ClientCertificate,
             Some(other) => {
                 return Err(format!(
                     "unknown --auth {other:?}: use auto, workload-identity, managed-identity, azure-cli, client-secret or client-certificate"
@@ -288,6 +300,16 @@ impl MountArgs {
         {
             return Err(format!("--authority-host {a:?} must be an https:// URL"));
         }
+        let imds_endpoint = pick(&self.imds_endpoint, "imds_endpoint")?;
+        if let Some(e) = &imds_endpoint {
+            let ok = url::Url::parse(e)
+                .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some());
+            if !ok {
+                return Err(format!(
+                    "--imds-endpoint {e:?} must be an http:// URL (e.g. http://169.254.169.254)"
+                ));
+            }
+        }
         Ok(MountSettings {
             vault_url: vault_url(&self.vault, cloud)?,
             mountpoint: self.mountpoint.clone(),
@@ -299,6 +321,7 @@ impl MountArgs {
             tenant_id: pick(&self.tenant_id, "tenant_id")?,
             cloud,
             authority_host,
+            imds_endpoint,
             ca_files,
             verify_challenge_resource: !flag_or(
                 self.no_verify_challenge_resource,
@@ -354,6 +377,39 @@ mod tests {
         assert_eq!(s.cache_ttl, Duration::from_secs(5));
         assert_eq!(s.uid, 9, "the flag wins over -o");
         assert_eq!(s.file_mode, 0o440);
+    }
+
+    #[test]
+    fn every_auth_method_and_the_metadata_endpoint_resolve() {
+        for (name, method) in [
+            ("auto", AuthMethod::Auto),
+            ("workload-identity", AuthMethod::WorkloadIdentity),
+            ("managed-identity", AuthMethod::ManagedIdentity),
+            ("azure-cli", AuthMethod::AzureCli),
+            ("client-secret", AuthMethod::ClientSecret),
+            ("client-certificate", AuthMethod::ClientCertificate),
+        ] {
+            let mut a = args("myvault");
+            a.auth = Some(name.into());
+            assert_eq!(a.resolve(0, 0).unwrap().auth, method);
+        }
+        let mut a = args("myvault");
+        assert_eq!(a.resolve(0, 0).unwrap().imds_endpoint, None);
+        a.options = vec!["auth=managed-identity,imds_endpoint=http://127.0.0.1:8080".into()];
+        let s = a.resolve(0, 0).unwrap();
+        assert_eq!(s.auth, AuthMethod::ManagedIdentity);
+        assert_eq!(s.imds_endpoint.as_deref(), Some("http://127.0.0.1:8080"));
+        a.imds_endpoint = Some("http://127.0.0.1:9".into());
+        assert_eq!(
+            a.resolve(0, 0).unwrap().imds_endpoint.as_deref(),
+            Some("http://127.0.0.1:9"),
+            "the flag wins over -o"
+        );
+        a.imds_endpoint = Some("169.254.169.254".into());
+        assert!(a.resolve(0, 0).unwrap_err().starts_with("--imds-endpoint"));
+        a.imds_endpoint = None;
+        a.options = vec!["auth=kerberos".into()];
+        assert!(a.resolve(0, 0).unwrap_err().starts_with("unknown --auth"));
     }
 
     #[test]

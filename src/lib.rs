@@ -4,6 +4,7 @@
 //! [`fs`] (the filesystem core: tree, inodes, attributes, cache — no FUSE), and [`fuse`] (a thin
 //! adapter from fuser's callbacks to the core). [`cli`] and `main.rs` wire them to a mount.
 
+pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod daemon;

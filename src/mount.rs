@@ -8,7 +8,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::cli::{AuthMethod, MountSettings};
+use crate::auth::{self, AuthRequest, Env, Limits};
+use crate::cli::MountSettings;
 use crate::fs::cache::{Cache, CacheConfig};
 use crate::fs::core::{FsCore, Ownership};
 use crate::fuse::FuseAdapter;
@@ -141,53 +142,15 @@ fn read_ca_files(settings: &MountSettings) -> Result<Vec<Vec<u8>>, String> {
         .collect()
 }
 
-fn env(name: &str) -> Option<String> {
-    std::env::var(name).ok().filter(|v| !v.is_empty())
-}
-
-/// The credential the settings ask for. Only client secrets exist in this build; `auto` uses one
-/// when the standard variables are set.
-fn credential(
-    settings: &MountSettings,
-    http: &reqwest::Client,
-) -> Result<Arc<dyn azure_core::credentials::TokenCredential>, String> {
-    let tenant = settings
-        .tenant_id
-        .clone()
-        .or_else(|| env("AZURE_TENANT_ID"));
-    let client = settings
-        .client_id
-        .clone()
-        .or_else(|| env("AZURE_CLIENT_ID"));
-    let secret = env("AZURE_CLIENT_SECRET");
-    let authority = settings
-        .authority_host
-        .clone()
-        .or_else(|| env("AZURE_AUTHORITY_HOST"))
-        .unwrap_or_else(|| settings.cloud.authority_host().to_string());
-    match (tenant, client, secret) {
-        (Some(t), Some(c), Some(s)) => {
-            azure::client_secret_credential(&t, &c, s, Some(&authority), http)
-        }
-        (t, c, s) => {
-            let missing: Vec<&str> = [
-                (t.is_none(), "AZURE_TENANT_ID (or --tenant-id)"),
-                (c.is_none(), "AZURE_CLIENT_ID (or --client-id)"),
-                (s.is_none(), "AZURE_CLIENT_SECRET"),
-            ]
-            .into_iter()
-            .filter_map(|(m, n)| m.then_some(n))
-            .collect();
-            Err(match settings.auth {
-                AuthMethod::ClientSecret => {
-                    format!("--auth client-secret needs {}", missing.join(", "))
-                }
-                AuthMethod::Auto => format!(
-                    "no credential found: client-secret needs {} (workload identity, managed identity, Azure CLI and certificates are not available in this build yet)",
-                    missing.join(", ")
-                ),
-            })
-        }
+/// What the settings say about identity, for [`auth::select`] (which reads the environment).
+fn auth_request(settings: &MountSettings) -> AuthRequest {
+    AuthRequest {
+        method: settings.auth,
+        client_id: settings.client_id.clone(),
+        tenant_id: settings.tenant_id.clone(),
+        authority_host: settings.authority_host.clone(),
+        cloud_authority_host: settings.cloud.authority_host().to_string(),
+        imds_endpoint: settings.imds_endpoint.clone(),
     }
 }
 
@@ -210,7 +173,15 @@ fn mount_and_serve(settings: &MountSettings, readiness: &mut Readiness) -> Resul
         .map_err(|e| format!("cannot start the runtime: {e}"))?;
     let timeout = Duration::from_secs(10);
     let http = azure::http_client(&extra_ca, timeout)?;
-    let credential = credential(settings, &http)?;
+    // Decided before mounting: `auto` probes (bounded) and fails with one line if nothing works.
+    let credential = runtime
+        .block_on(auth::select(
+            &auth_request(settings),
+            &Env::from_process(),
+            &http,
+            &Limits::default(),
+        ))?
+        .credential;
     let vault = {
         let _guard = runtime.enter();
         AzureVault::new(AzureVaultOptions {

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::auth::{self, AuthRequest, Env, Limits};
-use crate::cli::MountSettings;
+use crate::cli::{AuthMethod, MountSettings};
 use crate::fs::cache::{Cache, CacheConfig};
 use crate::fs::core::{FsCore, Ownership};
 use crate::fuse::FuseAdapter;
@@ -154,6 +154,24 @@ fn auth_request(settings: &MountSettings) -> AuthRequest {
     }
 }
 
+/// Whether the chosen (or an `auto`-eligible) method needs a tenant: those that talk to Entra ID
+/// as an app. Only then is the vault asked for its tenant.
+fn needs_tenant(request: &AuthRequest, env: &Env) -> bool {
+    match request.method {
+        AuthMethod::ClientSecret | AuthMethod::ClientCertificate | AuthMethod::WorkloadIdentity => {
+            true
+        }
+        AuthMethod::Auto => [
+            "AZURE_CLIENT_SECRET",
+            "AZURE_CLIENT_CERTIFICATE_PATH",
+            "AZURE_FEDERATED_TOKEN_FILE",
+        ]
+        .iter()
+        .any(|v| env.get(v).is_some()),
+        _ => false,
+    }
+}
+
 /// Mount and serve in this process until a signal or an external unmount.
 pub fn run(settings: MountSettings, mut readiness: Readiness) -> Result<(), String> {
     let result = mount_and_serve(&settings, &mut readiness);
@@ -173,14 +191,24 @@ fn mount_and_serve(settings: &MountSettings, readiness: &mut Readiness) -> Resul
         .map_err(|e| format!("cannot start the runtime: {e}"))?;
     let timeout = Duration::from_secs(10);
     let http = azure::http_client(&extra_ca, timeout)?;
+    let env = Env::from_process();
+    let mut request = auth_request(settings);
+    if request.tenant_id.is_none()
+        && env.get("AZURE_TENANT_ID").is_none()
+        && needs_tenant(&request, &env)
+    {
+        // No tenant configured: take the vault's own, from its 401 challenge, as the SDKs do.
+        match runtime.block_on(azure::tenant_from_challenge(&http, &settings.vault_url)) {
+            Ok(tenant) => {
+                tracing::info!(%tenant, "tenant taken from the vault's challenge");
+                request.tenant_id = Some(tenant);
+            }
+            Err(e) => tracing::warn!("no tenant configured and none learned from the vault: {e}"),
+        }
+    }
     // Decided before mounting: `auto` probes (bounded) and fails with one line if nothing works.
     let credential = runtime
-        .block_on(auth::select(
-            &auth_request(settings),
-            &Env::from_process(),
-            &http,
-            &Limits::default(),
-        ))?
+        .block_on(auth::select(&request, &env, &http, &Limits::default()))?
         .credential;
     let vault = {
         let _guard = runtime.enter();

@@ -155,6 +155,20 @@ fn client_secret_reads_as_the_app() {
     );
 }
 
+#[test]
+fn without_a_tenant_the_vaults_challenge_names_it() {
+    let vault = start_vault();
+    let mut env = secret_env(&vault);
+    env.retain(|(k, _)| k != "AZURE_TENANT_ID");
+    let m = Mount::start_with_env(&vault, &[], &env);
+    assert_reads_as(&vault, &m, "app");
+    assert!(
+        m.log_text().contains(&vault.info().tenant_id),
+        "the log says which tenant the challenge named: {}",
+        m.log_text()
+    );
+}
+
 /// A testvault whose client certificate's SHA-1 thumbprint differs in base64 and base64url (it
 /// has a `+` or `/`), so an `x5t` in the wrong alphabet is refused (AADSTS700027) every time
 /// rather than for about half the certificates (azure_identity 1.0 sends standard base64).

@@ -1960,3 +1960,74 @@ mod tests {
         assert!(m.contains("'keys list' access-policy permission"), "{m}");
     }
 }
+
+/// The tenant a vault belongs to, from its 401 challenge: an unauthenticated GET answers
+/// `WWW-Authenticate: Bearer authorization="https://login.windows.net/{tenant}", resource="…"`.
+/// This is how clients find the tenant when none is configured; it reads no object.
+pub async fn tenant_from_challenge(
+    http: &reqwest::Client,
+    vault_url: &url::Url,
+) -> Result<String, String> {
+    let mut url = vault_url.join("secrets").map_err(|e| e.to_string())?;
+    url.query_pairs_mut()
+        .append_pair("api-version", "7.5")
+        .append_pair("maxresults", "1");
+    let response = tokio::time::timeout(Duration::from_secs(5), http.get(url).send())
+        .await
+        .map_err(|_| "the vault did not answer within 5 s".to_string())?
+        .map_err(|e| format!("the vault did not answer: {}", error_chain(&e)))?;
+    let header = response
+        .headers()
+        .get("www-authenticate")
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| {
+            format!(
+                "the vault answered {} without a challenge",
+                response.status()
+            )
+        })?;
+    tenant_of_challenge(header)
+        .ok_or_else(|| format!("no tenant in the vault's challenge {header:?}"))
+}
+
+/// The first path segment of the challenge's `authorization` (or `authorization_uri`) URL.
+fn tenant_of_challenge(header: &str) -> Option<String> {
+    let rest = header.trim().strip_prefix("Bearer")?;
+    rest.split(',').find_map(|part| {
+        let (key, value) = part.trim().split_once('=')?;
+        if !matches!(key.trim(), "authorization" | "authorization_uri") {
+            return None;
+        }
+        let url = url::Url::parse(value.trim().trim_matches('"')).ok()?;
+        let tenant = url.path_segments()?.find(|s| !s.is_empty())?;
+        Some(tenant.to_string())
+    })
+}
+
+#[cfg(test)]
+mod challenge_tests {
+    use super::tenant_of_challenge;
+
+    #[test]
+    fn tenant_comes_from_the_authorization_url() {
+        assert_eq!(
+            tenant_of_challenge(
+                r#"Bearer authorization="https://login.windows.net/72f988bf-86f1-41af-91ab-2d7cd011db47", resource="https://vault.azure.net""#
+            )
+            .as_deref(),
+            Some("72f988bf-86f1-41af-91ab-2d7cd011db47")
+        );
+        assert_eq!(
+            tenant_of_challenge(
+                r#"Bearer authorization_uri="https://login.microsoftonline.com/t1/", scope="x""#
+            )
+            .as_deref(),
+            Some("t1")
+        );
+        assert_eq!(tenant_of_challenge(r#"Basic realm="x""#), None);
+        assert_eq!(
+            tenant_of_challenge(r#"Bearer resource="https://vault.azure.net""#),
+            None
+        );
+    }
+}

@@ -262,6 +262,14 @@ fn mount_and_serve(settings: &MountSettings, readiness: &mut Readiness) -> Resul
     } else {
         fuser::SessionACL::Owner
     };
+    // Catch SIGTERM/SIGINT before the mount exists: a signal that arrives while mounting, or
+    // right after, must unmount cleanly rather than kill the process and leave a stale mount.
+    let (mut term, mut int) = runtime.block_on(async {
+        use tokio::signal::unix::{SignalKind, signal};
+        let term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
+        let int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
+        Ok::<_, String>((term, int))
+    })?;
     let session = fuser::Session::new(adapter, &settings.mountpoint, &config)
         .map_err(|e| format!("cannot mount {}: {e}", settings.mountpoint.display()))?;
     let background = session.spawn().map_err(|e| {
@@ -279,9 +287,6 @@ fn mount_and_serve(settings: &MountSettings, readiness: &mut Readiness) -> Resul
     readiness.ready();
 
     let stop = runtime.block_on(async {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
-        let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
         let mut tick = tokio::time::interval(Duration::from_millis(250));
         loop {
             tokio::select! {

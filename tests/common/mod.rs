@@ -76,14 +76,29 @@ pub struct Mount {
 impl Mount {
     /// Mount `vault` with `--foreground` and wait until the kernel shows the mount.
     pub fn start(vault: &TestVault, extra: &[&str]) -> Mount {
+        Self::spawn(vault, extra, |c| {
+            c.envs(kvfs_env(vault));
+        })
+    }
+
+    /// Like [`Mount::start`], but kvfs gets exactly `env` (the test's own environment is cleared,
+    /// so no stray `AZURE_*`/`IDENTITY_*` variable can pick the credential; pass `PATH` yourself).
+    pub fn start_with_env(vault: &TestVault, extra: &[&str], env: &[(String, String)]) -> Mount {
+        Self::spawn(vault, extra, |c| {
+            c.env_clear().envs(env.iter().cloned());
+        })
+    }
+
+    fn spawn(vault: &TestVault, extra: &[&str], set_env: impl FnOnce(&mut Command)) -> Mount {
         let dir = tempfile::tempdir().expect("tempdir");
         let logs = tempfile::tempdir().expect("tempdir");
         let log = logs.path().join("kvfs.log");
         let mut args = mount_args(vault, dir.path(), extra);
         args.push("--foreground".into());
-        let child = Command::new(KVFS)
-            .args(&args)
-            .envs(kvfs_env(vault))
+        let mut command = Command::new(KVFS);
+        command.args(&args);
+        set_env(&mut command);
+        let child = command
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).expect("log file"))
@@ -195,45 +210,4 @@ pub fn mount_detached(vault: &TestVault, dir: &Path, extra: &[&str], env: Vec<(S
 /// `kvfs unmount`, which must succeed.
 pub fn unmount(dir: &Path) {
     succeed(Command::new(KVFS).arg("unmount").arg(dir));
-}
-
-impl Mount {
-    /// Like [`Mount::start`], but kvfs gets exactly `env` (the test's own environment is cleared,
-    /// so no stray `AZURE_*`/`IDENTITY_*` variable can pick the credential; pass `PATH` yourself).
-    pub fn start_with_env(vault: &TestVault, extra: &[&str], env: &[(String, String)]) -> Mount {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let logs = tempfile::tempdir().expect("tempdir");
-        let log = logs.path().join("kvfs.log");
-        let mut args = mount_args(vault, dir.path(), extra);
-        args.push("--foreground".into());
-        let child = Command::new(KVFS)
-            .args(&args)
-            .env_clear()
-            .envs(env.iter().cloned())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("log file"))
-            .spawn()
-            .expect("kvfs starts");
-        let mut m = Mount {
-            dir,
-            child: Some(child),
-            log,
-            _logs: logs,
-        };
-        let path = m.dir.path().to_path_buf();
-        let start = Instant::now();
-        while !is_mounted(&path) {
-            if let Some(status) = m.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
-                panic!("kvfs exited before mounting ({status}): {}", m.log_text());
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(15),
-                "mount did not appear: {}",
-                m.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        m
-    }
 }

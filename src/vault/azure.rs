@@ -370,25 +370,7 @@ impl VaultClient for AzureVault {
         let props = secret_props(&secret).map_err(|e| {
             VaultError::Unexpected(format!("the vault's answer for secret '{name}': {e}"))
         })?;
-        // Ids compare case-insensitively; anything else would put one secret's bytes under
-        // another's name.
-        let same_version = match (version, props.version.as_deref()) {
-            (Some(asked), Some(got)) => asked.eq_ignore_ascii_case(got),
-            (Some(_), None) => false,
-            (None, _) => true,
-        };
-        if !props.name.eq_ignore_ascii_case(name) || !same_version {
-            return Err(VaultError::Unexpected(format!(
-                "asked for secret '{name}'{}, the vault answered with '{}'{}",
-                version.map(|v| format!(" version {v}")).unwrap_or_default(),
-                props.name,
-                props
-                    .version
-                    .as_deref()
-                    .map(|v| format!(" version {v}"))
-                    .unwrap_or_default(),
-            )));
-        }
+        check_identity("secret", name, version, &props)?;
         Ok(SecretValue {
             props,
             value: value.into_bytes(),

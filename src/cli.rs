@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use crate::config::{self, MountOpt};
+use crate::fs::core::OpenMode;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -43,6 +44,11 @@ pub struct MountArgs {
     #[arg(long, value_name = "DURATION", help_heading = "Freshness")]
     /// How long the last good value outlives a vault outage (default 24h).
     pub max_stale: Option<String>,
+    #[arg(long, value_name = "MODE", help_heading = "Freshness")]
+    /// snapshot (default): every open takes a snapshot, an open descriptor reads the bytes it
+    /// opened, reads go to kvfs. cached: no open round trip, reads come from the kernel's page
+    /// cache at tmpfs speed; a descriptor held across a rotation reads the new value.
+    pub open_mode: Option<String>,
 
     #[arg(long, value_name = "METHOD", help_heading = "Identity")]
     /// auto | workload-identity | managed-identity | azure-cli | client-secret |
@@ -150,6 +156,7 @@ pub struct MountSettings {
     pub foreground: bool,
     pub cache_ttl: Duration,
     pub max_stale: Duration,
+    pub open_mode: OpenMode,
     pub auth: AuthMethod,
     pub client_id: Option<String>,
     pub tenant_id: Option<String>,
@@ -218,6 +225,7 @@ impl MountArgs {
         const KNOWN: &[&str] = &[
             "cache_ttl",
             "max_stale",
+            "open_mode",
             "auth",
             "client_id",
             "tenant_id",
@@ -273,6 +281,15 @@ impl MountArgs {
         };
         let cache_ttl = duration(&self.cache_ttl, "cache_ttl", Duration::from_secs(60))?;
         let max_stale = duration(&self.max_stale, "max_stale", Duration::from_secs(86_400))?;
+        let open_mode = match pick(&self.open_mode, "open_mode")?.as_deref() {
+            None | Some("snapshot") => OpenMode::Snapshot,
+            Some("cached") => OpenMode::Cached,
+            Some(other) => {
+                return Err(format!(
+                    "unknown --open-mode {other:?}: use snapshot or cached"
+                ));
+            }
+        };
         let mode = |flag: &Option<String>, key: &str, default: u16| {
             pick(flag, key)?.map_or(Ok(default), |v| {
                 config::parse_mode(&v).map_err(|e| format!("--{}: {e}", key.replace('_', "-")))
@@ -316,6 +333,7 @@ impl MountArgs {
             foreground: flag_or(self.foreground, &o, "foreground")?,
             cache_ttl,
             max_stale,
+            open_mode,
             auth,
             client_id: pick(&self.client_id, "client_id")?,
             tenant_id: pick(&self.tenant_id, "tenant_id")?,
@@ -362,6 +380,22 @@ mod tests {
         assert_eq!((s.file_mode, s.dir_mode), (0o400, 0o500));
         assert_eq!((s.uid, s.gid), (1000, 1000));
         assert!(!s.allow_other && s.verify_challenge_resource && !s.foreground);
+        assert_eq!(s.open_mode, OpenMode::Snapshot);
+    }
+
+    #[test]
+    fn open_mode_from_flag_or_o_and_bad_values_are_refused() {
+        let mut a = args("myvault");
+        a.options = vec!["open_mode=cached".into()];
+        assert_eq!(a.resolve(0, 0).unwrap().open_mode, OpenMode::Cached);
+        a.open_mode = Some("snapshot".into());
+        assert_eq!(a.resolve(0, 0).unwrap().open_mode, OpenMode::Snapshot);
+        a.open_mode = Some("fast".into());
+        assert!(
+            a.resolve(0, 0)
+                .unwrap_err()
+                .starts_with("unknown --open-mode")
+        );
     }
 
     #[test]

@@ -3,17 +3,20 @@
 //! call never blocks the kernel channel and concurrent readers of one object meet in the cache.
 
 use std::ffi::OsStr;
+use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::SystemTime;
 
 use fuser::{
-    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, LockOwner,
-    OpenAccMode, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
-    ReplyEmpty, ReplyEntry, ReplyOpen, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
+    KernelConfig, LockOwner, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
+    ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyWrite, ReplyXattr, Request,
+    TimeOrNow, WriteFlags,
 };
+use futures::FutureExt;
 
-use crate::fs::core::{Attr, FsCore, Kind};
+use crate::fs::core::{Attr, FsCore, Kind, OpenMode};
 use crate::fs::error::FsError;
 
 pub struct FuseAdapter {
@@ -24,6 +27,26 @@ pub struct FuseAdapter {
 impl FuseAdapter {
     pub fn new(core: Arc<FsCore>, runtime: tokio::runtime::Handle) -> Self {
         FuseAdapter { core, runtime }
+    }
+
+    /// Run `op` and hand its result to `reply`. It is polled once right here, on the session
+    /// thread: an answer from a warm cache goes back without a hop to another thread, which is
+    /// most of the cost of a warm `stat` or `open`. If it has to wait (a vault call), it carries
+    /// on as a task, so the session thread never blocks on the network.
+    fn answer<T: Send + 'static>(
+        &self,
+        op: impl Future<Output = T> + Send + 'static,
+        reply: impl FnOnce(T) + Send + 'static,
+    ) {
+        // Cache fetches are spawned on the runtime, which the inline poll must be able to reach.
+        let _runtime = self.runtime.enter();
+        let mut op = Box::pin(op);
+        match (&mut op).now_or_never() {
+            Some(result) => reply(result),
+            None => {
+                self.runtime.spawn(async move { reply(op.await) });
+            }
+        }
     }
 }
 
@@ -64,17 +87,31 @@ fn utf8(name: &OsStr) -> Option<String> {
 }
 
 impl Filesystem for FuseAdapter {
+    /// With `FUSE_AUTO_INVAL_DATA`, a read whose cached attributes have expired revalidates
+    /// them, and a changed mtime or size drops the page cache: what lets a kernel-cached file
+    /// (cached mode, explicit versions) follow a rotation without a notification.
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        if let Err(missing) = config.add_capabilities(InitFlags::FUSE_AUTO_INVAL_DATA) {
+            tracing::warn!(
+                ?missing,
+                "kernel lacks FUSE_AUTO_INVAL_DATA; page caches follow rotations only through invalidation"
+            );
+        }
+        Ok(())
+    }
+
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let Some(name) = utf8(name) else {
             return reply.error(Errno::ENOENT);
         };
         let core = self.core.clone();
-        self.runtime.spawn(async move {
-            match core.lookup(parent.0, &name).await {
+        self.answer(
+            async move { core.lookup(parent.0, &name).await },
+            move |result| match result {
                 Ok(e) => reply.entry(&e.ttl, &file_attr(&e.attr), Generation(0)),
                 Err(e) => reply.error(errno(&e)),
-            }
-        });
+            },
+        );
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
@@ -83,32 +120,43 @@ impl Filesystem for FuseAdapter {
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         let core = self.core.clone();
-        self.runtime.spawn(async move {
-            match core.getattr(ino.0).await {
+        self.answer(
+            async move { core.getattr(ino.0).await },
+            move |result| match result {
                 Ok(e) => reply.attr(&e.ttl, &file_attr(&e.attr)),
                 Err(e) => reply.error(errno(&e)),
-            }
-        });
+            },
+        );
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        if self.core.open_mode() == OpenMode::Cached {
+            // "Not implemented" makes the kernel stop sending OPEN and RELEASE for good: files
+            // then read through its page cache, which is what cached mode is for.
+            return reply.error(Errno::ENOSYS);
+        }
         let write = flags.acc_mode() != OpenAccMode::O_RDONLY
             || flags.0 & (libc::O_TRUNC | libc::O_APPEND | libc::O_CREAT) != 0;
         let core = self.core.clone();
-        self.runtime.spawn(async move {
-            match core.open(ino.0, write).await {
+        self.answer(
+            async move { core.open(ino.0, write).await },
+            move |result| match result {
+                // An explicit version never changes: its pages may stay cached across opens.
+                Ok(o) if o.immutable => {
+                    reply.opened(FileHandle(o.fh), FopenFlags::FOPEN_KEEP_CACHE)
+                }
                 // Direct I/O: reads always come to the daemon, which serves the snapshot taken
                 // here, so a stale page cache or a stale size can never mix two versions.
-                Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO),
+                Ok(o) => reply.opened(FileHandle(o.fh), FopenFlags::FOPEN_DIRECT_IO),
                 Err(e) => reply.error(errno(&e)),
-            }
-        });
+            },
+        );
     }
 
     fn read(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         size: u32,
@@ -116,6 +164,17 @@ impl Filesystem for FuseAdapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        // Handle 0: the kernel did not open the file (cached mode); read the inode as it is now.
+        if fh.0 == 0 {
+            let core = self.core.clone();
+            return self.answer(
+                async move { core.read_inode(ino.0, offset, size).await },
+                move |result| match result {
+                    Ok(bytes) => reply.data(&bytes),
+                    Err(e) => reply.error(errno(&e)),
+                },
+            );
+        }
         match self.core.read(fh.0, offset, size) {
             Ok(bytes) => reply.data(&bytes),
             Err(e) => reply.error(errno(&e)),
@@ -136,8 +195,8 @@ impl Filesystem for FuseAdapter {
         reply.ok();
     }
 
-    /// Nothing is buffered for writing, so there is nothing to flush (without this, fuser logs
-    /// every close as an unimplemented call).
+    /// Nothing is buffered for writing, so there is nothing to flush: "not implemented" makes
+    /// the kernel stop sending FLUSH on every close (one round trip less per open file).
     fn flush(
         &self,
         _req: &Request,
@@ -146,7 +205,7 @@ impl Filesystem for FuseAdapter {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        reply.ok();
+        reply.error(Errno::ENOSYS);
     }
 
     fn readdir(
@@ -179,12 +238,13 @@ impl Filesystem for FuseAdapter {
             return reply.error(Errno::from_i32(libc::ENODATA));
         };
         let core = self.core.clone();
-        self.runtime.spawn(async move {
-            match core.getxattr(ino.0, &name).await {
+        self.answer(
+            async move { core.getxattr(ino.0, &name).await },
+            move |result| match result {
                 Ok(value) => reply_xattr(reply, size, &value),
                 Err(e) => reply.error(errno(&e)),
-            }
-        });
+            },
+        );
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {

@@ -13,6 +13,7 @@ use crate::cli::{AuthMethod, MountSettings};
 use crate::fs::cache::{Cache, CacheConfig};
 use crate::fs::core::{FsCore, Ownership};
 use crate::fuse::FuseAdapter;
+use crate::invalidate::Invalidator;
 use crate::vault::azure::{self, AzureVault, AzureVaultOptions};
 
 /// Environment variable naming the fd a detached child reports readiness on (see `daemon`).
@@ -230,7 +231,7 @@ fn mount_and_serve(settings: &MountSettings, readiness: &mut Readiness) -> Resul
             max_bytes: 256 * 1024 * 1024,
         },
     );
-    let core = Arc::new(FsCore::new(
+    let core = Arc::new(FsCore::with_open_mode(
         cache,
         Ownership {
             uid: settings.uid,
@@ -239,8 +240,9 @@ fn mount_and_serve(settings: &MountSettings, readiness: &mut Readiness) -> Resul
             dir_mode: settings.dir_mode,
         },
         settings.cache_ttl,
+        settings.open_mode,
     ));
-    let adapter = FuseAdapter::new(core, runtime.handle().clone());
+    let adapter = FuseAdapter::new(core.clone(), runtime.handle().clone());
 
     let mut config = fuser::Config::default();
     config.mount_options = vec![
@@ -257,6 +259,14 @@ fn mount_and_serve(settings: &MountSettings, readiness: &mut Readiness) -> Resul
         // what they say.
         fuser::MountOption::DefaultPermissions,
     ];
+    // Two session threads (each with its own /dev/fuse clone): one slow request, such as a
+    // render, never holds up the rest, and warm answers are given on these threads directly.
+    config.n_threads = Some(
+        std::thread::available_parallelism()
+            .map_or(2, |n| n.get())
+            .clamp(2, 4),
+    );
+    config.clone_fd = true;
     config.acl = if settings.allow_other {
         fuser::SessionACL::All
     } else {
@@ -272,6 +282,7 @@ fn mount_and_serve(settings: &MountSettings, readiness: &mut Readiness) -> Resul
     })?;
     let session = fuser::Session::new(adapter, &settings.mountpoint, &config)
         .map_err(|e| format!("cannot mount {}: {e}", settings.mountpoint.display()))?;
+    let _invalidator = Invalidator::start(core, session.notifier());
     let background = session.spawn().map_err(|e| {
         format!(
             "cannot start serving {}: {e}",
@@ -282,6 +293,7 @@ fn mount_and_serve(settings: &MountSettings, readiness: &mut Readiness) -> Resul
         vault = %settings.vault_url,
         mountpoint = %settings.mountpoint.display(),
         cache_ttl = ?settings.cache_ttl,
+        open_mode = ?settings.open_mode,
         "mounted"
     );
     readiness.ready();

@@ -12,11 +12,11 @@ use parking_lot::Mutex;
 use super::cache::Cache;
 use super::error::FsError;
 use super::inodes::Inodes;
-use super::node::Node;
+use super::node::{CERT_FILES, Node};
 use crate::render::RenderError;
 use crate::render::cert::{self, CertFiles};
 use crate::render::key;
-use crate::vault::{Collection, ObjectProps};
+use crate::vault::{Collection, ObjectProps, SecretValue};
 
 /// Ownership and modes of everything in the mount.
 #[derive(Clone, Debug)]
@@ -25,6 +25,28 @@ pub struct Ownership {
     pub gid: u32,
     pub file_mode: u16,
     pub dir_mode: u16,
+}
+
+/// How opens and reads reach the daemon (`--open-mode`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum OpenMode {
+    /// Every open takes a snapshot of the value and every read of a current value is served from
+    /// it (direct I/O): an open descriptor reads the bytes it opened, whatever rotates meanwhile.
+    #[default]
+    Snapshot,
+    /// No open round trip (the kernel is told opens are not implemented) and reads come from the
+    /// kernel's page cache, invalidated when the value changes. A descriptor held open across a
+    /// rotation reads the new value once the kernel learns of it.
+    Cached,
+}
+
+/// How the kernel should treat a file just opened.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Opened {
+    pub fh: u64,
+    /// The bytes of this inode can never change (an explicit version): the page cache may keep
+    /// them across opens. Otherwise reads bypass the page cache and come from the snapshot.
+    pub immutable: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -60,9 +82,29 @@ pub struct DirEntry {
     pub kind: Kind,
 }
 
+/// The bytes of a file, shared with the cache entry or the rendered memo they come from (a lookup
+/// or a read copies nothing).
+#[derive(Clone)]
+pub enum Bytes {
+    Secret(Arc<SecretValue>),
+    Rendered(Arc<Vec<u8>>),
+    CertFile(Arc<CertFiles>, &'static str),
+}
+
+impl std::ops::Deref for Bytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Bytes::Secret(s) => &s.value,
+            Bytes::Rendered(b) => b,
+            Bytes::CertFile(files, name) => files.file(name).unwrap_or_default(),
+        }
+    }
+}
+
 /// The bytes of one file as they are now, with the metadata of the object version they come from.
 pub struct FileContent {
-    pub bytes: Arc<Vec<u8>>,
+    pub bytes: Bytes,
     pub props: ObjectProps,
     /// Attributes beyond those of `props` (`user.kvfs.jwk` of a key).
     pub extra_xattrs: Vec<(String, String)>,
@@ -110,6 +152,7 @@ pub struct FsCore {
     handles: Mutex<HashMap<u64, Arc<FileContent>>>,
     next_handle: AtomicU64,
     owner: Ownership,
+    open_mode: OpenMode,
     /// Upper bound on what the kernel may cache (the cache TTL).
     ttl: Duration,
     mounted_at: SystemTime,
@@ -130,7 +173,17 @@ fn key_listed(props: &ObjectProps, kty: Option<&str>) -> bool {
 
 impl FsCore {
     pub fn new(cache: Cache, owner: Ownership, ttl: Duration) -> Self {
+        Self::with_open_mode(cache, owner, ttl, OpenMode::Snapshot)
+    }
+
+    pub fn with_open_mode(
+        cache: Cache,
+        owner: Ownership,
+        ttl: Duration,
+        open_mode: OpenMode,
+    ) -> Self {
         FsCore {
+            open_mode,
             cache,
             inodes: Inodes::default(),
             rendered: moka::sync::Cache::new(10_000),
@@ -146,6 +199,37 @@ impl FsCore {
         &self.cache
     }
 
+    pub fn open_mode(&self) -> OpenMode {
+        self.open_mode
+    }
+
+    /// The inodes the kernel may hold for the current (latest-version) form of an object: the
+    /// file, or a certificate's directory and its files. What to invalidate when it changes.
+    pub fn inodes_of_latest(&self, collection: Collection, name: &str) -> Vec<u64> {
+        let object = Node::Object {
+            collection,
+            name: name.to_string(),
+            version: None,
+        };
+        let mut nodes = vec![object];
+        if collection == Collection::Certificates {
+            nodes.extend(CERT_FILES.iter().map(|file| Node::CertFile {
+                name: name.to_string(),
+                version: None,
+                file,
+            }));
+        }
+        nodes
+            .iter()
+            .filter_map(|n| self.inodes.existing(n))
+            .collect()
+    }
+
+    /// The inode of a collection's directory (`secrets`, `keys`, `certs`).
+    pub fn collection_inode(&self, collection: Collection) -> Option<u64> {
+        self.inodes.existing(&Node::Collection(collection))
+    }
+
     fn attr(&self, ino: u64, resolved: &Resolved) -> Entry {
         let (kind, size, perm, nlink, mtime, ttl) = match resolved {
             Resolved::Dir { mtime, ttl, .. } => {
@@ -156,7 +240,7 @@ impl FsCore {
                 content.bytes.len() as u64,
                 self.owner.file_mode,
                 1,
-                content.props.updated.unwrap_or(self.mounted_at),
+                version_mtime(&content.props, self.mounted_at),
                 *ttl,
             ),
         };
@@ -222,7 +306,7 @@ impl FsCore {
         };
         Ok(Resolved::File {
             content: Arc::new(FileContent {
-                bytes: pem,
+                bytes: Bytes::Rendered(pem),
                 props: k.props.clone(),
                 extra_xattrs: vec![(format!("{XATTR_PREFIX}jwk"), jwk)],
             }),
@@ -278,8 +362,8 @@ impl FsCore {
                 }
                 Ok(Resolved::File {
                     content: Arc::new(FileContent {
-                        bytes: Arc::new(got.value.value.clone()),
                         props: got.value.props.clone(),
+                        bytes: Bytes::Secret(got.value),
                         extra_xattrs: Vec::new(),
                     }),
                     ttl: self.bounded(got.valid_for),
@@ -297,7 +381,7 @@ impl FsCore {
             } => {
                 let (files, props, ttl) = self.cert_files(name, version.as_deref()).await?;
                 Ok(Resolved::Dir {
-                    mtime: props.updated.unwrap_or(self.mounted_at),
+                    mtime: version_mtime(&props, self.mounted_at),
                     ttl,
                     cert: Some((files, props)),
                 })
@@ -308,10 +392,10 @@ impl FsCore {
                 file,
             } => {
                 let (files, props, ttl) = self.cert_files(name, version.as_deref()).await?;
-                let bytes = files.file(file).ok_or(FsError::NotFound)?.to_vec();
+                files.file(file).ok_or(FsError::NotFound)?;
                 Ok(Resolved::File {
                     content: Arc::new(FileContent {
-                        bytes: Arc::new(bytes),
+                        bytes: Bytes::CertFile(files, file),
                         props,
                         extra_xattrs: Vec::new(),
                     }),
@@ -451,7 +535,7 @@ impl FsCore {
 
     /// Open a file for reading: the handle holds the bytes as they are now, so a rotation while
     /// the file is open never tears a read.
-    pub async fn open(&self, ino: u64, write: bool) -> Result<u64, FsError> {
+    pub async fn open(&self, ino: u64, write: bool) -> Result<Opened, FsError> {
         if write {
             return Err(FsError::ReadOnly);
         }
@@ -464,16 +548,27 @@ impl FsCore {
         };
         let fh = self.next_handle.fetch_add(1, Ordering::Relaxed);
         self.handles.lock().insert(fh, content);
-        Ok(fh)
+        Ok(Opened {
+            fh,
+            immutable: node.version().is_some(),
+        })
     }
 
+    /// Bytes of an open handle (snapshot mode).
     pub fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>, FsError> {
         let handles = self.handles.lock();
         let content = handles.get(&fh).ok_or(FsError::BadHandle)?;
-        let bytes = &content.bytes;
-        let start = (offset as usize).min(bytes.len());
-        let end = start.saturating_add(size as usize).min(bytes.len());
-        Ok(bytes[start..end].to_vec())
+        Ok(slice(&content.bytes, offset, size).to_vec())
+    }
+
+    /// Bytes of an inode as they are now: reads without an open handle (cached mode, where the
+    /// kernel fills its page cache with them). One read is answered from one version.
+    pub async fn read_inode(&self, ino: u64, offset: u64, size: u32) -> Result<Vec<u8>, FsError> {
+        let node = self.inodes.node(ino).ok_or(FsError::BadHandle)?;
+        match self.resolve(&node).await? {
+            Resolved::File { content, .. } => Ok(slice(&content.bytes, offset, size).to_vec()),
+            Resolved::Dir { .. } => Err(FsError::IsDir),
+        }
     }
 
     pub fn release(&self, fh: u64) {
@@ -512,6 +607,12 @@ impl FsCore {
     }
 
     pub async fn getxattr(&self, ino: u64, name: &str) -> Result<Vec<u8>, FsError> {
+        // `ls -l` asks every file for `security.selinux` and ACLs: answer those without
+        // resolving the object.
+        if !name.starts_with(XATTR_PREFIX) {
+            self.inodes.node(ino).ok_or(FsError::BadHandle)?;
+            return Err(FsError::NoAttribute);
+        }
         self.xattrs_of(ino)
             .await?
             .into_iter()
@@ -519,6 +620,36 @@ impl FsCore {
             .map(|(_, v)| v.into_bytes())
             .ok_or(FsError::NoAttribute)
     }
+}
+
+fn slice(bytes: &[u8], offset: u64, size: u32) -> &[u8] {
+    let start = usize::try_from(offset)
+        .unwrap_or(usize::MAX)
+        .min(bytes.len());
+    let end = start.saturating_add(size as usize).min(bytes.len());
+    &bytes[start..end]
+}
+
+/// `mtime` of an object version: its `updated` time, whose whole seconds are what the vault says,
+/// with the sub-second part taken from the version id. Key Vault's times have one-second
+/// resolution, so two versions written in the same second would otherwise have equal mtimes and,
+/// at equal sizes, the kernel could not tell that its cached pages are stale.
+fn version_mtime(props: &ObjectProps, fallback: SystemTime) -> SystemTime {
+    let Some(updated) = props.updated else {
+        return fallback;
+    };
+    let whole = updated
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| Duration::from_secs(d.as_secs()))
+        .unwrap_or_default();
+    let nanos = props.version.as_deref().map_or(0, |v| {
+        // FNV-1a: stable across runs and builds, unlike the std hasher.
+        let hash = v.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        });
+        (hash % 1_000_000_000) as u32
+    });
+    SystemTime::UNIX_EPOCH + whole + Duration::from_nanos(u64::from(nanos))
 }
 
 fn visible_versions(
@@ -591,7 +722,7 @@ mod tests {
     }
 
     async fn read_all(core: &FsCore, ino: u64) -> Result<String, FsError> {
-        let fh = core.open(ino, false).await?;
+        let fh = core.open(ino, false).await?.fh;
         let bytes = core.read(fh, 0, 1 << 20)?;
         core.release(fh);
         Ok(String::from_utf8(bytes).unwrap())
@@ -641,7 +772,7 @@ mod tests {
         assert_eq!((e.attr.perm, e.attr.uid, e.attr.gid), (0o400, 1000, 1000));
         assert!(e.ttl <= Duration::from_secs(60));
         assert_eq!(read_all(&core, e.attr.ino).await.unwrap(), "hunter2");
-        let fh = core.open(e.attr.ino, false).await.unwrap();
+        let fh = core.open(e.attr.ino, false).await.unwrap().fh;
         assert_eq!(core.read(fh, 2, 3).unwrap(), b"nte");
         assert_eq!(core.read(fh, 100, 3).unwrap(), b"");
         core.release(fh);
@@ -704,7 +835,7 @@ mod tests {
         vault.set_secret("db", b"old-value");
         let core = core_with(vault.clone(), Duration::ZERO);
         let e = path(&core, "secrets/db").await.unwrap();
-        let fh = core.open(e.attr.ino, false).await.unwrap();
+        let fh = core.open(e.attr.ino, false).await.unwrap().fh;
         vault.set_secret("db", b"new");
         assert_eq!(read_all(&core, e.attr.ino).await.unwrap(), "new");
         assert_eq!(core.read(fh, 0, 100).unwrap(), b"old-value");

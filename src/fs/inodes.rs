@@ -86,6 +86,12 @@ impl Inodes {
         self.get_or_insert(node, false)
     }
 
+    /// The inode of `node` if the kernel may know it (no insertion): what to invalidate when
+    /// the object changes.
+    pub fn existing(&self, node: &Node) -> Option<u64> {
+        self.table.lock().by_key.get(&node.key()).copied()
+    }
+
     pub fn node(&self, ino: u64) -> Option<Node> {
         self.table.lock().by_ino.get(&ino).map(|s| s.node.clone())
     }

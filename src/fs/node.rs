@@ -52,6 +52,14 @@ const COLLECTIONS: [Collection; 3] = [
 ];
 
 impl Node {
+    /// The explicit version an object node names (`versions/...`); `None` for current values.
+    pub fn version(&self) -> Option<&str> {
+        match self {
+            Node::Object { version, .. } | Node::CertFile { version, .. } => version.as_deref(),
+            _ => None,
+        }
+    }
+
     pub fn is_dir(&self) -> bool {
         match self {
             Node::Object { collection, .. } => *collection == Collection::Certificates,

@@ -208,29 +208,60 @@ impl Filesystem for FuseAdapter {
         reply.error(Errno::ENOSYS);
     }
 
+    /// Directories are listed once per open. The kernel may cache the listing
+    /// (`FOPEN_CACHE_DIR`), and keeps what it cached when the listing is the one it got last
+    /// time; otherwise it drops it, so a created or deleted object shows at the next `ls`.
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let core = self.core.clone();
+        self.answer(
+            async move { core.opendir(ino.0).await },
+            move |result| match result {
+                Ok(d) => {
+                    let mut flags = FopenFlags::FOPEN_CACHE_DIR;
+                    if d.unchanged {
+                        flags |= FopenFlags::FOPEN_KEEP_CACHE;
+                    }
+                    reply.opened(FileHandle(d.fh), flags)
+                }
+                Err(e) => reply.error(errno(&e)),
+            },
+        );
+    }
+
     fn readdir(
         &self,
         _req: &Request,
         ino: INodeNo,
-        _fh: FileHandle,
+        fh: FileHandle,
         offset: u64,
-        mut reply: ReplyDirectory,
+        reply: ReplyDirectory,
     ) {
-        let core = self.core.clone();
-        self.runtime.spawn(async move {
-            match core.readdir(ino.0).await {
-                Ok(entries) => {
-                    for (i, e) in entries.iter().enumerate().skip(offset as usize) {
-                        // The offset of an entry is where the next readdir resumes.
-                        if reply.add(INodeNo(e.ino), (i + 1) as u64, file_type(e.kind), &e.name) {
-                            break;
-                        }
-                    }
-                    reply.ok();
-                }
-                Err(e) => reply.error(errno(&e)),
+        match self.core.dir_entries(fh.0) {
+            Some(entries) => fill_dir(reply, &entries, offset),
+            // Not opened through opendir (should not happen): list it now.
+            None => {
+                let core = self.core.clone();
+                self.answer(
+                    async move { core.readdir(ino.0).await },
+                    move |result| match result {
+                        Ok(entries) => fill_dir(reply, &entries, offset),
+                        Err(e) => reply.error(errno(&e)),
+                    },
+                );
             }
-        });
+        }
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        self.core.releasedir(fh.0);
+        reply.ok();
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
@@ -400,6 +431,16 @@ impl Filesystem for FuseAdapter {
     fn removexattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
         reply.error(Errno::EROFS);
     }
+}
+
+fn fill_dir(mut reply: ReplyDirectory, entries: &[crate::fs::core::DirEntry], offset: u64) {
+    for (i, e) in entries.iter().enumerate().skip(offset as usize) {
+        // The offset of an entry is where the next readdir resumes.
+        if reply.add(INodeNo(e.ino), (i + 1) as u64, file_type(e.kind), &e.name) {
+            break;
+        }
+    }
+    reply.ok();
 }
 
 /// xattr protocol: size 0 asks for the length; a buffer too small is ERANGE.

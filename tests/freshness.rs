@@ -214,3 +214,34 @@ fn versions_read_the_same_bytes_in_both_modes() {
         }
     }
 }
+
+/// Listings are cached by the kernel too (each `ls` reuses what the last one got while it is
+/// unchanged); a created or disabled object still shows in the first listing past the TTL.
+#[test]
+fn listings_follow_creations_and_removals_through_the_kernel_cache() {
+    let vault = start_vault();
+    for mode in ["snapshot", "cached"] {
+        let m = mount(&vault, mode);
+        let list = || -> Vec<String> {
+            let mut names: Vec<String> = std::fs::read_dir(m.path("secrets"))
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            names.sort();
+            names
+        };
+        let before = list();
+        for _ in 0..20 {
+            assert_eq!(list(), before);
+        }
+        let created = format!("created-in-{mode}-mode");
+        vault.set_secret(&created, "new").unwrap();
+        let removed = before[0].clone();
+        vault.set_secret_enabled(&removed, false).unwrap();
+        std::thread::sleep(PAST_TTL);
+        let after = list();
+        assert!(after.contains(&created), "{mode}: {after:?}");
+        assert!(!after.contains(&removed), "{mode}: {after:?}");
+        vault.set_secret_enabled(&removed, true).unwrap();
+    }
+}

@@ -49,6 +49,15 @@ pub struct Opened {
     pub immutable: bool,
 }
 
+/// A directory just opened: a handle on its entries as they are now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OpenedDir {
+    pub fh: u64,
+    /// The entries are those the previous open of this directory got, so whatever the kernel
+    /// cached of them then is still right.
+    pub unchanged: bool,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
     Dir,
@@ -150,6 +159,11 @@ pub struct FsCore {
     inodes: Inodes,
     rendered: Rendered,
     handles: Mutex<HashMap<u64, Arc<FileContent>>>,
+    /// Open directories: their entries, listed once at open (a 10,000-entry directory is read in
+    /// dozens of READDIR calls, which must neither relist it nor see it change midway).
+    dir_handles: Mutex<HashMap<u64, Arc<Vec<DirEntry>>>>,
+    /// Per directory inode, a digest of the entries its last open got.
+    dir_digests: Mutex<HashMap<u64, u64>>,
     next_handle: AtomicU64,
     owner: Ownership,
     open_mode: OpenMode,
@@ -188,6 +202,8 @@ impl FsCore {
             inodes: Inodes::default(),
             rendered: moka::sync::Cache::new(10_000),
             handles: Mutex::new(HashMap::new()),
+            dir_handles: Mutex::new(HashMap::new()),
+            dir_digests: Mutex::new(HashMap::new()),
             next_handle: AtomicU64::new(1),
             owner,
             ttl,
@@ -533,6 +549,31 @@ impl FsCore {
         Ok(out)
     }
 
+    /// Open a directory: list it now (through the cache) and keep the entries for its READDIRs.
+    pub async fn opendir(&self, ino: u64) -> Result<OpenedDir, FsError> {
+        let entries = self.readdir(ino).await?;
+        let digest = entries.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, e| {
+            e.name
+                .bytes()
+                .chain(e.ino.to_le_bytes())
+                .chain([e.kind as u8, 0])
+                .fold(h, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
+        });
+        let unchanged = self.dir_digests.lock().insert(ino, digest) == Some(digest);
+        let fh = self.next_handle.fetch_add(1, Ordering::Relaxed);
+        self.dir_handles.lock().insert(fh, Arc::new(entries));
+        Ok(OpenedDir { fh, unchanged })
+    }
+
+    /// The entries an open directory handle holds.
+    pub fn dir_entries(&self, fh: u64) -> Option<Arc<Vec<DirEntry>>> {
+        self.dir_handles.lock().get(&fh).cloned()
+    }
+
+    pub fn releasedir(&self, fh: u64) {
+        self.dir_handles.lock().remove(&fh);
+    }
+
     /// Open a file for reading: the handle holds the bytes as they are now, so a rotation while
     /// the file is open never tears a read.
     pub async fn open(&self, ino: u64, write: bool) -> Result<Opened, FsError> {
@@ -608,10 +649,14 @@ impl FsCore {
 
     pub async fn getxattr(&self, ino: u64, name: &str) -> Result<Vec<u8>, FsError> {
         // `ls -l` asks every file for `security.selinux` and ACLs: answer those without
-        // resolving the object.
+        // resolving the object, as unsupported, which tells `ls` not to ask again.
         if !name.starts_with(XATTR_PREFIX) {
             self.inodes.node(ino).ok_or(FsError::BadHandle)?;
-            return Err(FsError::NoAttribute);
+            return Err(if name.starts_with("user.") {
+                FsError::NoAttribute
+            } else {
+                FsError::NotSupported
+            });
         }
         self.xattrs_of(ino)
             .await?
@@ -869,6 +914,14 @@ mod tests {
             core.getxattr(e.attr.ino, "user.other").await.unwrap_err(),
             FsError::NoAttribute
         );
+        for other_namespace in ["security.selinux", "system.posix_acl_access"] {
+            assert_eq!(
+                core.getxattr(e.attr.ino, other_namespace)
+                    .await
+                    .unwrap_err(),
+                FsError::NotSupported
+            );
+        }
         assert_eq!(
             core.getxattr(ROOT, "user.kvfs.version").await.unwrap_err(),
             FsError::NoAttribute

@@ -23,6 +23,11 @@ pub enum FsError {
     /// An extended attribute the object does not have.
     #[error("no such attribute")]
     NoAttribute,
+    /// An extended-attribute namespace kvfs has nothing in (`security.*`, `system.*`, …).
+    /// Saying so, rather than "no such attribute", lets `ls -l` stop asking every file for
+    /// SELinux labels and ACLs once it has seen it for the filesystem.
+    #[error("operation not supported")]
+    NotSupported,
     /// An unknown inode or file handle (the kernel asked about something forgotten).
     #[error("bad file handle")]
     BadHandle,
@@ -38,6 +43,7 @@ impl FsError {
             FsError::NotDir => libc::ENOTDIR,
             FsError::IsDir => libc::EISDIR,
             FsError::NoAttribute => libc::ENODATA,
+            FsError::NotSupported => libc::EOPNOTSUPP,
             FsError::BadHandle => libc::EBADF,
         }
     }

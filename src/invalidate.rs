@@ -7,8 +7,8 @@
 //! kernel may wait on pages a pending read holds while it processes one, and that read's answer
 //! must not be stuck behind it.
 
-use std::sync::Arc;
 use std::sync::mpsc;
+use std::sync::{Arc, Weak};
 
 use fuser::{INodeNo, Notifier};
 
@@ -54,13 +54,16 @@ impl KernelCache for Notifier {
 }
 
 impl Invalidator {
-    /// Start the notification thread; it ends when every `Invalidator` clone is dropped.
-    pub fn start(core: Arc<FsCore>, kernel: impl KernelCache) -> Invalidator {
+    /// Start the notification thread. It ends when every `Invalidator` clone is dropped or the
+    /// filesystem is gone (it holds the core weakly: the core's cache holds the `Invalidator`).
+    pub fn start(core: &Arc<FsCore>, kernel: impl KernelCache) -> Invalidator {
         let (tx, rx) = mpsc::channel::<Changed>();
+        let core: Weak<FsCore> = Arc::downgrade(core);
         let spawned = std::thread::Builder::new()
             .name("kvfs-invalidate".into())
             .spawn(move || {
                 for change in rx {
+                    let Some(core) = core.upgrade() else { break };
                     apply(&core, &kernel, &change);
                 }
             });

@@ -282,7 +282,7 @@ fn mount_and_serve(settings: &MountSettings, readiness: &mut Readiness) -> Resul
     })?;
     let session = fuser::Session::new(adapter, &settings.mountpoint, &config)
         .map_err(|e| format!("cannot mount {}: {e}", settings.mountpoint.display()))?;
-    let _invalidator = Invalidator::start(core, session.notifier());
+    let _invalidator = Invalidator::start(&core, session.notifier());
     let background = session.spawn().map_err(|e| {
         format!(
             "cannot start serving {}: {e}",

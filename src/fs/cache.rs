@@ -247,7 +247,7 @@ pub struct CacheStats {
 /// A cache in front of a vault client. Cloning is cheap and shares the cache.
 #[derive(Clone)]
 pub struct Cache {
-    inner: Arc<Inner>,
+    pub(super) inner: Arc<Inner>,
 }
 
 impl fmt::Debug for Cache {

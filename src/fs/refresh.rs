@@ -429,3 +429,381 @@ impl Inner {
             .await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fs::cache::{Cache, Change};
+    use crate::vault::memory::{MemoryVault, wall_clock};
+    use tokio::time::sleep;
+
+    const TTL: Duration = Duration::from_secs(60);
+    /// Objects written this long before they are first read are not ambiguous.
+    const AGED: Duration = Duration::from_secs(120);
+
+    fn setup(ttl: Duration) -> (Arc<MemoryVault>, Cache) {
+        let vault = Arc::new(MemoryVault::new());
+        let cache = Cache::with_wall_clock(
+            vault.clone(),
+            CacheConfig {
+                ttl,
+                max_stale: Duration::from_secs(3600),
+                ..CacheConfig::default()
+            },
+            wall_clock,
+        );
+        cache.inner.refresher.reseed(7);
+        (vault, cache)
+    }
+
+    fn listen(cache: &Cache) -> Arc<Mutex<Vec<Change>>> {
+        let changes = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&changes);
+        assert!(cache.set_change_listener(Arc::new(move |c| sink.lock().push(c))));
+        changes
+    }
+
+    async fn read(cache: &Cache, name: &str) -> Result<Vec<u8>, VaultError> {
+        cache
+            .secret(name, None)
+            .await
+            .map(|c| c.value.value.clone())
+    }
+
+    /// Let spawned tasks (background flights) run, without moving the clock.
+    async fn settle() {
+        for _ in 0..50 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    fn secret(name: &str) -> Change {
+        Change::Object {
+            collection: Collection::Secrets,
+            name: name.into(),
+        }
+    }
+
+    #[test]
+    fn tick_is_a_tenth_of_the_ttl_within_bounds() {
+        assert_eq!(tick_interval(TTL), MAX_TICK);
+        assert_eq!(
+            tick_interval(Duration::from_secs(10)),
+            Duration::from_secs(1)
+        );
+        assert_eq!(tick_interval(Duration::from_millis(100)), MIN_TICK);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_list_per_refresh_cycle_keeps_500_hot_secrets_fresh() {
+        let (vault, cache) = setup(TTL);
+        for i in 0..500 {
+            vault.set_secret(&format!("s{i}"), format!("v{i}").as_bytes());
+        }
+        sleep(AGED).await;
+        cache.start_refresher();
+        // Every secret read once a second for 10 TTLs.
+        for _ in 0..=600 {
+            for i in 0..500 {
+                let got = read(&cache, &format!("s{i}")).await.unwrap();
+                assert_eq!(got, format!("v{i}").as_bytes());
+            }
+            sleep(Duration::from_secs(1)).await;
+        }
+        // The first reads fetch; after that one list per refresh cycle renews all 500. Cycles
+        // are at least 0.7 × 60 s apart, rounded up to the 5 s tick: 45 s, so at most
+        // 600 / 45 = 13 lists; at most 0.9 × 60 s rounded up, 55 s: at least 10.
+        let (gets, lists) = (vault.calls("get_secret"), vault.calls("list"));
+        assert_eq!(gets, 500);
+        assert!((10..=13).contains(&lists), "{lists} lists");
+        let stats = cache.stats();
+        assert_eq!(stats.revalidated, 500 * lists);
+        assert_eq!(stats.list_revalidations, lists);
+        assert_eq!(stats.background_fetches, lists);
+        assert_eq!(stats.misses, gets + lists);
+        assert_eq!(stats.stale_served, 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_rotation_is_seen_within_a_ttl_and_reported_once() {
+        let (vault, cache) = setup(TTL);
+        let changes = listen(&cache);
+        // 30 secrets: two list pages, so a cycle lists rather than GETs each.
+        for i in 0..30 {
+            vault.set_secret(&format!("s{i}"), b"old");
+        }
+        sleep(AGED).await;
+        cache.start_refresher();
+        let start = Instant::now();
+        let mut rotated_at = None;
+        let mut first_seen = None;
+        while start.elapsed() < 5 * TTL {
+            if rotated_at.is_none() && start.elapsed() >= Duration::from_secs(100) {
+                vault.set_secret("s7", b"new");
+                rotated_at = Some(Instant::now());
+            }
+            for i in 0..30 {
+                let got = read(&cache, &format!("s{i}")).await.unwrap();
+                let expected: &[u8] = match rotated_at {
+                    Some(at) if i == 7 && at.elapsed() > TTL => b"new",
+                    _ if i == 7 && got == b"new" => b"new",
+                    _ => b"old",
+                };
+                assert_eq!(got, expected, "s{i} at {:?}", start.elapsed());
+                if i == 7 && got == b"new" && first_seen.is_none() {
+                    first_seen = rotated_at.map(|at| at.elapsed());
+                }
+            }
+            sleep(Duration::from_secs(1)).await;
+        }
+        // Seen before the TTL was up: the next cycle's list showed it changed.
+        let first_seen = first_seen.expect("rotation seen");
+        assert!(first_seen < TTL, "seen {first_seen:?} after the rotation");
+        assert_eq!(*changes.lock(), vec![secret("s7")]);
+        // 30 first GETs, everything else by lists but for s7 after its rotation: the list after
+        // the rotation shows it changed (GET); the next ones, 45 to 55 s apart, find it written
+        // less than AMBIGUITY_MARGIN before that GET, and then before the next (GET, GET); the
+        // one after renews it.
+        assert_eq!(vault.calls("get_secret"), 30 + 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_value_too_close_to_its_fetch_is_refetched_not_renewed() {
+        let (vault, cache) = setup(TTL);
+        vault.set_secret("old", b"o");
+        sleep(AGED).await;
+        // Written in the second it is fetched: a list cannot tell it from a newer version.
+        vault.set_secret("fresh", b"f");
+        read(&cache, "old").await.unwrap();
+        read(&cache, "fresh").await.unwrap();
+        sleep(Duration::from_secs(10)).await;
+        cache.list(Collection::Secrets).await.unwrap();
+        settle().await;
+        assert_eq!(vault.calls("get_secret"), 3, "fresh refetched by GET");
+        let stats = cache.stats();
+        assert_eq!((stats.revalidated, stats.background_fetches), (1, 1));
+        // The renewed entry is fresh as of the list: a whole TTL again.
+        assert_eq!(cache.secret("old", None).await.unwrap().valid_for, TTL);
+        assert_eq!(cache.secret("fresh", None).await.unwrap().valid_for, TTL);
+
+        // A minute after its write, the refetched value is no longer ambiguous.
+        sleep(TTL).await;
+        read(&cache, "fresh").await.unwrap();
+        let gets = vault.calls("get_secret");
+        sleep(Duration::from_secs(10)).await;
+        read(&cache, "fresh").await.unwrap();
+        cache.list(Collection::Secrets).await.unwrap();
+        settle().await;
+        assert_eq!(vault.calls("get_secret"), gets);
+        assert_eq!(cache.stats().revalidated, 1 + 2, "old again, and fresh");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_deleted_secret_reads_as_not_found_after_the_ttl() {
+        let (vault, cache) = setup(TTL);
+        let changes = listen(&cache);
+        for i in 0..30 {
+            vault.set_secret(&format!("s{i}"), b"v");
+        }
+        sleep(AGED).await;
+        cache.start_refresher();
+        let start = Instant::now();
+        let mut gone_at = None;
+        while start.elapsed() < 3 * TTL {
+            // After the first background list (45 to 55 s), so that the next one differs.
+            if gone_at.is_none() && start.elapsed() >= Duration::from_secs(70) {
+                vault.remove("s3");
+                gone_at = Some(Instant::now());
+            }
+            for i in 0..30 {
+                let got = read(&cache, &format!("s{i}")).await;
+                if i == 3 && gone_at.is_some_and(|at| at.elapsed() > TTL) {
+                    assert_eq!(got, Err(VaultError::NotFound));
+                } else if i != 3 {
+                    assert_eq!(got.unwrap(), b"v");
+                }
+            }
+            sleep(Duration::from_secs(1)).await;
+        }
+        assert_eq!(
+            *changes.lock(),
+            vec![Change::Listing(Collection::Secrets), secret("s3")]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_cached_not_found_is_renewed_while_absent_and_dropped_once_created() {
+        let (vault, cache) = setup(TTL);
+        let changes = listen(&cache);
+        vault.set_secret("other", b"x");
+        assert_eq!(read(&cache, "new").await, Err(VaultError::NotFound));
+        sleep(Duration::from_secs(10)).await;
+        // Hot and absent from the list: renewed.
+        cache.list(Collection::Secrets).await.unwrap();
+        assert_eq!(cache.stats().revalidated, 1);
+        assert_eq!(read(&cache, "new").await, Err(VaultError::NotFound));
+
+        // Created, then listed while the entry is hot: refetched at once, reported.
+        vault.set_secret("new", b"here");
+        sleep(Duration::from_secs(5)).await;
+        assert_eq!(read(&cache, "new").await, Err(VaultError::NotFound));
+        sleep(TTL - Duration::from_secs(5)).await; // the list entry expires, the object's not yet
+        cache.list(Collection::Secrets).await.unwrap();
+        settle().await;
+        assert_eq!(read(&cache, "new").await.unwrap(), b"here");
+        assert_eq!(vault.calls("get_secret"), 2);
+        assert_eq!(
+            *changes.lock(),
+            vec![Change::Listing(Collection::Secrets), secret("new")]
+        );
+
+        // A cold NotFound (renewed, not read since) is dropped: the next read fetches.
+        assert_eq!(read(&cache, "later").await, Err(VaultError::NotFound));
+        sleep(TTL).await;
+        cache.list(Collection::Secrets).await.unwrap(); // renews the hot "later"
+        vault.set_secret("later", b"hi");
+        sleep(TTL).await;
+        cache.list(Collection::Secrets).await.unwrap(); // "later" is cold now: dropped
+        settle().await;
+        let gets = vault.calls("get_secret");
+        assert_eq!(read(&cache, "later").await.unwrap(), b"hi");
+        assert_eq!(vault.calls("get_secret"), gets + 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn cold_entries_are_not_refreshed() {
+        let (vault, cache) = setup(TTL);
+        for i in 0..10 {
+            vault.set_secret(&format!("s{i}"), b"v");
+        }
+        sleep(AGED).await;
+        cache.start_refresher();
+        for i in 0..10 {
+            read(&cache, &format!("s{i}")).await.unwrap();
+        }
+        // Read once (fetched for a reader): one background revalidation, a list (ten entries,
+        // no list seen yet), then nothing however long nobody reads.
+        sleep(TTL).await;
+        assert_eq!((vault.calls("get_secret"), vault.calls("list")), (10, 1));
+        sleep(10 * TTL).await;
+        assert_eq!((vault.calls("get_secret"), vault.calls("list")), (10, 1));
+        // Renewed by that list at about 0.8 TTL and expired since: a read fetches again.
+        read(&cache, "s0").await.unwrap();
+        assert_eq!(vault.calls("get_secret"), 11);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn throttled_lists_back_off_without_a_get_storm_and_values_stay_served() {
+        let (vault, cache) = setup(TTL);
+        for i in 0..50 {
+            vault.set_secret(&format!("s{i}"), format!("v{i}").as_bytes());
+        }
+        sleep(AGED).await;
+        cache.start_refresher();
+        let read_all = || async {
+            for i in 0..50 {
+                let got = cache.secret(&format!("s{i}"), None).await.unwrap();
+                assert_eq!(got.value.value, format!("v{i}").as_bytes());
+            }
+        };
+        read_all().await;
+        sleep(Duration::from_secs(1)).await;
+        vault.fail_with(Some(VaultError::Throttled));
+        // Ten minutes of throttling, every secret read every second.
+        for _ in 0..600 {
+            read_all().await;
+            sleep(Duration::from_secs(1)).await;
+        }
+        let lists = vault.calls("list");
+        assert_eq!(vault.calls("get_secret"), 50, "no GET in the outage");
+        // Retry intervals 5, 10, 20, 40 s, then 60 s, each waited with full jitter (uniform in
+        // [0, interval], on 5 s ticks): about 600 / 35 attempts, not one per object per interval.
+        assert!((5..=30).contains(&lists), "{lists} lists");
+        assert_eq!(
+            cache.inner.refresher.backoff(Collection::Secrets),
+            Some(TTL)
+        );
+        assert!(cache.stats().stale_served > 40 * 500);
+
+        // Recovery: the next background list renews everything; a rotation shows within a TTL.
+        vault.fail_with(None);
+        vault.set_secret("s1", b"v1-new");
+        for _ in 0..=90 {
+            for i in [0, 2, 3] {
+                assert_eq!(
+                    read(&cache, &format!("s{i}")).await.unwrap(),
+                    format!("v{i}").as_bytes()
+                );
+            }
+            read(&cache, "s1").await.unwrap();
+            sleep(Duration::from_secs(1)).await;
+        }
+        assert_eq!(read(&cache, "s1").await.unwrap(), b"v1-new");
+        assert_eq!(cache.inner.refresher.backoff(Collection::Secrets), None);
+        assert!(!cache.secret("s0", None).await.unwrap().stale);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn readers_never_wait_for_a_background_refresh() {
+        let (vault, cache) = setup(TTL);
+        vault.set_secret("s", b"v");
+        sleep(AGED).await;
+        cache.start_refresher();
+        read(&cache, "s").await.unwrap();
+        // The vault now takes 30 s per call.
+        vault.set_delay(Duration::from_secs(30));
+        let mut waited_on = 0;
+        for _ in 0..59 {
+            let before = Instant::now();
+            let got = cache.secret("s", None).await.unwrap();
+            assert_eq!(Instant::now(), before, "a warm read waited");
+            assert_eq!(got.value.value, b"v");
+            assert!(!got.stale);
+            if cache.inner.in_flight(&Request::List(Collection::Secrets)) {
+                waited_on += 1;
+            }
+            sleep(Duration::from_secs(1)).await;
+        }
+        assert!(
+            waited_on > 5,
+            "a background list was in flight during {waited_on} reads"
+        );
+        assert_eq!(vault.calls("get_secret"), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn hot_version_lists_are_refreshed_ahead_of_expiry() {
+        let (vault, cache) = setup(TTL);
+        vault.set_secret("s", b"1");
+        sleep(AGED).await;
+        cache.start_refresher();
+        for _ in 0..(3 * 60) {
+            let got = cache.versions(Collection::Secrets, "s").await.unwrap();
+            assert!(!got.stale);
+            sleep(Duration::from_secs(1)).await;
+        }
+        // One reader fetch, then a background fetch per cycle (45 to 55 s): every read a hit.
+        let calls = vault.calls("list_versions");
+        assert!((3..=5).contains(&calls), "{calls}");
+        let stats = cache.stats();
+        assert_eq!(stats.hits, 3 * 60 - 1);
+        assert_eq!(stats.background_fetches, calls - 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_refresher_ends_with_the_last_cache_clone() {
+        let (_vault, cache) = setup(TTL);
+        let metrics = tokio::runtime::Handle::current().metrics();
+        let before = metrics.num_alive_tasks();
+        cache.start_refresher();
+        cache.start_refresher();
+        assert_eq!(metrics.num_alive_tasks(), before + 1);
+        let clone = cache.clone();
+        drop(cache);
+        sleep(2 * MAX_TICK).await;
+        assert_eq!(metrics.num_alive_tasks(), before + 1);
+        drop(clone);
+        sleep(2 * MAX_TICK).await;
+        assert_eq!(metrics.num_alive_tasks(), before);
+    }
+}

@@ -494,6 +494,111 @@ mod tests {
         assert_eq!(tick_interval(Duration::from_millis(100)), MIN_TICK);
     }
 
+    #[test]
+    fn list_items_vouch_only_for_the_same_attributes_well_after_the_write() {
+        let written = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let cached = ObjectProps {
+            name: "c".into(),
+            version: Some("0".repeat(32)),
+            enabled: true,
+            updated: Some(written),
+            content_type: Some("application/x-pem-file".into()),
+            ..Default::default()
+        };
+        let item = ObjectProps {
+            version: None,
+            ..cached.clone()
+        };
+        assert!(same_attributes(Collection::Secrets, &cached, &item));
+        for other in [
+            ObjectProps {
+                updated: Some(written + Duration::from_secs(1)),
+                ..item.clone()
+            },
+            ObjectProps {
+                enabled: false,
+                ..item.clone()
+            },
+            ObjectProps {
+                tags: [("env".to_string(), "prod".to_string())].into(),
+                ..item.clone()
+            },
+            ObjectProps {
+                content_type: Some("text/plain".into()),
+                ..item.clone()
+            },
+        ] {
+            assert!(!same_attributes(Collection::Certificates, &cached, &other));
+        }
+        // A certificate's list item has no contentType (the value's comes from its secret).
+        let bare = ObjectProps {
+            content_type: None,
+            ..item.clone()
+        };
+        assert!(same_attributes(Collection::Certificates, &cached, &bare));
+        assert!(!same_attributes(Collection::Secrets, &cached, &bare));
+
+        assert!(unambiguous(Some(written), written + AMBIGUITY_MARGIN));
+        assert!(!unambiguous(
+            Some(written),
+            written + AMBIGUITY_MARGIN - Duration::from_millis(1)
+        ));
+        assert!(!unambiguous(None, written + AMBIGUITY_MARGIN));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn keys_and_certificates_are_revalidated_by_their_lists() {
+        let (vault, cache) = setup(TTL);
+        let changes = listen(&cache);
+        vault.set_key("k", serde_json::json!({"kty": "EC"}));
+        vault.set_certificate("c", vec![1, 2, 3], Some(("application/x-pem-file", "PEM")));
+        sleep(AGED).await;
+        cache.key("k", None).await.unwrap();
+        cache.certificate("C", None).await.unwrap();
+        sleep(Duration::from_secs(10)).await;
+        cache.list(Collection::Keys).await.unwrap();
+        cache.list(Collection::Certificates).await.unwrap();
+        settle().await;
+        assert_eq!(cache.stats().revalidated, 2);
+        assert_eq!(cache.key("k", None).await.unwrap().valid_for, TTL);
+        assert_eq!(cache.certificate("c", None).await.unwrap().valid_for, TTL);
+        assert_eq!(
+            (vault.calls("get_key"), vault.calls("get_certificate")),
+            (1, 1)
+        );
+
+        // New versions: the lists show another `updated`; both hot entries are refetched.
+        vault.set_key("k", serde_json::json!({"kty": "RSA"}));
+        vault.set_certificate("c", vec![4, 5, 6], None);
+        sleep(TTL).await;
+        cache.list(Collection::Keys).await.unwrap();
+        cache.list(Collection::Certificates).await.unwrap();
+        settle().await;
+        assert_eq!(
+            (vault.calls("get_key"), vault.calls("get_certificate")),
+            (2, 2)
+        );
+        let key = cache.key("k", None).await.unwrap();
+        assert_eq!(key.value.jwk["kty"], "RSA");
+        assert_eq!(
+            cache.certificate("c", None).await.unwrap().value.cer,
+            [4, 5, 6]
+        );
+        assert_eq!(
+            *changes.lock(),
+            vec![
+                Change::Object {
+                    collection: Collection::Keys,
+                    name: "k".into()
+                },
+                Change::Object {
+                    collection: Collection::Certificates,
+                    name: "c".into()
+                },
+            ]
+        );
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_list_per_refresh_cycle_keeps_500_hot_secrets_fresh() {
         let (vault, cache) = setup(TTL);

@@ -230,6 +230,12 @@ fn mount_and_serve(settings: &MountSettings, readiness: &mut Readiness) -> Resul
             max_bytes: 256 * 1024 * 1024,
         },
     );
+    {
+        // Keeps the entries being read fresh ahead of expiry (one list per collection and TTL
+        // instead of a GET per object); ends when the cache is dropped.
+        let _guard = runtime.enter();
+        cache.start_refresher();
+    }
     let core = Arc::new(FsCore::new(
         cache,
         Ownership {

@@ -12,26 +12,14 @@ use std::sync::{Arc, Weak};
 
 use fuser::{INodeNo, Notifier};
 
+use crate::fs::cache::Change;
 use crate::fs::core::FsCore;
 use crate::fs::node::collection_dir;
-use crate::vault::Collection;
 
-/// What changed, as the daemon learned it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Changed {
-    /// The current value of one object (a new version, disabled, deleted, or created).
-    Object {
-        collection: Collection,
-        name: String,
-    },
-    /// The set of names in a collection.
-    Listing(Collection),
-}
-
-/// Sends invalidations for [`Changed`] events; cheap to clone, never blocks the caller.
+/// Sends invalidations for [`Change`] events; cheap to clone, never blocks the caller.
 #[derive(Clone)]
 pub struct Invalidator {
-    tx: mpsc::Sender<Changed>,
+    tx: mpsc::Sender<Change>,
 }
 
 /// Where the notifications go: the kernel in production, a recorder in tests.
@@ -57,7 +45,7 @@ impl Invalidator {
     /// Start the notification thread. It ends when every `Invalidator` clone is dropped or the
     /// filesystem is gone (it holds the core weakly: the core's cache holds the `Invalidator`).
     pub fn start(core: &Arc<FsCore>, kernel: impl KernelCache) -> Invalidator {
-        let (tx, rx) = mpsc::channel::<Changed>();
+        let (tx, rx) = mpsc::channel::<Change>();
         let core: Weak<FsCore> = Arc::downgrade(core);
         let spawned = std::thread::Builder::new()
             .name("kvfs-invalidate".into())
@@ -74,16 +62,16 @@ impl Invalidator {
         Invalidator { tx }
     }
 
-    pub fn changed(&self, change: Changed) {
+    pub fn changed(&self, change: Change) {
         // A send fails only once the thread is gone (unmounting): nothing left to invalidate.
         let _ = self.tx.send(change);
     }
 }
 
-fn apply(core: &FsCore, kernel: &impl KernelCache, change: &Changed) {
+fn apply(core: &FsCore, kernel: &impl KernelCache, change: &Change) {
     let (collection, name) = match change {
-        Changed::Object { collection, name } => (*collection, Some(name.as_str())),
-        Changed::Listing(collection) => (*collection, None),
+        Change::Object { collection, name } => (*collection, Some(name.as_str())),
+        Change::Listing(collection) => (*collection, None),
     };
     let Some(dir) = core.collection_inode(collection) else {
         // The kernel never looked into this collection: it caches nothing of it.
@@ -124,6 +112,7 @@ mod tests {
     use crate::fs::cache::{Cache, CacheConfig};
     use crate::fs::core::Ownership;
     use crate::fs::inodes::ROOT;
+    use crate::vault::Collection;
     use crate::vault::memory::MemoryVault;
     use parking_lot::Mutex;
     use std::time::Duration;
@@ -156,10 +145,10 @@ mod tests {
         };
         let core = Arc::new(FsCore::new(cache, owner, Duration::from_secs(60)));
         let recorder = Recorder::default();
-        let apply_one = |c: Changed| apply(&core, &recorder, &c);
+        let apply_one = |c: Change| apply(&core, &recorder, &c);
 
         // Nothing looked up yet: the kernel holds nothing, so nothing is sent.
-        apply_one(Changed::Object {
+        apply_one(Change::Object {
             collection: Collection::Secrets,
             name: "db".into(),
         });
@@ -168,7 +157,7 @@ mod tests {
         let dir = core.lookup(ROOT, "secrets").await.unwrap().attr.ino;
         let db = core.lookup(dir, "db").await.unwrap().attr.ino;
         core.lookup(dir, "other").await.unwrap();
-        apply_one(Changed::Object {
+        apply_one(Change::Object {
             collection: Collection::Secrets,
             name: "DB".into(),
         });
@@ -181,7 +170,7 @@ mod tests {
             ]
         );
         recorder.0.lock().clear();
-        apply_one(Changed::Listing(Collection::Secrets));
+        apply_one(Change::Listing(Collection::Secrets));
         assert_eq!(*recorder.0.lock(), [format!("inode {dir}")]);
     }
 }

@@ -231,6 +231,12 @@ fn mount_and_serve(settings: &MountSettings, readiness: &mut Readiness) -> Resul
             max_bytes: 256 * 1024 * 1024,
         },
     );
+    {
+        // Keeps the entries being read fresh ahead of expiry (one list per collection and TTL
+        // instead of a GET per object); ends when the cache is dropped.
+        let _guard = runtime.enter();
+        cache.start_refresher();
+    }
     let core = Arc::new(FsCore::with_open_mode(
         cache,
         Ownership {
@@ -282,7 +288,11 @@ fn mount_and_serve(settings: &MountSettings, readiness: &mut Readiness) -> Resul
     })?;
     let session = fuser::Session::new(adapter, &settings.mountpoint, &config)
         .map_err(|e| format!("cannot mount {}: {e}", settings.mountpoint.display()))?;
-    let _invalidator = Invalidator::start(&core, session.notifier());
+    // What the cache learns changed (a refresh brought a new version, an object went away), the
+    // kernel forgets at once.
+    let invalidator = Invalidator::start(&core, session.notifier());
+    core.cache()
+        .set_change_listener(Arc::new(move |change| invalidator.changed(change)));
     let background = session.spawn().map_err(|e| {
         format!(
             "cannot start serving {}: {e}",

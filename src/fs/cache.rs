@@ -1,21 +1,27 @@
 //! The cache between the filesystem core and a [`VaultClient`]: TTL freshness, single-flight
-//! fetches, negative caching, stale-on-outage with backoff, and a memory bound.
+//! fetches, negative caching, stale-on-outage with backoff, a memory bound, revalidation by
+//! listing, a background refresher and change events.
 //!
 //! # API
 //!
 //! ```text
 //! Cache::new(client: Arc<dyn VaultClient>, config: CacheConfig) -> Cache      (Clone: shares state)
+//! Cache::with_wall_clock(client, config, wall: fn() -> SystemTime) -> Cache   (tests)
 //! cache.secret(name, version: Option<&str>).await -> Result<Cached<SecretValue>, VaultError>
+//! cache.key(..), cache.certificate(..)            (the same, for keys and certificates)
 //! cache.list(collection).await                    -> Result<Cached<Vec<ObjectProps>>, VaultError>
 //! cache.versions(collection, name).await          -> Result<Cached<Vec<ObjectProps>>, VaultError>
 //! cache.stats()                                   -> CacheStats
+//! cache.start_refresher()                         (once, on a tokio runtime)
+//! cache.set_change_listener(Arc<dyn Fn(Change)>)  -> bool (installed; only the first call is)
 //! Cached<T> { value: Arc<T>, valid_for: Duration, stale: bool }
+//! Change::Object { collection, name } | Change::Listing(collection)
 //! ```
 //!
 //! `Cached::valid_for` is the *remaining validity*: how long the kernel may cache what was just
-//! returned. It is `ttl - age` of the entry (age measured from the **start** of the fetch that
-//! produced it) and zero for a stale value, so the kernel never caches longer than this cache does.
-//! An open file keeps its `Arc<SecretValue>` as its snapshot.
+//! returned. It is `ttl - age` of the entry (age measured from the **start** of the fetch, or of
+//! the list that renewed it) and zero for a stale value, so the kernel never caches longer than
+//! this cache does. An open file keeps its `Arc<SecretValue>` as its snapshot.
 //!
 //! # Semantics
 //!
@@ -42,14 +48,76 @@
 //!   last good value, so it cannot be served stale in an outage.
 //! - Values never reach logs or `Debug` output: logs name the object and the error only.
 //!
+//! # Revalidation by listing
+//!
+//! A list item carries no version id, only the name and the latest version's `updated`,
+//! `enabled`, `contentType` and `tags`, so one list call (25 objects a page) can vouch for many
+//! cached latest-version entries. After every successful `List(collection)` fetch that started at
+//! `L` (a reader's or the refresher's), each cached latest-version entry of that collection that
+//! was fetched (or last renewed) before `L` is judged against its item (names compared
+//! case-insensitively):
+//!
+//! - a value whose item has the same `updated`, `enabled`, `contentType` and `tags`, with
+//!   `updated` at least `AMBIGUITY_MARGIN` (60 s) before the wall-clock start of the GET that
+//!   fetched it, is unchanged: the entry is **renewed**, fresh as of `L`, without a GET. The
+//!   margin is there because `updated` has 1-second resolution and the vault's clock is not
+//!   ours: a version written in the same second as (or just after) the fetch would look the same.
+//!   (A certificate's `contentType` is compared only when its item carries one; it does not.)
+//! - a cached `NotFound` whose name is not listed, or a cached `Disabled` whose item is still
+//!   `enabled: false`, is renewed the same way.
+//! - anything else (changed, too recent to tell, deleted, a `NotFound` now listed, a `Disabled`
+//!   now enabled) is not renewed; a hot entry (below) is refetched in the background at once, a
+//!   cold one expires normally (a cold `NotFound` now listed is dropped, so the next read fetches).
+//! - Only hot entries are renewed: renewing is a write, which would keep unread entries at the
+//!   head of the LRU; a cold entry read after its expiry is fetched as before.
+//! - A renewal never replaces another state than the one judged (a fetch that stored meanwhile
+//!   wins), and it ends a transient outage of the entry (the list proves the value current).
+//!
+//! Renewal keeps the contract: the list read the vault after `L`, so a change before `L` shows in
+//! it (or makes the entry ambiguous), and the renewed entry counts its age from `L`.
+//!
+//! # Background refresher
+//!
+//! `start_refresher` spawns a task (holding the cache weakly; it ends once the last `Cache` clone
+//! is dropped) that wakes every `clamp(ttl / 10, 50 ms, 5 s)`. An entry is **hot** if it was read
+//! (answered from the cache, or fetched for a reader) since its state was stored or renewed; only
+//! hot entries with a known answer are refreshed, cold ones expire and the LRU evicts them. Per
+//! collection and refresh cycle a jitter `j` is drawn uniformly from [0.70, 0.90] (so a fleet
+//! does not refresh in lockstep); hot entries older than `ttl × j` are due:
+//!
+//! - due latest-version entries: fetched one GET each if there are no more of them than the pages
+//!   the last list of the collection took (`ceil(len / 25)`), else by one `List(collection)`
+//!   fetch, which revalidates as above and refetches the hot entries it shows changed.
+//! - a due `List` entry is refreshed by its own fetch (which also revalidates); due explicit
+//!   versions and version lists are refetched each.
+//! - Background fetches go through the single-flight map (one flight per key; a reader whose
+//!   entry expires while one runs joins it) but start although the entry is still fresh: readers
+//!   keep getting the cached value at once meanwhile, so warm reads never wait on the network.
+//! - A transient failure (`Throttled`, `Unavailable`) of a background fetch puts the collection
+//!   in an outage: no background fetch of it before a retry time drawn with full jitter from
+//!   `[0, interval]`, the interval starting at `min(ttl, 5 s)` and doubling up to `max(ttl, 5 s)`
+//!   (`Retry-After` is not used). During that outage, readers of entries with a last good answer
+//!   within `max_stale` get it stale at once instead of each making a call (the refresher retries
+//!   for them: the read makes the entry hot). Any answer from the vault ends the outage. The
+//!   failing request logs its one warning per outage, as above.
+//!
+//! # Change events
+//!
+//! `set_change_listener` installs a function told, outside any lock and never with a value,
+//! `Change::Object { collection, name }` when a fetch of a latest-version entry (a reader's or a
+//! background one) stores an answer other than the one the entry held (another version, or a
+//! value became `NotFound`/`Disabled` or back), and `Change::Listing(collection)` when a list
+//! names another set of enabled objects than the list it replaces. A first fetch (nothing held)
+//! tells nothing.
+//!
 //! Fetches run as tokio tasks (`tokio::spawn`), so the methods must be called on a tokio runtime.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::mem::discriminant;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, SystemTime};
 
 use futures::FutureExt;
 use futures::future::{BoxFuture, Shared};
@@ -58,6 +126,7 @@ use moka::policy::EvictionPolicy;
 use parking_lot::Mutex;
 use tokio::time::Instant;
 
+use super::refresh::Refresher;
 use crate::vault::{
     CertificateValue, Collection, KeyValue, ObjectProps, SecretValue, VaultClient, VaultError,
     valid_name, valid_version,
@@ -118,6 +187,24 @@ impl<T> Clone for Cached<T> {
     }
 }
 
+/// What changed in the vault, as a fetch found out: for the filesystem to drop exactly what
+/// the kernel may hold of it. Never carries a value.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Change {
+    /// The latest version of an object is another one than the cache held, or the object
+    /// appeared, disappeared, was disabled or re-enabled. `name` as the vault (or, for a vanished
+    /// object, the reader) spells it.
+    Object {
+        collection: Collection,
+        name: String,
+    },
+    /// A collection's list names another set of enabled objects than the previous list did.
+    Listing(Collection),
+}
+
+/// The function [`Cache::set_change_listener`] installs.
+pub type ChangeListener = Arc<dyn Fn(Change) + Send + Sync>;
+
 /// Vault call failures by kind.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ErrorCounts {
@@ -142,6 +229,12 @@ pub struct CacheStats {
     pub stale_served: u64,
     /// Requests answered with the last error, without a call, inside a retry interval.
     pub deferred_errors: u64,
+    /// Entries made fresh again by a list that showed them unchanged, without a GET.
+    pub revalidated: u64,
+    /// Vault calls made ahead of expiry by the background refresher (also counted in `misses`).
+    pub background_fetches: u64,
+    /// Lists applied to the cached entries of their collection.
+    pub list_revalidations: u64,
     /// Failed vault calls by kind (`NotFound`/`Disabled` included: they are answers too).
     pub errors: ErrorCounts,
     /// Entries held (moka's count: settles after its pending maintenance has run).
@@ -154,7 +247,7 @@ pub struct CacheStats {
 /// A cache in front of a vault client. Cloning is cheap and shares the cache.
 #[derive(Clone)]
 pub struct Cache {
-    inner: Arc<Inner>,
+    pub(super) inner: Arc<Inner>,
 }
 
 impl fmt::Debug for Cache {
@@ -169,6 +262,17 @@ impl fmt::Debug for Cache {
 
 impl Cache {
     pub fn new(client: Arc<dyn VaultClient>, config: CacheConfig) -> Cache {
+        Cache::with_wall_clock(client, config, SystemTime::now)
+    }
+
+    /// [`Cache::new`] with another wall clock than `SystemTime::now` (tests pass one that follows
+    /// tokio's paused clock). The wall clock only serves to compare fetch times with the vault's
+    /// `updated` timestamps; freshness is measured on tokio's monotonic clock.
+    pub fn with_wall_clock(
+        client: Arc<dyn VaultClient>,
+        config: CacheConfig,
+        wall: fn() -> SystemTime,
+    ) -> Cache {
         // Every entry weighs at least `floor`, so `max_capacity(max_bytes)` also caps the count at
         // `max_entries`: one weighted LRU enforces both bounds.
         let floor = config.max_bytes.div_ceil(config.max_entries.max(1)).max(1);
@@ -190,8 +294,25 @@ impl Cache {
                 flights: Mutex::new(HashMap::new()),
                 next_flight: AtomicU64::new(0),
                 counters: Counters::default(),
+                wall,
+                listener: OnceLock::new(),
+                refresher: Refresher::new(),
             }),
         }
+    }
+
+    /// Start the background refresher (see the module docs): a tokio task that keeps entries that
+    /// are being read fresh ahead of their expiry. Call it once, on a tokio runtime; later calls do
+    /// nothing. The task holds the cache weakly and ends after the last `Cache` clone is dropped.
+    pub fn start_refresher(&self) {
+        Refresher::start(&self.inner);
+    }
+
+    /// Install the function told about every [`Change`] a fetch finds. It is called on the
+    /// fetching task, outside any lock of the cache, and must not block. Only the first call
+    /// installs; later ones are ignored (returns whether this one was installed).
+    pub fn set_change_listener(&self, listener: ChangeListener) -> bool {
+        self.inner.listener.set(listener).is_ok()
     }
 
     /// A secret's value: the latest version when `version` is `None`.
@@ -266,6 +387,9 @@ impl Cache {
             coalesced: n(&c.coalesced),
             stale_served: n(&c.stale_served),
             deferred_errors: n(&c.deferred_errors),
+            revalidated: n(&c.revalidated),
+            background_fetches: n(&c.background_fetches),
+            list_revalidations: n(&c.list_revalidations),
             errors: ErrorCounts {
                 not_found: n(&c.not_found),
                 disabled: n(&c.disabled),
@@ -314,10 +438,21 @@ impl Cache {
         let key = request.key();
         let now = Instant::now();
         let slot = inner.slots.get(&key).await;
-        if let Some(answer) = slot.as_deref().and_then(|s| inner.cached_answer(s, now)) {
-            return answer;
+        if let Some(slot) = slot.as_deref() {
+            if let Some(answer) = inner.cached_answer(slot, now) {
+                slot.mark_read();
+                return answer;
+            }
+            // The refresher is retrying this collection after a transient failure: it will
+            // refetch this entry too (the read makes it hot), so the reader does not add a call.
+            if inner.refresher.in_outage(key.collection())
+                && let Some(answer) = inner.last_good(slot, now)
+            {
+                slot.mark_read();
+                return answer;
+            }
         }
-        let flight = {
+        let (flight, background) = {
             let mut flights = inner.flights.lock();
             match flights.get(&key) {
                 Some(flight)
@@ -325,40 +460,32 @@ impl Cache {
                 {
                     // A retry during a known outage may hang until the client times out; readers
                     // that have a stale answer to fall back on take it now instead of waiting.
-                    if let Some(answer) = slot.as_deref().and_then(|s| inner.stale(s, now)) {
+                    if let Some(slot) = slot.as_deref()
+                        && let Some(answer) = inner.stale(slot, now)
+                    {
+                        slot.mark_read();
                         return answer;
                     }
                     inner.counters.coalesced.fetch_add(1, Ordering::Relaxed);
-                    flight.result.clone()
+                    (flight.result.clone(), flight.mode == Mode::Background)
                 }
                 // No flight, or one too old to join: start the next one. An older flight that is
                 // replaced here still finishes, but will not overwrite a newer answer. (This also
                 // retires a flight whose task panicked and so never removed itself.)
-                _ => {
-                    let id = inner.next_flight.fetch_add(1, Ordering::Relaxed);
-                    // Spawned, so the fetch completes and is cached even if every caller waiting
-                    // on it is cancelled (an interrupted FUSE request).
-                    let task = tokio::spawn(Arc::clone(inner).fly(request, id, now));
-                    let result = async move {
-                        task.await.unwrap_or_else(|e| {
-                            Err(VaultError::Unexpected(format!("cache fetch failed: {e}")))
-                        })
-                    }
-                    .boxed()
-                    .shared();
-                    flights.insert(
-                        key,
-                        Flight {
-                            id,
-                            started: now,
-                            result: result.clone(),
-                        },
-                    );
-                    result
-                }
+                _ => (
+                    inner.start_flight(&mut flights, request, key.clone(), now, Mode::Reader),
+                    false,
+                ),
             }
         };
-        flight.await
+        let answer = flight.await;
+        if background {
+            // A background flight stores a slot nobody has read yet; this reader did.
+            if let Some(slot) = inner.slots.get(&key).await {
+                slot.mark_read();
+            }
+        }
+        answer
     }
 }
 
@@ -377,7 +504,7 @@ fn wrong_kind() -> VaultError {
 /// What was asked, as the caller spelt it (names go to the vault and to logs this way).
 /// Its [`Request::key`] form, with names upper-cased, is the cache key.
 #[derive(Clone, PartialEq, Eq, Hash)]
-enum Request {
+pub(super) enum Request {
     Secret {
         name: String,
         version: Option<String>,
@@ -395,7 +522,36 @@ enum Request {
 }
 
 impl Request {
-    fn key(&self) -> Request {
+    /// The collection the request is about.
+    pub(super) fn collection(&self) -> Collection {
+        match self {
+            Request::Secret { .. } => Collection::Secrets,
+            Request::Key { .. } => Collection::Keys,
+            Request::Certificate { .. } => Collection::Certificates,
+            Request::List(c) | Request::Versions(c, _) => *c,
+        }
+    }
+
+    /// The object name of a latest-version request (what a list item can revalidate).
+    pub(super) fn latest_name(&self) -> Option<&str> {
+        match self {
+            Request::Secret {
+                name,
+                version: None,
+            }
+            | Request::Key {
+                name,
+                version: None,
+            }
+            | Request::Certificate {
+                name,
+                version: None,
+            } => Some(name),
+            _ => None,
+        }
+    }
+
+    pub(super) fn key(&self) -> Request {
         match self {
             Request::Secret { name, version } => Request::Secret {
                 name: name.to_ascii_uppercase(),
@@ -443,7 +599,7 @@ impl fmt::Display for Request {
 }
 
 #[derive(Clone)]
-enum Value {
+pub(super) enum Value {
     Secret(Arc<SecretValue>),
     Key(Arc<KeyValue>),
     Certificate(Arc<CertificateValue>),
@@ -451,6 +607,16 @@ enum Value {
 }
 
 impl Value {
+    /// Metadata of an object value (`None` for lists).
+    pub(super) fn props(&self) -> Option<&ObjectProps> {
+        match self {
+            Value::Secret(s) => Some(&s.props),
+            Value::Key(k) => Some(&k.props),
+            Value::Certificate(c) => Some(&c.props),
+            Value::Props(_) => None,
+        }
+    }
+
     /// Approximate heap footprint, for the byte bound.
     fn bytes(&self) -> u64 {
         let n = match self {
@@ -491,28 +657,50 @@ struct Reply {
 
 type Answer = Result<Reply, VaultError>;
 
-/// The cached state of one key. Immutable: every change stores a new `Arc<Slot>`.
-struct Slot {
+/// The cached state of one key. Immutable (but for the `read` mark): every change stores a new
+/// `Arc<Slot>`.
+pub(super) struct Slot {
     /// The last answer the vault gave (a value, `NotFound` or `Disabled`).
-    known: Option<Known>,
+    pub(super) known: Option<Known>,
     /// Set while fetches of this key fail; cleared by the next answer.
-    outage: Option<Outage>,
-    /// Start of the fetch that produced this state: a slower fetch that started earlier does not
-    /// overwrite it.
-    as_of: Instant,
+    pub(super) outage: Option<Outage>,
+    /// Start of the fetch (or of the renewing list) that produced this state: a slower fetch that
+    /// started earlier does not overwrite it.
+    pub(super) as_of: Instant,
     /// Value bytes, for the weigher.
-    bytes: u64,
+    pub(super) bytes: u64,
+    /// The request as the reader that created the entry spelt it: what a background refresh asks.
+    pub(super) request: Request,
+    /// Read (answered from, or fetched for a reader) since this state was stored: "hot".
+    pub(super) read: AtomicBool,
+}
+
+impl Slot {
+    pub(super) fn mark_read(&self) {
+        // Checked first so that hot reads do not keep writing the cache line.
+        if !self.read.load(Ordering::Relaxed) {
+            self.read.store(true, Ordering::Relaxed);
+        }
+    }
+
+    pub(super) fn is_hot(&self) -> bool {
+        self.read.load(Ordering::Relaxed)
+    }
 }
 
 #[derive(Clone)]
-struct Known {
-    answer: Result<Value, VaultError>,
-    /// Start of the successful fetch; freshness and `max_stale` are measured from here.
-    fetched_at: Instant,
+pub(super) struct Known {
+    pub(super) answer: Result<Value, VaultError>,
+    /// Start of the successful fetch, or of the list that renewed it; freshness and `max_stale`
+    /// are measured from here.
+    pub(super) fetched_at: Instant,
+    /// Wall-clock start of the fetch that got `answer` (not moved by renewals): a list may renew
+    /// the entry only if the value's `updated` is well before it (see `AMBIGUITY_MARGIN`).
+    pub(super) fetched_wall: SystemTime,
 }
 
 #[derive(Clone)]
-struct Outage {
+pub(super) struct Outage {
     /// The latest failure.
     error: VaultError,
     /// First failure of this outage (for the recovery log line).
@@ -528,16 +716,27 @@ struct Outage {
 struct Flight {
     id: u64,
     started: Instant,
+    mode: Mode,
     result: Shared<BoxFuture<'static, Answer>>,
 }
 
+/// Who started a flight: a reader waiting for it, or the refresher ahead of expiry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Mode {
+    Reader,
+    Background,
+}
+
 #[derive(Default)]
-struct Counters {
+pub(super) struct Counters {
     hits: AtomicU64,
     misses: AtomicU64,
     coalesced: AtomicU64,
     stale_served: AtomicU64,
     deferred_errors: AtomicU64,
+    pub(super) revalidated: AtomicU64,
+    background_fetches: AtomicU64,
+    pub(super) list_revalidations: AtomicU64,
     not_found: AtomicU64,
     disabled: AtomicU64,
     unauthorized: AtomicU64,
@@ -548,7 +747,7 @@ struct Counters {
 }
 
 impl Counters {
-    fn bump(counter: &AtomicU64) {
+    pub(super) fn bump(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
@@ -565,19 +764,23 @@ impl Counters {
     }
 }
 
-struct Inner {
+pub(super) struct Inner {
     client: Arc<dyn VaultClient>,
-    config: CacheConfig,
+    pub(super) config: CacheConfig,
     /// Bounded LRU of the cached states. Its TTL features are not used: expiry here does not
     /// evict (a stale value is what an outage serves), and moka's clock is not tokio's.
-    slots: moka::future::Cache<Request, Arc<Slot>>,
+    pub(super) slots: moka::future::Cache<Request, Arc<Slot>>,
     /// Fetches in flight, by key. Written by hand because moka's `get_with` coalesces only the
     /// initialisation of an absent entry, not the refresh of one that is present but expired.
     /// INVARIANT: a flight removes itself (if still the current one for its key) only after
     /// storing its slot, so a caller that finds no flight finds the slot.
     flights: Mutex<HashMap<Request, Flight>>,
     next_flight: AtomicU64,
-    counters: Counters,
+    pub(super) counters: Counters,
+    /// Wall clock (`SystemTime::now` but in tests).
+    pub(super) wall: fn() -> SystemTime,
+    listener: OnceLock<ChangeListener>,
+    pub(super) refresher: Refresher,
 }
 
 impl Inner {
@@ -624,27 +827,86 @@ impl Inner {
     /// The last answer, served stale, if the slot is in a transient outage within `max_stale`.
     fn stale(&self, slot: &Slot, now: Instant) -> Option<Answer> {
         let outage = slot.outage.as_ref()?;
+        if !outage.error.is_transient() {
+            return None;
+        }
+        self.last_good(slot, now)
+    }
+
+    /// The last answer, served stale, if it is not older than `max_stale`.
+    fn last_good(&self, slot: &Slot, now: Instant) -> Option<Answer> {
         let known = slot.known.as_ref()?;
-        if !outage.error.is_transient()
-            || now.saturating_duration_since(known.fetched_at) > self.config.max_stale
-        {
+        if now.saturating_duration_since(known.fetched_at) > self.config.max_stale {
             return None;
         }
         Counters::bump(&self.counters.stale_served);
-        Some(match &known.answer {
-            Ok(value) => Ok(Reply {
-                value: value.clone(),
-                valid_for: Duration::ZERO,
-                stale: true,
-            }),
-            Err(e) => Err(e.clone()),
-        })
+        Some(stale_answer(known))
+    }
+
+    /// Start a flight of `key` and register it (the caller holds the flight map).
+    fn start_flight(
+        self: &Arc<Self>,
+        flights: &mut HashMap<Request, Flight>,
+        request: Request,
+        key: Request,
+        now: Instant,
+        mode: Mode,
+    ) -> Shared<BoxFuture<'static, Answer>> {
+        let id = self.next_flight.fetch_add(1, Ordering::Relaxed);
+        // Spawned, so the fetch completes and is cached even if every caller waiting on it is
+        // cancelled (an interrupted FUSE request), or when nobody waits (a background refresh).
+        let task = tokio::spawn(Arc::clone(self).fly(request, id, now, mode));
+        let result = async move {
+            task.await
+                .unwrap_or_else(|e| Err(VaultError::Unexpected(format!("cache fetch failed: {e}"))))
+        }
+        .boxed()
+        .shared();
+        flights.insert(
+            key,
+            Flight {
+                id,
+                started: now,
+                mode,
+                result: result.clone(),
+            },
+        );
+        result
+    }
+
+    /// A flight of `key` is under way.
+    pub(super) fn in_flight(&self, key: &Request) -> bool {
+        self.flights.lock().contains_key(key)
+    }
+
+    /// Fetch `request` in the background, although its entry may still be fresh, unless a flight
+    /// of its key (that a reader could still join) is under way. Readers keep getting the entry
+    /// while it runs; the outcome is stored like a reader's. Returns whether a flight started.
+    pub(super) fn refresh(self: &Arc<Self>, request: Request) -> bool {
+        let key = request.key();
+        let now = Instant::now();
+        let mut flights = self.flights.lock();
+        if flights
+            .get(&key)
+            .is_some_and(|f| now.saturating_duration_since(f.started) <= self.config.ttl)
+        {
+            return false;
+        }
+        // Nobody waits here: the spawned task runs on its own (readers may join it via the map).
+        let _joinable = self.start_flight(&mut flights, request, key, now, Mode::Background);
+        true
     }
 
     /// One flight: fetch, store the outcome, leave the flight map.
-    async fn fly(self: Arc<Self>, request: Request, id: u64, started: Instant) -> Answer {
+    async fn fly(
+        self: Arc<Self>,
+        request: Request,
+        id: u64,
+        started: Instant,
+        mode: Mode,
+    ) -> Answer {
         let key = request.key();
-        let answer = self.fetch_and_store(&request, &key, started).await;
+        let answer = self.fetch_and_store(&request, &key, started, mode).await;
         let mut flights = self.flights.lock();
         if flights.get(&key).is_some_and(|f| f.id == id) {
             flights.remove(&key);
@@ -652,15 +914,28 @@ impl Inner {
         answer
     }
 
-    async fn fetch_and_store(&self, request: &Request, key: &Request, started: Instant) -> Answer {
+    async fn fetch_and_store(
+        self: &Arc<Self>,
+        request: &Request,
+        key: &Request,
+        started: Instant,
+        mode: Mode,
+    ) -> Answer {
         // The previous flight may have stored its slot and left between our caller's look at
-        // the slot and its look at the flight map; its answer stands.
-        if let Some(slot) = self.slots.get(key).await
+        // the slot and its look at the flight map; its answer stands. (A background refresh is
+        // meant to fetch a fresh entry.)
+        if mode == Mode::Reader
+            && let Some(slot) = self.slots.get(key).await
             && let Some(answer) = self.cached_answer(&slot, Instant::now())
         {
+            slot.mark_read();
             return answer;
         }
         Counters::bump(&self.counters.misses);
+        if mode == Mode::Background {
+            Counters::bump(&self.counters.background_fetches);
+        }
+        let started_wall = (self.wall)();
         let fetched = match request {
             Request::Secret { name, version } => self
                 .client
@@ -691,7 +966,13 @@ impl Inner {
         if let Err(e) = &fetched {
             self.counters.error(e);
         }
+        let failure = fetched.as_ref().err().cloned();
+        let listed = match (request, &fetched) {
+            (Request::List(c), Ok(Value::Props(list))) => Some((*c, Arc::clone(list))),
+            _ => None,
+        };
         let mut answer = None;
+        let mut change = None;
         // Settled against the slot as it is now, under moka's per-key lock, so two overlapping
         // flights of one key cannot lose each other's outage state.
         self.slots
@@ -702,11 +983,16 @@ impl Inner {
                     current.as_deref(),
                     fetched,
                     started,
+                    started_wall,
                     Instant::now(),
                     request,
+                    mode,
                 );
                 answer = Some(reply);
-                let newer_stored = current.is_some_and(|c| c.as_of > started);
+                let newer_stored = current.as_ref().is_some_and(|c| c.as_of > started);
+                if !newer_stored {
+                    change = current.as_deref().and_then(|c| changed(c, &slot, request));
+                }
                 std::future::ready(if newer_stored {
                     Op::Nop
                 } else {
@@ -714,18 +1000,34 @@ impl Inner {
                 })
             })
             .await;
+        self.refresher
+            .fetched(request.collection(), mode, failure.as_ref(), &self.config);
+        // Outside every lock: the listener may call back into the filesystem.
+        if let Some(change) = change
+            && let Some(listener) = self.listener.get()
+        {
+            listener(change);
+        }
+        if let Some((collection, list)) = listed {
+            self.refresher.listed(collection, list.len());
+            self.revalidate(collection, &list, started).await;
+        }
         answer.unwrap_or_else(|| Err(VaultError::Unexpected("cache update did not run".into())))
     }
 
     /// The new state of a key after a fetch, and what the fetch's callers get.
+    #[allow(clippy::too_many_arguments)]
     fn settle(
         &self,
         current: Option<&Slot>,
         fetched: Result<Value, VaultError>,
         started: Instant,
+        started_wall: SystemTime,
         now: Instant,
         object: &Request,
+        mode: Mode,
     ) -> (Slot, Answer) {
+        let for_reader = mode == Mode::Reader;
         let previous_outage = current.and_then(|s| s.outage.as_ref());
         match fetched {
             Ok(_) | Err(VaultError::NotFound | VaultError::Disabled) => {
@@ -749,10 +1051,13 @@ impl Inner {
                     known: Some(Known {
                         answer: fetched,
                         fetched_at: started,
+                        fetched_wall: started_wall,
                     }),
                     outage: None,
                     as_of: started,
                     bytes,
+                    request: object.clone(),
+                    read: AtomicBool::new(for_reader),
                 };
                 (slot, answer)
             }
@@ -782,6 +1087,8 @@ impl Inner {
                         outage: Some(outage),
                         as_of: started,
                         bytes: 0,
+                        request: object.clone(),
+                        read: AtomicBool::new(for_reader),
                     };
                     return (slot, Err(error));
                 }
@@ -799,15 +1106,10 @@ impl Inner {
                                 "vault failing; serving the last good answer until it recovers or --max-stale passes"
                             );
                         }
-                        Counters::bump(&self.counters.stale_served);
-                        match &k.answer {
-                            Ok(value) => Ok(Reply {
-                                value: value.clone(),
-                                valid_for: Duration::ZERO,
-                                stale: true,
-                            }),
-                            Err(e) => Err(e.clone()),
+                        if for_reader {
+                            Counters::bump(&self.counters.stale_served);
                         }
+                        stale_answer(k)
                     }
                     Some(_) => {
                         if !outage.expiry_logged {
@@ -838,14 +1140,72 @@ impl Inner {
                     .as_ref()
                     .and_then(|k| k.answer.as_ref().ok())
                     .map_or(0, Value::bytes);
+                // Still hot if it was: a failed refresh validated nothing.
+                let read = for_reader || current.is_some_and(Slot::is_hot);
                 let slot = Slot {
                     known,
                     outage: Some(outage),
                     as_of: started,
                     bytes,
+                    request: object.clone(),
+                    read: AtomicBool::new(read),
                 };
                 (slot, answer)
             }
+        }
+    }
+}
+
+/// The last answer as a stale reply.
+fn stale_answer(known: &Known) -> Answer {
+    match &known.answer {
+        Ok(value) => Ok(Reply {
+            value: value.clone(),
+            valid_for: Duration::ZERO,
+            stale: true,
+        }),
+        Err(e) => Err(e.clone()),
+    }
+}
+
+/// What a fetch that replaced `old` with `new` tells the change listener: a latest-version entry
+/// that now holds another version or another kind of answer, or a list of another set of enabled
+/// names. Nothing for a first fetch (nothing to invalidate) or a failed one (nothing learnt).
+fn changed(old: &Slot, new: &Slot, request: &Request) -> Option<Change> {
+    let (Some(old), Some(new)) = (&old.known, &new.known) else {
+        return None;
+    };
+    match request {
+        Request::List(collection) => {
+            let names = |known: &Known| -> Option<BTreeSet<String>> {
+                match &known.answer {
+                    Ok(Value::Props(list)) => Some(
+                        list.iter()
+                            .filter(|p| p.enabled)
+                            .map(|p| p.name.to_ascii_uppercase())
+                            .collect(),
+                    ),
+                    _ => None,
+                }
+            };
+            (names(old) != names(new)).then_some(Change::Listing(*collection))
+        }
+        _ => {
+            let name = request.latest_name()?;
+            let version = |v: &Value| v.props().and_then(|p| p.version.clone());
+            let differs = match (&old.answer, &new.answer) {
+                (Ok(a), Ok(b)) => version(a) != version(b),
+                (Err(a), Err(b)) => discriminant(a) != discriminant(b),
+                _ => true,
+            };
+            let spelt = [&new.answer, &old.answer]
+                .into_iter()
+                .find_map(|a| a.as_ref().ok().and_then(Value::props))
+                .map_or(name, |p| p.name.as_str());
+            differs.then(|| Change::Object {
+                collection: request.collection(),
+                name: spelt.to_owned(),
+            })
         }
     }
 }

@@ -6,3 +6,4 @@ pub mod core;
 pub mod error;
 pub mod inodes;
 pub mod node;
+mod refresh;

@@ -1,8 +1,12 @@
 //! An in-memory vault for tests of the cache and filesystem core: versions, enable/disable,
 //! managed objects, call counters, a delay and an injectable failure.
+//!
+//! Its clock is [`wall_clock`]: wall time that moves with tokio's clock (so a paused test clock
+//! that is advanced moves it too), and `updated`/`created` are whole seconds, as Key Vault's are.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, SystemTime};
+use std::sync::OnceLock;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use parking_lot::Mutex;
@@ -10,6 +14,26 @@ use parking_lot::Mutex;
 use super::{
     CertificateValue, Collection, KeyValue, ObjectProps, SecretValue, VaultClient, VaultError,
 };
+
+/// Wall-clock time that follows tokio's clock: the system time when first called, plus however
+/// far tokio's clock has moved since (in a test with a paused clock, what `advance` added).
+pub fn wall_clock() -> SystemTime {
+    static ANCHOR: OnceLock<(SystemTime, std::time::Instant)> = OnceLock::new();
+    let (wall, instant) = *ANCHOR.get_or_init(|| (SystemTime::now(), std::time::Instant::now()));
+    let now = tokio::time::Instant::now().into_std();
+    match now.checked_duration_since(instant) {
+        Some(ahead) => wall + ahead,
+        None => wall - instant.duration_since(now),
+    }
+}
+
+/// [`wall_clock`] truncated to whole seconds, the resolution of Key Vault's timestamps.
+fn now_seconds() -> SystemTime {
+    let secs = wall_clock()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    UNIX_EPOCH + Duration::from_secs(secs)
+}
 
 #[derive(Default)]
 struct Inner {
@@ -38,7 +62,7 @@ impl MemoryVault {
         let mut inner = self.inner.lock();
         inner.next_version += 1;
         let version = format!("{:032x}", inner.next_version);
-        let now = SystemTime::now();
+        let now = now_seconds();
         let key = name.to_ascii_uppercase();
         let stored_name = inner
             .secrets
@@ -71,7 +95,7 @@ impl MemoryVault {
 
     fn new_props(inner: &mut Inner, name: &str) -> ObjectProps {
         inner.next_version += 1;
-        let now = SystemTime::now();
+        let now = now_seconds();
         ObjectProps {
             name: name.to_string(),
             version: Some(format!("{:032x}", inner.next_version)),
@@ -125,7 +149,7 @@ impl MemoryVault {
         let mut inner = self.inner.lock();
         if let Some(s) = Self::latest_mut(&mut inner, name) {
             s.props.enabled = enabled;
-            s.props.updated = Some(SystemTime::now());
+            s.props.updated = Some(now_seconds());
         }
     }
 

@@ -245,3 +245,47 @@ fn listings_follow_creations_and_removals_through_the_kernel_cache() {
         vault.set_secret_enabled(&removed, true).unwrap();
     }
 }
+
+/// Ahead of the TTL, the background refresh notices the rotation (one list per collection) and
+/// kvfs tells the kernel to forget exactly that file: the next read sees the new value although
+/// the kernel's own attribute lifetime has not run out and its page cache was warm.
+#[test]
+fn a_change_found_by_the_background_refresh_reaches_a_warm_page_cache_at_once() {
+    let vault = start_vault();
+    let mut env = common::kvfs_env(&vault);
+    env.push(("KVFS_LOG".into(), "kvfs=debug".into()));
+    env.push(("PATH".into(), std::env::var("PATH").unwrap_or_default()));
+    let ttl = Duration::from_secs(10);
+    let m = Mount::start_with_env(
+        &vault,
+        &["--cache-ttl", "10s", "--open-mode", "cached"],
+        &env,
+    );
+    let fetched = Instant::now();
+    // Read it over and over so the entry is hot and the kernel's caches are warm.
+    let mut reads = 0;
+    while fetched.elapsed() < Duration::from_millis(500) {
+        assert_eq!(m.read("secrets/api-key").unwrap(), ORIGINAL);
+        reads += 1;
+    }
+    assert!(reads > 10);
+    let logged_before = m.log_text().len();
+    vault.set_secret("api-key", "rotated-value").unwrap();
+    let invalidated = || {
+        let log = m.log_text();
+        let new = &log[logged_before.min(log.len())..];
+        new.lines()
+            .any(|l| l.contains("kernel caches invalidated") && l.contains("api-key"))
+    };
+    common::wait_until("the invalidation of secrets/api-key", ttl, || {
+        // Keep it hot meanwhile: the refresher only refreshes what is being read.
+        let _ = m.read("secrets/api-key");
+        invalidated()
+    });
+    let at = fetched.elapsed();
+    assert_eq!(m.read("secrets/api-key").unwrap(), "rotated-value");
+    assert!(
+        at < ttl,
+        "the refresh came {at:?} after the fetch, not ahead of the {ttl:?} TTL"
+    );
+}

@@ -79,10 +79,10 @@
 //! # Background refresher
 //!
 //! `start_refresher` spawns a task (holding the cache weakly; it ends once the last `Cache` clone
-//! is dropped) that wakes every `clamp(ttl / 10, 50 ms, 5 s)`. An entry is **hot** if it was read
+//! is dropped) that wakes every `clamp(ttl / 20, 50 ms, 5 s)`. An entry is **hot** if it was read
 //! (answered from the cache, or fetched for a reader) since its state was stored or renewed; only
 //! hot entries with a known answer are refreshed, cold ones expire and the LRU evicts them. Per
-//! collection and refresh cycle a jitter `j` is drawn uniformly from [0.70, 0.90] (so a fleet
+//! collection and refresh cycle a jitter `j` is drawn uniformly from [0.60, 0.80] (so a fleet
 //! does not refresh in lockstep); hot entries older than `ttl × j` are due:
 //!
 //! - due latest-version entries: fetched one GET each if there are no more of them than the pages

@@ -578,7 +578,8 @@ def _wait_pid_gone(pid, timeout: float) -> None:
 def print_table(rows: list, meta: dict) -> None:
     print()
     print(f"kvfs benchmarks ({meta['mode']}, {meta['binaries']}) — {meta['date']}, "
-          f"{meta['cpu']}, nproc {meta['nproc']}, kernel {meta['kernel']}")
+          f"{meta['cpu']}, nproc {meta['nproc']}, kernel {meta['kernel']}, "
+          f"load {meta['loadavg_at_start'][0]} → {meta['loadavg_at_end'][0]}")
     head = ("row", "value", "baseline", "ratio", "target", "pass")
     cells = []
     for r in rows:
@@ -603,7 +604,8 @@ def machine() -> dict:
                 cpu = line.split(":", 1)[1].strip()
                 break
     return {"nproc": os.cpu_count(), "kernel": os.uname().release, "cpu": cpu,
-            "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+            "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+            "loadavg_at_start": [round(x, 2) for x in os.getloadavg()]}
 
 
 def main() -> int:
@@ -659,6 +661,7 @@ def main() -> int:
         elif not os.environ.get("BENCH_KEEP"):
             shutil.rmtree(workdir, ignore_errors=True)
     meta["elapsed_s"] = round(time.monotonic() - started, 1)
+    meta["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
     print(json.dumps({"meta": meta}, ensure_ascii=False))
     print_table(bench.rows, meta)
     if failed:

@@ -1000,8 +1000,13 @@ impl Inner {
                 })
             })
             .await;
-        self.refresher
-            .fetched(request.collection(), mode, failure.as_ref(), &self.config);
+        self.refresher.fetched(
+            request.collection(),
+            mode,
+            matches!(request, Request::List(_)),
+            failure.as_ref(),
+            &self.config,
+        );
         // Outside every lock: the listener may call back into the filesystem.
         if let Some(change) = change
             && let Some(listener) = self.listener.get()

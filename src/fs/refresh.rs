@@ -41,6 +41,11 @@ const JITTER: (f64, f64) = (0.60, 0.80);
 /// doubles up to `max(ttl, this)`.
 const FIRST_BACKOFF: Duration = Duration::from_secs(5);
 
+/// After the vault refuses to list a collection (an identity allowed to get objects but not to
+/// list them, as an access policy with only `get` is), its objects are refreshed one GET each,
+/// and listing is tried again after `max(ttl, this)`.
+const LIST_REFUSED_RETRY: Duration = Duration::from_secs(600);
+
 /// How often the refresher looks at the cache: `clamp(ttl / 20, 50 ms, 5 s)`.
 pub fn tick_interval(ttl: Duration) -> Duration {
     (ttl / 20).clamp(MIN_TICK, MAX_TICK)
@@ -65,6 +70,8 @@ struct CollectionState {
     list_len: Option<usize>,
     /// Set while background fetches of the collection fail transiently.
     outage: Option<Backoff>,
+    /// The vault refused to list the collection (401/403): no list before then.
+    list_refused_until: Option<Instant>,
 }
 
 struct Backoff {
@@ -97,6 +104,7 @@ impl State {
                     jitter,
                     list_len: None,
                     outage: None,
+                    list_refused_until: None,
                 },
             );
         }
@@ -155,22 +163,40 @@ impl Refresher {
     }
 
     /// Record a fetch's outcome: any answer ends the collection's outage; a transient failure of
-    /// a background fetch starts or extends it, with full jitter on the retry interval.
+    /// a background fetch starts or extends it, with full jitter on the retry interval. A list
+    /// the vault refuses makes the refresher fall back to GETs for a while.
     pub(super) fn fetched(
         &self,
         c: Collection,
         mode: Mode,
+        is_list: bool,
         failure: Option<&VaultError>,
         config: &CacheConfig,
     ) {
         let mut state = self.state.lock();
         match failure {
             None | Some(VaultError::NotFound | VaultError::Disabled) => {
-                if let Some(s) = state.collections.get_mut(&c)
-                    && s.outage.take().is_some()
-                {
-                    tracing::debug!(collection = c.as_str(), "background refresh recovered");
+                if let Some(s) = state.collections.get_mut(&c) {
+                    if s.outage.take().is_some() {
+                        tracing::debug!(collection = c.as_str(), "background refresh recovered");
+                    }
+                    if is_list {
+                        s.list_refused_until = None;
+                    }
                 }
+            }
+            Some(VaultError::Unauthorized(_) | VaultError::Forbidden(_)) if is_list => {
+                let retry = config.ttl.max(LIST_REFUSED_RETRY);
+                let s = state.collection(c);
+                if s.list_refused_until.is_none() {
+                    // The refusal itself is logged by the cache, with what is missing.
+                    tracing::info!(
+                        collection = c.as_str(),
+                        ?retry,
+                        "listing refused; refreshing objects one GET each until listing is allowed"
+                    );
+                }
+                s.list_refused_until = Some(Instant::now() + retry);
             }
             Some(e) if e.is_transient() && mode == Mode::Background => {
                 let first = config.ttl.min(FIRST_BACKOFF);
@@ -216,9 +242,9 @@ impl Refresher {
         .collect()
     }
 
-    /// Start a refresh cycle of a collection: `None` while it backs off, else how many list
-    /// pages a list costs (`None` inside when no list has been seen). Draws the next jitter.
-    fn begin_cycle(&self, c: Collection, now: Instant) -> Option<Option<usize>> {
+    /// Start a refresh cycle of a collection: `None` while it backs off, else how it may be
+    /// refreshed. Draws the next jitter.
+    fn begin_cycle(&self, c: Collection, now: Instant) -> Option<Cycle> {
         let mut state = self.state.lock();
         let jitter = state.jitter();
         let s = state.collection(c);
@@ -226,7 +252,10 @@ impl Refresher {
             return None;
         }
         s.jitter = jitter;
-        Some(s.list_len.map(|n| n.div_ceil(LIST_PAGE).max(1)))
+        Some(Cycle {
+            list_pages: s.list_len.map(|n| n.div_ceil(LIST_PAGE).max(1)),
+            may_list: s.list_refused_until.is_none_or(|until| now >= until),
+        })
     }
 
     #[cfg(test)]
@@ -239,6 +268,14 @@ impl Refresher {
             .as_ref()
             .map(|b| b.interval)
     }
+}
+
+/// How a collection may be refreshed this cycle.
+struct Cycle {
+    /// How many pages a list of it costs (`None` until a list has been seen).
+    list_pages: Option<usize>,
+    /// Listing it is allowed (not refused recently).
+    may_list: bool,
 }
 
 /// What one refresher tick does for a collection.
@@ -327,11 +364,13 @@ impl Inner {
             }
         }
         for (c, plan) in plans {
-            let Some(pages) = self.refresher.begin_cycle(c, now) else {
+            let Some(cycle) = self.refresher.begin_cycle(c, now) else {
                 continue;
             };
-            let by_list = plan.list
-                || (!plan.latest.is_empty() && pages.is_none_or(|p| plan.latest.len() > p));
+            let by_list = cycle.may_list
+                && (plan.list
+                    || (!plan.latest.is_empty()
+                        && cycle.list_pages.is_none_or(|p| plan.latest.len() > p)));
             if by_list {
                 // Revalidates every latest entry of the collection when it comes back, and
                 // refetches the hot ones it shows changed.
@@ -619,17 +658,49 @@ mod tests {
             sleep(Duration::from_secs(1)).await;
         }
         // The first reads fetch; after that one list per refresh cycle renews all 500. Cycles
-        // are at least 0.7 × 60 s apart, rounded up to the 5 s tick: 45 s, so at most
-        // 600 / 45 = 13 lists; at most 0.9 × 60 s rounded up, 55 s: at least 10.
+        // are at least 0.6 × 60 s = 36 s apart, so at most 600 / 36 = 16 lists; at most
+        // 0.8 × 60 s plus a 3 s tick = 51 s: at least 11.
         let (gets, lists) = (vault.calls("get_secret"), vault.calls("list"));
         assert_eq!(gets, 500);
-        assert!((10..=13).contains(&lists), "{lists} lists");
+        assert!((11..=16).contains(&lists), "{lists} lists");
         let stats = cache.stats();
         assert_eq!(stats.revalidated, 500 * lists);
         assert_eq!(stats.list_revalidations, lists);
         assert_eq!(stats.background_fetches, lists);
         assert_eq!(stats.misses, gets + lists);
         assert_eq!(stats.stale_served, 0);
+    }
+
+    /// An identity that may get secrets but not list them (an access policy with only `get`):
+    /// the refresher falls back to one GET per hot secret, and does not ask for the refused list
+    /// again every tick.
+    #[tokio::test(start_paused = true)]
+    async fn a_refused_list_falls_back_to_gets() {
+        let (vault, cache) = setup(TTL);
+        for i in 0..30 {
+            vault.set_secret(&format!("s{i}"), format!("v{i}").as_bytes());
+        }
+        vault.fail_op(
+            "list",
+            Some(VaultError::Forbidden(
+                "the 'list' permission on secrets".into(),
+            )),
+        );
+        sleep(AGED).await;
+        cache.start_refresher();
+        for _ in 0..=300 {
+            for i in 0..30 {
+                let got = read(&cache, &format!("s{i}")).await.unwrap();
+                assert_eq!(got, format!("v{i}").as_bytes());
+            }
+            sleep(Duration::from_secs(1)).await;
+        }
+        // One refused list (30 hot secrets are more than the pages a list would take, as far as
+        // the refresher knows), then GETs: every secret once per cycle (36–51 s) in 300 s.
+        assert_eq!(vault.calls("list"), 1);
+        let gets = vault.calls("get_secret");
+        assert!((30 + 30 * 5..=30 + 30 * 9).contains(&gets), "{gets} GETs");
+        assert_eq!(cache.stats().stale_served, 0);
     }
 
     #[tokio::test(start_paused = true)]

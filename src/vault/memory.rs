@@ -42,6 +42,8 @@ struct Inner {
     keys: BTreeMap<String, Vec<KeyValue>>,
     certificates: BTreeMap<String, Vec<CertificateValue>>,
     failure: Option<VaultError>,
+    /// Failures of one operation only (`list`, `get_secret`, …), checked before `failure`.
+    op_failures: BTreeMap<&'static str, VaultError>,
     delay: Duration,
     calls: BTreeMap<&'static str, u64>,
     next_version: u64,
@@ -176,6 +178,16 @@ impl MemoryVault {
         self.inner.lock().failure = failure;
     }
 
+    /// Every call of `op` fails with this error until cleared with `None` (an identity that
+    /// may get secrets but not list them: `fail_op("list", Some(Forbidden(..)))`).
+    pub fn fail_op(&self, op: &'static str, failure: Option<VaultError>) {
+        let mut inner = self.inner.lock();
+        match failure {
+            Some(e) => inner.op_failures.insert(op, e),
+            None => inner.op_failures.remove(op),
+        };
+    }
+
     /// Every call waits this long first (so concurrent callers overlap).
     pub fn set_delay(&self, delay: Duration) {
         self.inner.lock().delay = delay;
@@ -195,7 +207,8 @@ impl MemoryVault {
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
         }
-        match &self.inner.lock().failure {
+        let inner = self.inner.lock();
+        match inner.op_failures.get(op).or(inner.failure.as_ref()) {
             Some(e) => Err(e.clone()),
             None => Ok(()),
         }

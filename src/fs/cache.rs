@@ -87,7 +87,9 @@
 //!
 //! - due latest-version entries: fetched one GET each if there are no more of them than the pages
 //!   the last list of the collection took (`ceil(len / 25)`), else by one `List(collection)`
-//!   fetch, which revalidates as above and refetches the hot entries it shows changed.
+//!   fetch, which revalidates as above and refetches the hot entries it shows changed. When the
+//!   vault refuses a list (401/403: an identity with `get` but not `list`), they are fetched one
+//!   GET each, and listing is tried again after `max(ttl, 10 min)`.
 //! - a due `List` entry is refreshed by its own fetch (which also revalidates); due explicit
 //!   versions and version lists are refetched each.
 //! - Background fetches go through the single-flight map (one flight per key; a reader whose

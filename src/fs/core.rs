@@ -552,13 +552,12 @@ impl FsCore {
     /// Open a directory: list it now (through the cache) and keep the entries for its READDIRs.
     pub async fn opendir(&self, ino: u64) -> Result<OpenedDir, FsError> {
         let entries = self.readdir(ino).await?;
-        let digest = entries.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, e| {
+        let digest = fnv1a(entries.iter().flat_map(|e| {
             e.name
                 .bytes()
                 .chain(e.ino.to_le_bytes())
                 .chain([e.kind as u8, 0])
-                .fold(h, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
-        });
+        }));
         let unchanged = self.dir_digests.lock().insert(ino, digest) == Some(digest);
         let fh = self.next_handle.fetch_add(1, Ordering::Relaxed);
         self.dir_handles.lock().insert(fh, Arc::new(entries));
@@ -687,14 +686,19 @@ fn version_mtime(props: &ObjectProps, fallback: SystemTime) -> SystemTime {
         .duration_since(SystemTime::UNIX_EPOCH)
         .map(|d| Duration::from_secs(d.as_secs()))
         .unwrap_or_default();
-    let nanos = props.version.as_deref().map_or(0, |v| {
-        // FNV-1a: stable across runs and builds, unlike the std hasher.
-        let hash = v.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-        });
-        (hash % 1_000_000_000) as u32
-    });
-    SystemTime::UNIX_EPOCH + whole + Duration::from_nanos(u64::from(nanos))
+    let nanos = props
+        .version
+        .as_deref()
+        .map_or(0, |v| fnv1a(v.bytes()) % 1_000_000_000);
+    SystemTime::UNIX_EPOCH + whole + Duration::from_nanos(nanos)
+}
+
+/// FNV-1a: a digest that is the same in every run and build (unlike the std hasher), which
+/// mtimes and listing digests need. Not for anything adversarial.
+fn fnv1a(bytes: impl IntoIterator<Item = u8>) -> u64 {
+    bytes.into_iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 fn visible_versions(

@@ -231,24 +231,15 @@ impl Filesystem for FuseAdapter {
     fn readdir(
         &self,
         _req: &Request,
-        ino: INodeNo,
+        _ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         reply: ReplyDirectory,
     ) {
+        // Every directory is opened through `opendir`, which holds its entries.
         match self.core.dir_entries(fh.0) {
             Some(entries) => fill_dir(reply, &entries, offset),
-            // Not opened through opendir (should not happen): list it now.
-            None => {
-                let core = self.core.clone();
-                self.answer(
-                    async move { core.readdir(ino.0).await },
-                    move |result| match result {
-                        Ok(entries) => fill_dir(reply, &entries, offset),
-                        Err(e) => reply.error(errno(&e)),
-                    },
-                );
-            }
+            None => reply.error(errno(&FsError::BadHandle)),
         }
     }
 

@@ -490,7 +490,7 @@ impl FsCore {
     }
 
     /// Every entry of a directory, `.` and `..` first.
-    pub async fn readdir(&self, ino: u64) -> Result<Vec<DirEntry>, FsError> {
+    async fn readdir(&self, ino: u64) -> Result<Vec<DirEntry>, FsError> {
         let node = self.inodes.node(ino).ok_or(FsError::BadHandle)?;
         if !node.is_dir() {
             return Err(FsError::NotDir);

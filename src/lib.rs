@@ -11,6 +11,7 @@ pub mod daemon;
 pub mod fs;
 pub mod fuse;
 pub mod invalidate;
+pub mod ipc;
 pub mod mount;
 pub mod render;
 pub mod vault;

@@ -10,6 +10,7 @@ pub mod config;
 pub mod daemon;
 pub mod fs;
 pub mod fuse;
+pub mod fusedev;
 pub mod invalidate;
 pub mod ipc;
 pub mod mount;

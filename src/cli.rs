@@ -96,6 +96,18 @@ pub struct MountArgs {
     #[arg(long, value_name = "PATH")]
     pub log_file: Option<PathBuf>,
 
+    #[arg(long, value_name = "PATH", help_heading = "Restarts and upgrades")]
+    /// Where this mount's supervisor listens for a successor (a new kvfs for the same
+    /// mountpoint takes the live mount over through it). Default: /run/kvfs/<mountpoint>.sock
+    /// (root) or $XDG_RUNTIME_DIR/kvfs/<mountpoint>.sock. Two containers upgrading one mount
+    /// must see the same file.
+    pub control_socket: Option<PathBuf>,
+    #[arg(long, value_name = "WHAT", help_heading = "Restarts and upgrades")]
+    /// exit (default): once a successor has taken the mount over, exit 0 without unmounting.
+    /// wait: stay idle until SIGTERM, then exit 0 without unmounting (a DaemonSet container,
+    /// which would otherwise be restarted).
+    pub after_handoff: Option<String>,
+
     /// The same options in mount(8) form: -o allow_other,cache_ttl=30s,uid=1000
     #[arg(short = 'o', value_name = "OPTIONS")]
     pub options: Vec<String>,
@@ -148,6 +160,28 @@ pub enum AuthMethod {
     ClientCertificate,
 }
 
+impl AuthMethod {
+    /// The method `--auth` names.
+    pub fn parse(name: &str) -> Option<AuthMethod> {
+        Some(match name {
+            "auto" => AuthMethod::Auto,
+            "client-secret" => AuthMethod::ClientSecret,
+            "workload-identity" => AuthMethod::WorkloadIdentity,
+            "managed-identity" => AuthMethod::ManagedIdentity,
+            "azure-cli" => AuthMethod::AzureCli,
+            "client-certificate" => AuthMethod::ClientCertificate,
+            _ => return None,
+        })
+    }
+}
+
+/// What a supervisor does once a successor has taken its mount over (`--after-handoff`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AfterHandoff {
+    Exit,
+    Wait,
+}
+
 /// Everything a mount needs, resolved and checked.
 #[derive(Clone, Debug)]
 pub struct MountSettings {
@@ -173,6 +207,9 @@ pub struct MountSettings {
     pub file_mode: u16,
     pub dir_mode: u16,
     pub log_file: Option<PathBuf>,
+    /// `None`: the default place for this mountpoint (see `lifecycle::paths`).
+    pub control_socket: Option<PathBuf>,
+    pub after_handoff: AfterHandoff,
 }
 
 fn vault_url(vault: &str, cloud: Cloud) -> Result<url::Url, String> {
@@ -241,6 +278,8 @@ impl MountArgs {
             "dir_mode",
             "foreground",
             "log_file",
+            "control_socket",
+            "after_handoff",
         ];
         if let Some(bad) = o.iter().find(|x| !KNOWN.contains(&x.key.as_str())) {
             return Err(format!("unknown mount option {:?}", bad.key));
@@ -261,16 +300,20 @@ impl MountArgs {
             Some(c) => Cloud::parse(&c)?,
             None => Cloud::Public,
         };
-        let auth = match pick(&self.auth, "auth")?.as_deref() {
-            None | Some("auto") => AuthMethod::Auto,
-            Some("client-secret") => AuthMethod::ClientSecret,
-            Some("workload-identity") => AuthMethod::WorkloadIdentity,
-            Some("managed-identity") => AuthMethod::ManagedIdentity,
-            Some("azure-cli") => AuthMethod::AzureCli,
-            Some("client-certificate") => AuthMethod::ClientCertificate,
+        let auth = match pick(&self.auth, "auth")? {
+            None => AuthMethod::Auto,
+            Some(name) => AuthMethod::parse(&name).ok_or_else(|| {
+                format!(
+                    "unknown --auth {name:?}: use auto, workload-identity, managed-identity, azure-cli, client-secret or client-certificate"
+                )
+            })?,
+        };
+        let after_handoff = match pick(&self.after_handoff, "after_handoff")?.as_deref() {
+            None | Some("exit") => AfterHandoff::Exit,
+            Some("wait") => AfterHandoff::Wait,
             Some(other) => {
                 return Err(format!(
-                    "unknown --auth {other:?}: use auto, workload-identity, managed-identity, azure-cli, client-secret or client-certificate"
+                    "unknown --after-handoff {other:?}: use exit or wait"
                 ));
             }
         };
@@ -355,6 +398,11 @@ impl MountArgs {
                 .log_file
                 .clone()
                 .or(value("log_file")?.map(PathBuf::from)),
+            control_socket: self
+                .control_socket
+                .clone()
+                .or(value("control_socket")?.map(PathBuf::from)),
+            after_handoff,
         })
     }
 }

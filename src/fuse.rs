@@ -18,15 +18,22 @@ use futures::FutureExt;
 
 use crate::fs::core::{Attr, FsCore, Kind, OpenMode};
 use crate::fs::error::FsError;
+use crate::lifecycle::gate::Gate;
 
 pub struct FuseAdapter {
     core: Arc<FsCore>,
     runtime: tokio::runtime::Handle,
+    /// Lets a worker that hands over stop taking requests (every handler holds a turn).
+    gate: Arc<Gate>,
 }
 
 impl FuseAdapter {
-    pub fn new(core: Arc<FsCore>, runtime: tokio::runtime::Handle) -> Self {
-        FuseAdapter { core, runtime }
+    pub fn new(core: Arc<FsCore>, runtime: tokio::runtime::Handle, gate: Arc<Gate>) -> Self {
+        FuseAdapter {
+            core,
+            runtime,
+            gate,
+        }
     }
 
     /// Run `op` and hand its result to `reply`. It is polled once right here, on the session
@@ -44,7 +51,11 @@ impl FuseAdapter {
         match (&mut op).now_or_never() {
             Some(result) => reply(result),
             None => {
-                self.runtime.spawn(async move { reply(op.await) });
+                let gate = self.gate.clone();
+                self.runtime.spawn(async move {
+                    let _owed = gate.owe();
+                    reply(op.await)
+                });
             }
         }
     }
@@ -101,6 +112,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let _turn = self.gate.turn();
         let Some(name) = utf8(name) else {
             return reply.error(Errno::ENOENT);
         };
@@ -115,10 +127,12 @@ impl Filesystem for FuseAdapter {
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        let _turn = self.gate.turn();
         self.core.forget(ino.0, nlookup);
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        let _turn = self.gate.turn();
         let core = self.core.clone();
         self.answer(
             async move { core.getattr(ino.0).await },
@@ -130,6 +144,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let _turn = self.gate.turn();
         if self.core.open_mode() == OpenMode::Cached {
             // "Not implemented" makes the kernel stop sending OPEN and RELEASE for good: files
             // then read through its page cache, which is what cached mode is for.
@@ -164,6 +179,7 @@ impl Filesystem for FuseAdapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        let _turn = self.gate.turn();
         // Handle 0: the kernel did not open the file (cached mode); read the inode as it is now.
         if fh.0 == 0 {
             let core = self.core.clone();
@@ -175,23 +191,32 @@ impl Filesystem for FuseAdapter {
                 },
             );
         }
-        match self.core.read(fh.0, offset, size) {
-            Ok(bytes) => reply.data(&bytes),
-            Err(e) => reply.error(errno(&e)),
+        if let Some(bytes) = self.core.read(ino.0, fh.0, offset, size) {
+            return reply.data(&bytes);
         }
+        // A handle this process never opened: a predecessor did, before a restart or upgrade.
+        let core = self.core.clone();
+        self.answer(
+            async move { core.read_reopened(ino.0, fh.0, offset, size).await },
+            move |result| match result {
+                Ok(bytes) => reply.data(&bytes),
+                Err(e) => reply.error(errno(&e)),
+            },
+        );
     }
 
     fn release(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        self.core.release(fh.0);
+        let _turn = self.gate.turn();
+        self.core.release(ino.0, fh.0);
         reply.ok();
     }
 
@@ -205,6 +230,7 @@ impl Filesystem for FuseAdapter {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
+        let _turn = self.gate.turn();
         reply.error(Errno::ENOSYS);
     }
 
@@ -212,6 +238,7 @@ impl Filesystem for FuseAdapter {
     /// (`FOPEN_CACHE_DIR`), and keeps what it cached when the listing is the one it got last
     /// time; otherwise it drops it, so a created or deleted object shows at the next `ls`.
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let _turn = self.gate.turn();
         let core = self.core.clone();
         self.answer(
             async move { core.opendir(ino.0).await },
@@ -231,16 +258,25 @@ impl Filesystem for FuseAdapter {
     fn readdir(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         reply: ReplyDirectory,
     ) {
+        let _turn = self.gate.turn();
         // Every directory is opened through `opendir`, which holds its entries.
-        match self.core.dir_entries(fh.0) {
-            Some(entries) => fill_dir(reply, &entries, offset),
-            None => reply.error(errno(&FsError::BadHandle)),
+        if let Some(entries) = self.core.dir_entries(fh.0) {
+            return fill_dir(reply, &entries, offset);
         }
+        // Opened by a predecessor, before a restart or upgrade: list it again.
+        let core = self.core.clone();
+        self.answer(
+            async move { core.reopen_dir(ino.0, fh.0).await },
+            move |result| match result {
+                Ok(entries) => fill_dir(reply, &entries, offset),
+                Err(e) => reply.error(errno(&e)),
+            },
+        );
     }
 
     fn releasedir(
@@ -251,11 +287,13 @@ impl Filesystem for FuseAdapter {
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
+        let _turn = self.gate.turn();
         self.core.releasedir(fh.0);
         reply.ok();
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let _turn = self.gate.turn();
         let Some(name) = utf8(name) else {
             return reply.error(Errno::from_i32(libc::ENODATA));
         };
@@ -270,8 +308,11 @@ impl Filesystem for FuseAdapter {
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let _turn = self.gate.turn();
         let core = self.core.clone();
+        let gate = self.gate.clone();
         self.runtime.spawn(async move {
+            let _owed = gate.owe();
             match core.listxattr(ino.0).await {
                 Ok(names) => {
                     let mut buf = Vec::new();
@@ -307,6 +348,7 @@ impl Filesystem for FuseAdapter {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        let _turn = self.gate.turn();
         reply.error(Errno::EROFS);
     }
 
@@ -320,6 +362,7 @@ impl Filesystem for FuseAdapter {
         _rdev: u32,
         reply: ReplyEntry,
     ) {
+        let _turn = self.gate.turn();
         reply.error(Errno::EROFS);
     }
 
@@ -332,14 +375,17 @@ impl Filesystem for FuseAdapter {
         _umask: u32,
         reply: ReplyEntry,
     ) {
+        let _turn = self.gate.turn();
         reply.error(Errno::EROFS);
     }
 
     fn unlink(&self, _req: &Request, _parent: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
+        let _turn = self.gate.turn();
         reply.error(Errno::EROFS);
     }
 
     fn rmdir(&self, _req: &Request, _parent: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
+        let _turn = self.gate.turn();
         reply.error(Errno::EROFS);
     }
 
@@ -351,6 +397,7 @@ impl Filesystem for FuseAdapter {
         _target: &Path,
         reply: ReplyEntry,
     ) {
+        let _turn = self.gate.turn();
         reply.error(Errno::EROFS);
     }
 
@@ -364,6 +411,7 @@ impl Filesystem for FuseAdapter {
         _flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
+        let _turn = self.gate.turn();
         reply.error(Errno::EROFS);
     }
 
@@ -375,6 +423,7 @@ impl Filesystem for FuseAdapter {
         _newname: &OsStr,
         reply: ReplyEntry,
     ) {
+        let _turn = self.gate.turn();
         reply.error(Errno::EROFS);
     }
 
@@ -390,6 +439,7 @@ impl Filesystem for FuseAdapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
+        let _turn = self.gate.turn();
         reply.error(Errno::EROFS);
     }
 
@@ -403,6 +453,7 @@ impl Filesystem for FuseAdapter {
         _flags: i32,
         reply: ReplyCreate,
     ) {
+        let _turn = self.gate.turn();
         reply.error(Errno::EROFS);
     }
 
@@ -416,10 +467,12 @@ impl Filesystem for FuseAdapter {
         _position: u32,
         reply: ReplyEmpty,
     ) {
+        let _turn = self.gate.turn();
         reply.error(Errno::EROFS);
     }
 
     fn removexattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
+        let _turn = self.gate.turn();
         reply.error(Errno::EROFS);
     }
 }

@@ -13,6 +13,7 @@ pub mod fuse;
 pub mod fusedev;
 pub mod invalidate;
 pub mod ipc;
+pub mod lifecycle;
 pub mod mount;
 pub mod render;
 pub mod vault;

@@ -2,8 +2,12 @@
 
 use std::path::Path;
 
+use std::os::fd::{FromRawFd, OwnedFd};
+
 use clap::Parser;
 use kvfs::cli::{Cli, Command};
+use kvfs::ipc::Channel;
+use kvfs::lifecycle::worker::{self, WORKER_FD_ENV};
 use kvfs::{daemon, mount};
 
 /// Logs go to stderr, or to `--log-file` (a detached daemon's stderr is /dev/null).
@@ -38,6 +42,10 @@ fn run(cli: Cli, readiness: mount::Readiness) -> Result<(), String> {
             // SAFETY: getuid/getgid cannot fail and have no preconditions.
             let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
             let settings = args.resolve(uid, gid)?;
+            if let Some(control) = worker_channel() {
+                init_logging(settings.log_file.as_deref())?;
+                worker::run(settings, control);
+            }
             if !settings.foreground {
                 return daemon::detach_and_wait();
             }
@@ -45,6 +53,15 @@ fn run(cli: Cli, readiness: mount::Readiness) -> Result<(), String> {
             mount::run(settings, readiness)
         }
     }
+}
+
+/// A worker finds its channel to the supervisor on the fd `KVFS_WORKER_FD` names.
+fn worker_channel() -> Option<Channel> {
+    let fd: i32 = std::env::var(WORKER_FD_ENV).ok()?.parse().ok()?;
+    // SAFETY: the supervisor put this fd there for us alone (see lifecycle::supervisor); we take
+    // ownership once, and remove the variable so no child of ours inherits the claim.
+    unsafe { std::env::remove_var(WORKER_FD_ENV) };
+    (fd > 2).then(|| Channel::from_fd(unsafe { OwnedFd::from_raw_fd(fd) }))
 }
 
 fn main() {

@@ -154,11 +154,27 @@ enum RenderedValue {
     Cert(Arc<CertFiles>),
 }
 
+/// An open file: the bytes it opened, and how many opens share its handle.
+struct OpenFile {
+    content: Arc<FileContent>,
+    opens: u32,
+}
+
+/// File handles of current values name the version they were opened at (this bit, and a digest
+/// of the version id). A successor process that never saw the open can then serve the same
+/// bytes, by fetching that version. Opens of the same version of the same inode share a handle.
+const VERSIONED_HANDLE: u64 = 1 << 63;
+
+fn handle_of(version: &str) -> u64 {
+    VERSIONED_HANDLE | (fnv1a(version.bytes()) >> 1)
+}
+
 pub struct FsCore {
     cache: Cache,
     inodes: Inodes,
     rendered: Rendered,
-    handles: Mutex<HashMap<u64, Arc<FileContent>>>,
+    /// Open files by (inode, handle).
+    handles: Mutex<HashMap<(u64, u64), OpenFile>>,
     /// Open directories: their entries, listed once at open (a 10,000-entry directory is read in
     /// dozens of READDIR calls, which must neither relist it nor see it change midway).
     dir_handles: Mutex<HashMap<u64, Arc<Vec<DirEntry>>>>,
@@ -209,6 +225,14 @@ impl FsCore {
             ttl,
             mounted_at: SystemTime::now(),
         }
+    }
+
+    /// Resume an inode table (a predecessor's, from its journal), and number directory handles
+    /// from `generation << 32`: handles a predecessor gave out never collide with new ones.
+    pub fn resuming(mut self, inodes: Inodes, generation: u32) -> Self {
+        self.inodes = inodes;
+        self.next_handle = AtomicU64::new((u64::from(generation) << 32) | 1);
+        self
     }
 
     pub fn cache(&self) -> &Cache {
@@ -537,15 +561,23 @@ impl FsCore {
                 kind: Kind::Dir,
             },
         ];
-        out.extend(children.into_iter().map(|(name, child)| DirEntry {
-            ino: self.inodes.peek_or_insert(&child),
-            kind: if child.is_dir() {
-                Kind::Dir
-            } else {
-                Kind::File
-            },
-            name,
-        }));
+        let inos = self
+            .inodes
+            .peek_or_insert_all(children.iter().map(|(_, c)| c));
+        out.extend(
+            children
+                .into_iter()
+                .zip(inos)
+                .map(|((name, child), ino)| DirEntry {
+                    ino,
+                    kind: if child.is_dir() {
+                        Kind::Dir
+                    } else {
+                        Kind::File
+                    },
+                    name,
+                }),
+        );
         Ok(out)
     }
 
@@ -569,6 +601,13 @@ impl FsCore {
         self.dir_handles.lock().get(&fh).cloned()
     }
 
+    /// The entries of a directory handle this process never opened (a predecessor did): the
+    /// directory is listed again, under the same handle.
+    pub async fn reopen_dir(&self, ino: u64, fh: u64) -> Result<Arc<Vec<DirEntry>>, FsError> {
+        let entries = Arc::new(self.readdir(ino).await?);
+        Ok(self.dir_handles.lock().entry(fh).or_insert(entries).clone())
+    }
+
     pub fn releasedir(&self, fh: u64) {
         self.dir_handles.lock().remove(&fh);
     }
@@ -586,19 +625,82 @@ impl FsCore {
         let Resolved::File { content, .. } = self.resolve(&node).await? else {
             return Err(FsError::IsDir);
         };
-        let fh = self.next_handle.fetch_add(1, Ordering::Relaxed);
-        self.handles.lock().insert(fh, content);
+        let fh = match &content.props.version {
+            Some(v) => handle_of(v),
+            None => self.next_handle.fetch_add(1, Ordering::Relaxed),
+        };
+        self.handles
+            .lock()
+            .entry((ino, fh))
+            .and_modify(|f| f.opens += 1)
+            .or_insert(OpenFile { content, opens: 1 });
         Ok(Opened {
             fh,
             immutable: node.version().is_some(),
         })
     }
 
-    /// Bytes of an open handle (snapshot mode).
-    pub fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>, FsError> {
+    /// Bytes of an open handle (snapshot mode); `None` when this process never opened it (see
+    /// [`FsCore::read_reopened`]).
+    pub fn read(&self, ino: u64, fh: u64, offset: u64, size: u32) -> Option<Vec<u8>> {
         let handles = self.handles.lock();
-        let content = handles.get(&fh).ok_or(FsError::BadHandle)?;
-        Ok(slice(&content.bytes, offset, size).to_vec())
+        let file = handles.get(&(ino, fh))?;
+        Some(slice(&file.content.bytes, offset, size).to_vec())
+    }
+
+    /// Bytes of a handle a predecessor opened: the version the handle names, fetched again.
+    pub async fn read_reopened(
+        &self,
+        ino: u64,
+        fh: u64,
+        offset: u64,
+        size: u32,
+    ) -> Result<Vec<u8>, FsError> {
+        let content = self.reopen(ino, fh).await?;
+        let bytes = slice(&content.bytes, offset, size).to_vec();
+        self.handles
+            .lock()
+            .entry((ino, fh))
+            .or_insert(OpenFile { content, opens: 1 });
+        Ok(bytes)
+    }
+
+    /// The bytes handle `fh` of `ino` was opened with: the current value when it is still that
+    /// version, else that version by id. A handle that names no version any more (or none at
+    /// all) reads the current value.
+    async fn reopen(&self, ino: u64, fh: u64) -> Result<Arc<FileContent>, FsError> {
+        let node = self.inodes.node(ino).ok_or(FsError::BadHandle)?;
+        let Resolved::File { content, .. } = self.resolve(&node).await? else {
+            return Err(FsError::IsDir);
+        };
+        let current = content.props.version.as_deref().map(handle_of);
+        if fh & VERSIONED_HANDLE == 0 || current == Some(fh) || node.version().is_some() {
+            return Ok(content);
+        }
+        let (collection, name) = match &node {
+            Node::Object {
+                collection, name, ..
+            } => (*collection, name.clone()),
+            Node::CertFile { name, .. } => (Collection::Certificates, name.clone()),
+            _ => return Ok(content),
+        };
+        let versions = self.cache.versions(collection, &name).await?;
+        let Some(version) = versions
+            .value
+            .iter()
+            .filter_map(|p| p.version.as_deref())
+            .find(|v| handle_of(v) == fh)
+        else {
+            tracing::warn!(
+                object = %format!("{}/{name}", collection.as_str()),
+                "a file opened before kvfs restarted names a version the vault no longer lists; it reads the current value"
+            );
+            return Ok(content);
+        };
+        match self.resolve(&node.at_version(version)).await? {
+            Resolved::File { content, .. } => Ok(content),
+            Resolved::Dir { .. } => Err(FsError::IsDir),
+        }
     }
 
     /// Bytes of an inode as they are now: reads without an open handle (cached mode, where the
@@ -611,13 +713,19 @@ impl FsCore {
         }
     }
 
-    pub fn release(&self, fh: u64) {
-        self.handles.lock().remove(&fh);
+    pub fn release(&self, ino: u64, fh: u64) {
+        let mut handles = self.handles.lock();
+        if let Some(file) = handles.get_mut(&(ino, fh)) {
+            file.opens -= 1;
+            if file.opens == 0 {
+                handles.remove(&(ino, fh));
+            }
+        }
     }
 
     /// Open file handles (for tests and metrics).
     pub fn open_handles(&self) -> usize {
-        self.handles.lock().len()
+        self.handles.lock().values().map(|f| f.opens as usize).sum()
     }
 
     async fn xattrs_of(&self, ino: u64) -> Result<Vec<(String, String)>, FsError> {
@@ -772,8 +880,8 @@ mod tests {
 
     async fn read_all(core: &FsCore, ino: u64) -> Result<String, FsError> {
         let fh = core.open(ino, false).await?.fh;
-        let bytes = core.read(fh, 0, 1 << 20)?;
-        core.release(fh);
+        let bytes = core.read(ino, fh, 0, 1 << 20).ok_or(FsError::BadHandle)?;
+        core.release(ino, fh);
         Ok(String::from_utf8(bytes).unwrap())
     }
 
@@ -822,10 +930,11 @@ mod tests {
         assert!(e.ttl <= Duration::from_secs(60));
         assert_eq!(read_all(&core, e.attr.ino).await.unwrap(), "hunter2");
         let fh = core.open(e.attr.ino, false).await.unwrap().fh;
-        assert_eq!(core.read(fh, 2, 3).unwrap(), b"nte");
-        assert_eq!(core.read(fh, 100, 3).unwrap(), b"");
-        core.release(fh);
-        assert_eq!(core.read(fh, 0, 1).unwrap_err(), FsError::BadHandle);
+        let ino = e.attr.ino;
+        assert_eq!(core.read(ino, fh, 2, 3).unwrap(), b"nte");
+        assert_eq!(core.read(ino, fh, 100, 3).unwrap(), b"");
+        core.release(ino, fh);
+        assert_eq!(core.read(ino, fh, 0, 1), None);
         assert_eq!(
             core.open(e.attr.ino, true).await.unwrap_err(),
             FsError::ReadOnly
@@ -887,9 +996,50 @@ mod tests {
         let fh = core.open(e.attr.ino, false).await.unwrap().fh;
         vault.set_secret("db", b"new");
         assert_eq!(read_all(&core, e.attr.ino).await.unwrap(), "new");
-        assert_eq!(core.read(fh, 0, 100).unwrap(), b"old-value");
-        core.release(fh);
+        assert_eq!(core.read(e.attr.ino, fh, 0, 100).unwrap(), b"old-value");
+        core.release(e.attr.ino, fh);
         assert_eq!(core.open_handles(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_successor_serves_the_same_inodes_handles_and_bytes() {
+        use crate::fs::journal::Journal;
+        let vault = Arc::new(MemoryVault::new());
+        vault.set_secret("db", b"old-value");
+        let journal = Arc::new(Journal::create().unwrap());
+        let first = core_with(vault.clone(), Duration::ZERO)
+            .resuming(Inodes::journaled(journal.clone()), 1);
+        let e = path(&first, "secrets/db").await.unwrap();
+        let ino = e.attr.ino;
+        let opened = first.open(ino, false).await.unwrap().fh;
+        let twice = first.open(ino, false).await.unwrap().fh;
+        assert_eq!(opened, twice, "opens of one version share a handle");
+        let dir = path(&first, "secrets").await.unwrap().attr.ino;
+        let listing = first.opendir(dir).await.unwrap().fh;
+        vault.set_secret("db", b"new");
+
+        // The successor: same vault, a fresh cache, the journal's table.
+        let (journal, replayed) = Journal::adopt(journal.try_clone_fd().unwrap()).unwrap();
+        let second = core_with(vault.clone(), Duration::ZERO)
+            .resuming(Inodes::resume(Arc::new(journal), replayed), 2);
+        assert_eq!(second.getattr(ino).await.unwrap().attr.size, 3);
+        assert_eq!(second.read(ino, opened, 0, 100), None, "never opened here");
+        assert_eq!(
+            second.read_reopened(ino, opened, 0, 100).await.unwrap(),
+            b"old-value",
+            "a descriptor opened before the restart reads the version it opened"
+        );
+        assert_eq!(second.read(ino, opened, 4, 100).unwrap(), b"value");
+        second.release(ino, opened);
+        assert_eq!(read_all(&second, ino).await.unwrap(), "new");
+        let entries = second.reopen_dir(dir, listing).await.unwrap();
+        assert_eq!(names(&entries), ["db"]);
+        let fresh = second.opendir(dir).await.unwrap().fh;
+        assert_ne!(
+            fresh, listing,
+            "new handles never collide with inherited ones"
+        );
+        assert_eq!(path(&second, "secrets/db").await.unwrap().attr.ino, ino);
     }
 
     #[tokio::test]

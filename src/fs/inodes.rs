@@ -1,14 +1,23 @@
 //! Inode numbers: one per node (names folded to lower case), stable while the kernel remembers
 //! it. Fixed directories are never forgotten; object inodes go when the kernel's lookup count
-//! drops to zero.
+//! drops to zero. With a [`Journal`], every change is written there before the kernel can see
+//! the number, so a successor process resumes the same table.
 
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use parking_lot::Mutex;
 
+use super::journal::{Journal, Record, Replayed};
 use super::node::Node;
 
 pub const ROOT: u64 = 1;
+
+/// Lookup count of an inode taken over from a predecessor: the kernel's real count was not
+/// journaled (it changes on every lookup), so the inode is kept for the life of this process.
+/// A few hundred bytes per object ever looked up, bounded by the vault's size.
+const INHERITED: u64 = u64::MAX / 2;
 
 struct Slot {
     node: Node,
@@ -23,6 +32,10 @@ struct Table {
 
 pub struct Inodes {
     table: Mutex<Table>,
+    journal: Option<Arc<Journal>>,
+    /// A failed journal write is logged once: the mount works on, only a restart would lose
+    /// the numbers written since.
+    journal_failed: AtomicBool,
 }
 
 impl Default for Inodes {
@@ -43,6 +56,8 @@ impl Default for Inodes {
                 by_ino,
                 next: ROOT + 1,
             }),
+            journal: None,
+            journal_failed: AtomicBool::new(false),
         }
     }
 }
@@ -54,36 +69,126 @@ fn is_fixed(node: &Node) -> bool {
     )
 }
 
-impl Inodes {
-    /// The inode of `node`, created if new; counts one kernel lookup when `count_lookup`.
-    pub fn get_or_insert(&self, node: &Node, count_lookup: bool) -> u64 {
+impl Table {
+    /// The inode of `node`; a new one is also returned as a journal record.
+    fn get_or_insert(&mut self, node: &Node, new: &mut Vec<Record>) -> u64 {
         let key = node.key();
-        let mut t = self.table.lock();
-        let ino = match t.by_key.get(&key) {
-            Some(&ino) => ino,
-            None => {
-                let ino = t.next;
-                t.next += 1;
-                t.by_key.insert(key, ino);
+        if let Some(&ino) = self.by_key.get(&key) {
+            return ino;
+        }
+        let ino = self.next;
+        self.next += 1;
+        self.by_key.insert(key, ino);
+        self.by_ino.insert(
+            ino,
+            Slot {
+                node: node.clone(),
+                lookups: 0,
+            },
+        );
+        new.push(Record::Insert {
+            ino,
+            path: node.path(),
+        });
+        ino
+    }
+}
+
+impl Inodes {
+    /// The table a predecessor journaled, written on to the same journal. Paths that name no
+    /// node (a journal from a different tree) are skipped.
+    pub fn resume(journal: Arc<Journal>, replayed: Replayed) -> Inodes {
+        let mut inodes = Inodes::default();
+        {
+            let t = inodes.table.get_mut();
+            for (ino, path) in replayed.live {
+                let Some(node) = Node::from_path(&path) else {
+                    tracing::warn!(ino, path, "inode journal names no node; skipped");
+                    continue;
+                };
+                if node == Node::Root {
+                    continue;
+                }
+                t.next = t.next.max(ino + 1);
+                t.by_key.insert(node.key(), ino);
                 t.by_ino.insert(
                     ino,
                     Slot {
-                        node: node.clone(),
-                        lookups: 0,
+                        node,
+                        lookups: INHERITED,
                     },
                 );
-                ino
             }
-        };
-        if count_lookup && let Some(slot) = t.by_ino.get_mut(&ino) {
-            slot.lookups += 1;
+            t.next = t.next.max(replayed.next);
         }
+        inodes.journal = Some(journal);
+        inodes
+    }
+
+    /// An empty table written to `journal`.
+    pub fn journaled(journal: Arc<Journal>) -> Inodes {
+        Inodes {
+            journal: Some(journal),
+            ..Inodes::default()
+        }
+    }
+
+    /// Write `records` before the caller hands any of them to the kernel (the table is still
+    /// locked, so records are in table order), and checkpoint when the journal asks.
+    fn journal(&self, t: &Table, records: &[Record]) {
+        let Some(journal) = &self.journal else {
+            return;
+        };
+        if records.is_empty() {
+            return;
+        }
+        let result = journal.append(records).and_then(|due| {
+            if !due {
+                return Ok(());
+            }
+            let live = t
+                .by_ino
+                .iter()
+                .filter(|(ino, _)| **ino != ROOT)
+                .map(|(ino, slot)| (*ino, slot.node.path()));
+            journal.checkpoint(live, t.next)
+        });
+        if let Err(e) = result
+            && !self.journal_failed.swap(true, Ordering::Relaxed)
+        {
+            tracing::warn!(
+                "cannot write the inode journal ({e}); a restart of kvfs would lose inode numbers"
+            );
+        }
+    }
+
+    /// The inode of `node`, created if new; counts one kernel lookup when `count_lookup`.
+    pub fn get_or_insert(&self, node: &Node, count_lookup: bool) -> u64 {
+        let mut new = Vec::new();
+        let mut t = self.table.lock();
+        let ino = t.get_or_insert(node, &mut new);
+        if count_lookup && let Some(slot) = t.by_ino.get_mut(&ino) {
+            slot.lookups = slot.lookups.saturating_add(1);
+        }
+        self.journal(&t, &new);
         ino
     }
 
     /// Inode number without counting a lookup (readdir entries).
     pub fn peek_or_insert(&self, node: &Node) -> u64 {
         self.get_or_insert(node, false)
+    }
+
+    /// Inode numbers of many nodes without counting lookups (a listing): one journal write.
+    pub fn peek_or_insert_all<'a>(&self, nodes: impl IntoIterator<Item = &'a Node>) -> Vec<u64> {
+        let mut new = Vec::new();
+        let mut t = self.table.lock();
+        let inos = nodes
+            .into_iter()
+            .map(|n| t.get_or_insert(n, &mut new))
+            .collect();
+        self.journal(&t, &new);
+        inos
     }
 
     /// The inode of `node` if the kernel may know it (no insertion): what to invalidate when
@@ -108,6 +213,7 @@ impl Inodes {
         };
         if remove && let Some(slot) = t.by_ino.remove(&ino) {
             t.by_key.remove(&slot.node.key());
+            self.journal(&t, &[Record::Remove { ino }]);
         }
     }
 
@@ -146,6 +252,37 @@ mod tests {
         assert!(inodes.node(a).is_none());
         let c = inodes.get_or_insert(&secret("db"), true);
         assert_ne!(a, c, "a forgotten number is not reused");
+    }
+
+    #[test]
+    fn a_successor_answers_the_same_numbers_and_keeps_them() {
+        let journal = Arc::new(Journal::create().unwrap());
+        let first = Inodes::journaled(journal.clone());
+        let dir = first.get_or_insert(&Node::Collection(Collection::Secrets), true);
+        let db = first.get_or_insert(&secret("Db"), true);
+        let gone = first.get_or_insert(&secret("gone"), true);
+        first.forget(gone, 1);
+        let listed = first.peek_or_insert_all(&[secret("a"), secret("db")]);
+        assert_eq!(listed[1], db);
+
+        let (journal, replayed) = Journal::adopt(journal.try_clone_fd().unwrap()).unwrap();
+        let second = Inodes::resume(Arc::new(journal), replayed);
+        assert_eq!(second.node(db), Some(secret("Db")));
+        assert_eq!(second.get_or_insert(&secret("db"), true), db);
+        assert_eq!(
+            second.get_or_insert(&Node::Collection(Collection::Secrets), true),
+            dir
+        );
+        assert_eq!(second.node(listed[0]), Some(secret("a")));
+        assert_eq!(second.node(gone), None);
+        let new = second.get_or_insert(&secret("new"), true);
+        assert!(new > listed[0] && new != gone, "numbers are never reused");
+        // The kernel's count from before is unknown: an inherited inode outlives a forget.
+        second.forget(db, 1);
+        assert_eq!(second.node(db), Some(secret("Db")));
+        // What this process handed out itself goes as usual.
+        second.forget(new, 1);
+        assert_eq!(second.node(new), None);
     }
 
     #[test]

@@ -5,5 +5,6 @@ pub mod cache;
 pub mod core;
 pub mod error;
 pub mod inodes;
+pub mod journal;
 pub mod node;
 mod refresh;

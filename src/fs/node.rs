@@ -171,6 +171,65 @@ impl Node {
         }
     }
 
+    /// The same file or directory at an explicit version (`secrets/db` becomes
+    /// `versions/secrets/db/<version>`); other nodes are returned unchanged.
+    pub fn at_version(&self, version: &str) -> Node {
+        match self {
+            Node::Object {
+                collection, name, ..
+            } => Node::Object {
+                collection: *collection,
+                name: name.clone(),
+                version: Some(version.to_string()),
+            },
+            Node::CertFile { name, file, .. } => Node::CertFile {
+                name: name.clone(),
+                version: Some(version.to_string()),
+                file,
+            },
+            other => other.clone(),
+        }
+    }
+
+    /// This node's name in its parent directory ("" for the root).
+    fn name_in_parent(&self) -> &str {
+        match self {
+            Node::Root => "",
+            Node::Collection(c) | Node::VersionsOf(c) => collection_dir(*c),
+            Node::Versions => "versions",
+            Node::Object {
+                version: Some(v), ..
+            } => v,
+            Node::Object { name, .. } | Node::ObjectVersions { name, .. } => name,
+            Node::CertFile { file, .. } => file,
+        }
+    }
+
+    /// The path from the mount's root ("secrets/db", "versions/certs/web/<version>/cert.pem"):
+    /// how the inode journal names a node, so that a successor process can find it again with
+    /// [`Node::from_path`].
+    pub fn path(&self) -> String {
+        if *self == Node::Root {
+            return String::new();
+        }
+        let parent = self.parent().path();
+        if parent.is_empty() {
+            self.name_in_parent().to_string()
+        } else {
+            format!("{parent}/{}", self.name_in_parent())
+        }
+    }
+
+    /// The node at `path` (as [`Node::path`] writes it), walking down from the root; `None` when
+    /// some component cannot exist.
+    pub fn from_path(path: &str) -> Option<Node> {
+        if path.is_empty() {
+            return Some(Node::Root);
+        }
+        path.split('/')
+            .try_fold(Node::Root, |node, name| node.child(name))
+    }
+
     /// The fixed children of a fixed directory.
     pub fn fixed_children(&self) -> Vec<(String, Node)> {
         match self {
@@ -243,6 +302,42 @@ mod tests {
                 file: "cert.pem"
             })
         );
+    }
+
+    #[test]
+    fn every_node_survives_its_path() {
+        let v = "0123456789abcdef0123456789abcdef";
+        let nodes = [
+            Node::Root,
+            Node::Collection(Collection::Keys),
+            Node::Versions,
+            Node::VersionsOf(Collection::Certificates),
+            object(Collection::Secrets, "Db-Password", None),
+            object(Collection::Secrets, "db", Some(v)),
+            object(Collection::Certificates, "web", None),
+            Node::ObjectVersions {
+                collection: Collection::Keys,
+                name: "k".into(),
+            },
+            Node::CertFile {
+                name: "web".into(),
+                version: Some(v.into()),
+                file: "privkey.pem",
+            },
+        ];
+        for node in nodes {
+            assert_eq!(
+                Node::from_path(&node.path()),
+                Some(node.clone()),
+                "{node:?}"
+            );
+        }
+        assert_eq!(
+            object(Collection::Secrets, "db", Some(v)).path(),
+            format!("versions/secrets/db/{v}")
+        );
+        assert_eq!(Node::from_path("secrets/a_b"), None);
+        assert_eq!(Node::from_path("nothing/here"), None);
     }
 
     #[test]

@@ -1,0 +1,375 @@
+//! The worker: the process that serves a mount. It builds the credential, vault client, cache and
+//! filesystem, takes the connection the supervisor hands it (see [`super::adopt`]) and serves
+//! until it is told to stop, the connection ends, or it dies, in which case the supervisor starts
+//! another one on the same connection.
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::adopt::{self, Reading};
+use super::gate::{self, Gate};
+use super::messages::{FromWorker, Hints, Serve, ToWorker};
+use crate::auth::{self, AuthRequest, Env, Limits};
+use crate::cli::{AuthMethod, MountSettings};
+use crate::fs::cache::{Cache, CacheConfig};
+use crate::fs::core::{FsCore, Ownership};
+use crate::fs::inodes::Inodes;
+use crate::fs::journal::Journal;
+use crate::fuse::FuseAdapter;
+use crate::fusedev;
+use crate::invalidate::Invalidator;
+use crate::ipc::{Channel, Received};
+use crate::vault::azure::{self, AzureVault, AzureVaultOptions};
+
+/// The environment variable that tells a `kvfs mount` process it is a worker, and on which fd
+/// its channel to the supervisor is.
+pub const WORKER_FD_ENV: &str = "KVFS_WORKER_FD";
+
+/// Session threads: one slow request never holds up the rest, and warm answers are given on
+/// these threads directly.
+pub fn session_threads() -> usize {
+    std::thread::available_parallelism()
+        .map_or(2, |n| n.get())
+        .clamp(2, 4)
+}
+
+/// How long a stopping worker waits for its answers before giving up (a vault call's own limit
+/// is 10 s per attempt).
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Run as the worker whose supervisor channel is `control`. Never returns.
+pub fn run(settings: MountSettings, control: Channel) -> ! {
+    // Terminal and service-manager signals are the supervisor's to handle: it tells us what to
+    // do. A panic anywhere is a crash of the whole worker, which the supervisor restarts.
+    for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+        // SAFETY: setting a signal's disposition to "ignore" has no preconditions.
+        unsafe { libc::signal(signal, libc::SIG_IGN) };
+    }
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        default_hook(info);
+        std::process::abort();
+    }));
+    let code = match serve(settings, &control) {
+        Ok(code) => code,
+        Err(reason) => {
+            let _ = control.send(&FromWorker::Failed { reason }, &[]);
+            1
+        }
+    };
+    // Session threads may be parked for good: leave without running destructors.
+    std::process::exit(code)
+}
+
+fn recv(control: &Channel) -> Result<(ToWorker, Vec<OwnedFd>), String> {
+    match control.recv::<ToWorker>(None) {
+        Ok(Received::Message(m, fds)) => Ok((m, fds)),
+        Ok(Received::Closed) => Err("the supervisor went away".into()),
+        Ok(Received::TimedOut) => Err("no word from the supervisor".into()),
+        Err(e) => Err(format!("cannot read from the supervisor: {e}")),
+    }
+}
+
+/// What a prepared worker has before it serves: everything that needs the network or the
+/// credential, which is also everything that can fail for reasons the user must hear about.
+struct Prepared {
+    runtime: tokio::runtime::Runtime,
+    cache: Cache,
+}
+
+fn serve(mut settings: MountSettings, control: &Channel) -> Result<i32, String> {
+    let (message, _) = recv(control)?;
+    let ToWorker::Prepare { hints } = message else {
+        return Err(format!("unexpected first message {message:?}"));
+    };
+    apply_hints(&mut settings, &hints);
+    let (prepared, chosen) = prepare(&settings)?;
+    control
+        .send(&FromWorker::Prepared { hints: chosen }, &[])
+        .map_err(|e| format!("cannot reach the supervisor: {e}"))?;
+    let (message, fds) = recv(control)?;
+    let ToWorker::Serve(serve) = message else {
+        return Err(format!("expected Serve, got {message:?}"));
+    };
+    let mut fds = fds.into_iter();
+    let (Some(connection), Some(journal)) = (fds.next(), fds.next()) else {
+        return Err("Serve came without the connection and journal descriptors".into());
+    };
+    let running = start_serving(&settings, prepared, &serve, &connection, journal)?;
+    control
+        .send(&FromWorker::Serving, &[])
+        .map_err(|e| format!("cannot reach the supervisor: {e}"))?;
+    Ok(wait_for_the_end(&settings, control, running))
+}
+
+fn apply_hints(settings: &mut MountSettings, hints: &Hints) {
+    if settings.auth == AuthMethod::Auto
+        && let Some(method) = hints.auth.as_deref().and_then(AuthMethod::parse)
+    {
+        settings.auth = method;
+    }
+    if settings.tenant_id.is_none() {
+        settings.tenant_id.clone_from(&hints.tenant_id);
+    }
+}
+
+fn read_ca_files(settings: &MountSettings) -> Result<Vec<Vec<u8>>, String> {
+    let mut files = settings.ca_files.clone();
+    if let Some(f) = std::env::var_os("SSL_CERT_FILE") {
+        files.push(f.into());
+    }
+    files
+        .iter()
+        .map(|f| std::fs::read(f).map_err(|e| format!("cannot read CA file {}: {e}", f.display())))
+        .collect()
+}
+
+/// What the settings say about identity, for [`auth::select`] (which reads the environment).
+fn auth_request(settings: &MountSettings) -> AuthRequest {
+    AuthRequest {
+        method: settings.auth,
+        client_id: settings.client_id.clone(),
+        tenant_id: settings.tenant_id.clone(),
+        authority_host: settings.authority_host.clone(),
+        cloud_authority_host: settings.cloud.authority_host().to_string(),
+        imds_endpoint: settings.imds_endpoint.clone(),
+    }
+}
+
+/// Whether the chosen (or an `auto`-eligible) method needs a tenant: those that talk to Entra ID
+/// as an app. Only then is the vault asked for its tenant.
+fn needs_tenant(request: &AuthRequest, env: &Env) -> bool {
+    match request.method {
+        AuthMethod::ClientSecret | AuthMethod::ClientCertificate | AuthMethod::WorkloadIdentity => {
+            true
+        }
+        AuthMethod::Auto => [
+            "AZURE_CLIENT_SECRET",
+            "AZURE_CLIENT_CERTIFICATE_PATH",
+            "AZURE_FEDERATED_TOKEN_FILE",
+        ]
+        .iter()
+        .any(|v| env.get(v).is_some()),
+        _ => false,
+    }
+}
+
+fn prepare(settings: &MountSettings) -> Result<(Prepared, Hints), String> {
+    let extra_ca = read_ca_files(settings)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("kvfs")
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    let timeout = Duration::from_secs(10);
+    let http = azure::http_client(&extra_ca, timeout)?;
+    let env = Env::from_process();
+    let mut request = auth_request(settings);
+    if request.tenant_id.is_none()
+        && env.get("AZURE_TENANT_ID").is_none()
+        && needs_tenant(&request, &env)
+    {
+        // No tenant configured: take the vault's own, from its 401 challenge, as the SDKs do.
+        match runtime.block_on(azure::tenant_from_challenge(&http, &settings.vault_url)) {
+            Ok(tenant) => {
+                tracing::info!(%tenant, "tenant taken from the vault's challenge");
+                request.tenant_id = Some(tenant);
+            }
+            Err(e) => tracing::warn!("no tenant configured and none learned from the vault: {e}"),
+        }
+    }
+    // Decided before mounting: `auto` probes (bounded) and fails with one line if nothing works.
+    let selected = runtime.block_on(auth::select(&request, &env, &http, &Limits::default()))?;
+    let hints = Hints {
+        auth: Some(selected.method.to_string()),
+        tenant_id: request.tenant_id.clone(),
+    };
+    let vault = {
+        let _guard = runtime.enter();
+        AzureVault::new(AzureVaultOptions {
+            vault_url: settings.vault_url.clone(),
+            credential: selected.credential,
+            extra_ca_pem: extra_ca,
+            verify_challenge_resource: settings.verify_challenge_resource,
+            request_timeout: timeout,
+            max_retries: 2,
+        })?
+    };
+    let cache = Cache::new(
+        Arc::new(vault),
+        CacheConfig {
+            ttl: settings.cache_ttl,
+            max_stale: settings.max_stale,
+            max_entries: 100_000,
+            max_bytes: 256 * 1024 * 1024,
+        },
+    );
+    Ok((Prepared { runtime, cache }, hints))
+}
+
+struct Running {
+    runtime: tokio::runtime::Runtime,
+    session: fuser::BackgroundSession,
+    gate: Arc<Gate>,
+    core: Arc<FsCore>,
+}
+
+fn start_serving(
+    settings: &MountSettings,
+    prepared: Prepared,
+    serve: &Serve,
+    connection: &OwnedFd,
+    journal: OwnedFd,
+) -> Result<Running, String> {
+    let Prepared { runtime, cache } = prepared;
+    let (journal, replayed) =
+        Journal::adopt(journal).map_err(|e| format!("cannot read the inode journal: {e}"))?;
+    let journal = Arc::new(journal);
+    let inodes = if replayed.live.is_empty() {
+        Inodes::journaled(journal)
+    } else {
+        tracing::debug!(
+            inodes = replayed.live.len(),
+            "resuming the inode table of a predecessor"
+        );
+        Inodes::resume(journal, replayed)
+    };
+    {
+        // Keeps the entries being read fresh ahead of expiry; ends when the cache is dropped.
+        let _guard = runtime.enter();
+        cache.start_refresher();
+    }
+    let core = Arc::new(
+        FsCore::with_open_mode(
+            cache,
+            Ownership {
+                uid: settings.uid,
+                gid: settings.gid,
+                file_mode: settings.file_mode,
+                dir_mode: settings.dir_mode,
+            },
+            settings.cache_ttl,
+            settings.open_mode,
+        )
+        .resuming(inodes, serve.generation),
+    );
+    let gate = Arc::new(Gate::default());
+    let adapter = FuseAdapter::new(core.clone(), runtime.handle().clone(), gate.clone());
+    let mut config = fuser::Config::default();
+    config.n_threads = Some(session_threads());
+    // Every session thread reads the same file (the supervisor's, or our clone): see Reading.
+    config.clone_fd = false;
+    let acl = if settings.allow_other {
+        fuser::SessionACL::All
+    } else {
+        fuser::SessionACL::Owner
+    };
+    config.acl = acl;
+    let reading = if serve.resend {
+        Reading::Shared
+    } else {
+        Reading::PrivateClone
+    };
+    let session = adopt::session(
+        adapter,
+        connection.as_fd(),
+        &serve.init,
+        serve.init_answered,
+        reading,
+        acl,
+        config,
+    )
+    .map_err(|e| format!("cannot take up the FUSE connection: {e}"))?;
+    // What the cache learns changed, the kernel forgets at once.
+    let invalidator = Invalidator::start(&core, session.notifier());
+    core.cache()
+        .set_change_listener(Arc::new(move |change| invalidator.changed(change)));
+    if serve.init_answered && serve.resend {
+        // Whatever a predecessor read and did not answer comes back to us. Before INIT is
+        // answered there is nothing to resend (and INIT itself must not come back).
+        if let Err(e) = fusedev::notify_resend(connection.as_fd()) {
+            tracing::warn!("cannot ask the kernel to resend unanswered requests: {e}");
+        }
+    }
+    let session = session
+        .spawn()
+        .map_err(|e| format!("cannot start serving: {e}"))?;
+    tracing::info!(
+        vault = %settings.vault_url,
+        mountpoint = %settings.mountpoint.display(),
+        cache_ttl = ?settings.cache_ttl,
+        open_mode = ?settings.open_mode,
+        resumed = serve.init_answered,
+        "serving"
+    );
+    Ok(Running {
+        runtime,
+        session,
+        gate,
+        core,
+    })
+}
+
+/// Serve until told to stop (drain, say so, exit 0), until the connection ends (exit 0), or
+/// until the supervisor is gone (exit 1: nothing would restart us).
+fn wait_for_the_end(settings: &MountSettings, control: &Channel, running: Running) -> i32 {
+    loop {
+        if running.session.guard.is_finished() {
+            tracing::info!("the connection ended (unmounted)");
+            let _ = control.send(&FromWorker::Ended, &[]);
+            return 0;
+        }
+        match control.recv::<ToWorker>(Some(Duration::from_millis(250))) {
+            Ok(Received::TimedOut) => continue,
+            Ok(Received::Message(ToWorker::Stop, _)) => {
+                drain(settings, &running);
+                let _ = control.send(&FromWorker::Drained, &[]);
+                return 0;
+            }
+            Ok(Received::Message(other, _)) => {
+                tracing::warn!(message = ?other, "unexpected message from the supervisor");
+            }
+            Ok(Received::Closed) | Err(_) => {
+                tracing::warn!("the supervisor went away; the worker stops");
+                return 1;
+            }
+        }
+    }
+}
+
+/// Stop taking requests and answer the ones in hand (see [`super::gate`]).
+fn drain(settings: &MountSettings, running: &Running) {
+    // O_PATH: no OPENDIR request, just a handle on the mount's root to send GETATTRs to. (Not
+    // kept open while serving: it would make the mount busy for `umount`.)
+    let root = {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_PATH | libc::O_DIRECTORY)
+            .open(&settings.mountpoint)
+            .ok()
+            .map(OwnedFd::from)
+    };
+    let threads = session_threads();
+    let stopped = running.gate.close(
+        threads,
+        || {
+            if let Some(root) = &root {
+                gate::wake_session_threads(root.as_fd(), threads);
+            }
+        },
+        DRAIN_TIMEOUT,
+    );
+    // Changes seen from now on are the successor's to tell the kernel about.
+    running.core.cache().set_change_listener(Arc::new(|_| {}));
+    if !stopped {
+        let (parked, owed) = running.gate.state();
+        tracing::warn!(
+            parked,
+            owed,
+            "could not stop every session thread in time; the successor has unanswered requests resent"
+        );
+    }
+    let _ = &running.runtime;
+}

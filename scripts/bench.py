@@ -25,12 +25,12 @@ TOKEN_OPS = {"Token", "OpenIdConfiguration", "ManagedIdentityToken", "Unauthoriz
 FULL = dict(
     n_big=10_000, b1_iters=20_000, stat_iters=20_000, ls_runs=7, b3_n=40, b6_threads=64,
     b6_rounds=3, ready_runs=5, b4_n=500, b4_ttl=3, b4_periods=10, b5_ttl=3, b5_k=20,
-    b5_idle_s=10, budget_s=1500,
+    b5_idle_s=10, b8_kills=20, b9_runs=3, budget_s=1500,
 )
 SMOKE = dict(
     n_big=1_000, b1_iters=3_000, stat_iters=3_000, ls_runs=5, b3_n=30, b6_threads=64,
     b6_rounds=2, ready_runs=5, b4_n=100, b4_ttl=1, b4_periods=5, b5_ttl=1, b5_k=5,
-    b5_idle_s=2, budget_s=240,
+    b5_idle_s=2, b8_kills=5, b9_runs=1, budget_s=240,
 )
 
 
@@ -270,7 +270,7 @@ class Bench:
 
         first_mode = self.open_modes[0] if self.open_modes else None
         mnt, proc = self.mount_foreground(big, "kv-big", "10m", first_mode)
-        rss_mounted = _rss_kib(proc.pid)
+        rss_mounted = _rss_tree_kib(proc.pid)
         sec = os.path.join(mnt, "secrets")
 
         # Warm the mount: token, connection (and whatever a first lookup costs).
@@ -281,6 +281,8 @@ class Bench:
         self.bench_stat(os.path.join(sec, "b1-small"), tmp_small)
         self.bench_ls(sec, tmp_dir, n)
         self.bench_memory(proc.pid, sec, names, rss_mounted)
+        self.bench_takeover(big, mnt, proc, values["b1-small"])
+        self.bench_handoff(big, mnt, proc, values["b1-small"], first_mode)
         self.unmount(mnt, proc)
 
         for mode in self.open_modes[1:]:
@@ -443,7 +445,7 @@ class Bench:
         r = self.tool("read-all", self._paths_file("all", [os.path.join(sec, k) for k in names]))
         if r["errors"]:
             raise BenchError(f"B7: {r['errors']} reads failed")
-        rss = _rss_kib(pid)
+        rss = _rss_tree_kib(pid)
         value, base = rss / 1024, rss_mounted / 1024
         self.row(f"B7.rss_after_{len(names)}_secrets", round(value, 1), "MiB", round(base, 1),
                  round(value / base, 2), "≤ 50 MiB (baseline: RSS right after mount)",
@@ -549,6 +551,136 @@ class Bench:
                  samples=loaded["n"], errors=loaded["errors"])
         self.unmount(mnt, proc)
 
+    def bind_file(self, src: str, name: str) -> str:
+        """A single-file bind mount of `src`, as kubelet makes for a `subPath` volume mount."""
+        dst = os.path.join(self.workdir, name)
+        open(dst, "w").close()
+        subprocess.run(["mount", "--bind", src, dst], check=True, capture_output=True, timeout=30)
+        self.mounts.append(dst)
+        return dst
+
+    # B8: the worker is killed; how long until a read through a bind mount succeeds again.
+    def bench_takeover(self, v: TestVault, mnt: str, proc, expected: str) -> None:
+        kills = self.cfg["b8_kills"]
+        # Baseline: what a restart costs without a takeover at best (a fresh mount until its
+        # first read answers), which would also leave every bind mount dead.
+        fresh = []
+        for i in range(3):
+            d = self.new_dir(f"b8-fresh-{i}")
+            t0 = time.perf_counter()
+            r = subprocess.run(self.mount_args(v, d, "10m"), env=self.kvfs_env(v),
+                               capture_output=True, text=True, timeout=60)
+            if r.returncode != 0:
+                raise BenchError(f"B8 baseline: kvfs mount failed: {r.stderr.strip()}")
+            self.mounts.append(d)
+            with open(os.path.join(d, "secrets", "b1-small")) as f:
+                f.read()
+            fresh.append(time.perf_counter() - t0)
+            self.unmount(d)
+        base = statistics.median(fresh) * 1e3
+        log(f"B8 takeover: the worker SIGKILLed {kills} times, reads through a bind mount")
+        bound = self.bind_file(os.path.join(mnt, "secrets", "b1-small"), "b8-bound")
+        ino = os.stat(bound).st_ino
+        rnd = random.Random(8)
+        times, failed = [], 0
+        for _ in range(kills):
+            worker = _worker_of(proc.pid, 30)
+            # Over a second of serving: a replacement, not a crash loop that backs off.
+            time.sleep(rnd.uniform(1.1, 1.4))
+            t0 = time.perf_counter()
+            os.kill(worker, signal.SIGKILL)
+            # This read waits in the kernel until the new worker serves it.
+            while True:
+                try:
+                    with open(bound) as f:
+                        data = f.read()
+                    break
+                except OSError:
+                    failed += 1
+                    if time.perf_counter() - t0 > 30:
+                        raise BenchError("B8: no successful read within 30 s of a kill")
+            times.append(time.perf_counter() - t0)
+            if data != expected:
+                raise BenchError("B8: a read after a takeover returned other bytes")
+            deadline = time.monotonic() + 30
+            while _worker_of(proc.pid, 30) == worker:
+                if time.monotonic() > deadline:
+                    raise BenchError("B8: the killed worker was not replaced")
+                time.sleep(0.005)
+        if os.stat(bound).st_ino != ino:
+            raise BenchError("B8: the bind-mounted file changed its inode number")
+        self.unmount(bound)
+        times.sort()
+        for q, value in (("p50", statistics.median(times)), ("p99", _percentile(times, 99))):
+            ms = value * 1e3
+            self.row(f"B8.takeover.{q}", round(ms, 1), "ms", round(base, 1), round(ms / base, 2),
+                     "≤ 1000 ms, 0 failed reads (baseline: a fresh mount until its first read)",
+                     ms <= 1000 and failed == 0, kills=kills, failed_reads=failed)
+
+    # B9: a second `kvfs mount` takes the live mount over while a reader loops.
+    def bench_handoff(self, v: TestVault, mnt: str, proc, expected: str, mode) -> None:
+        runs = self.cfg["b9_runs"]
+        log(f"B9 handoff: {runs} upgrade(s) of a live mount under a reading loop")
+        bound = self.bind_file(os.path.join(mnt, "secrets", "b1-small"), "b9-bound")
+        dev = os.stat(mnt).st_dev
+        stop = threading.Event()
+        samples, errors = [], []
+
+        def reader():
+            while not stop.is_set():
+                t0 = time.perf_counter()
+                try:
+                    with open(bound) as f:
+                        ok = f.read() == expected
+                    if not ok:
+                        errors.append("other bytes")
+                except OSError as e:
+                    errors.append(str(e))
+                samples.append((t0, time.perf_counter() - t0))
+
+        t = threading.Thread(target=reader, daemon=True)
+        t.start()
+        commands, pauses, idle = [], [], []
+        incumbent = proc
+        try:
+            for _ in range(runs):
+                time.sleep(0.5)
+                before = len(samples)
+                t0 = time.perf_counter()
+                r = subprocess.run(self.mount_args(v, mnt, "10m", mode), env=self.kvfs_env(v),
+                                   capture_output=True, text=True, timeout=120)
+                t1 = time.perf_counter()
+                if r.returncode != 0:
+                    raise BenchError(f"B9: the second kvfs mount failed: {r.stderr.strip()}")
+                if incumbent is not None:
+                    incumbent.wait(timeout=30)
+                    if incumbent.returncode != 0:
+                        raise BenchError(f"B9: the old supervisor exited {incumbent.returncode}")
+                else:
+                    _wait_pid_gone(old_pid, 30)
+                old_pid, incumbent = _pid_with_arg(mnt), None
+                time.sleep(0.3)
+                window = [d for (s, d) in samples[before:] if s <= t1 and s + d >= t0]
+                quiet = [d for (s, d) in samples[before:] if s + d < t0]
+                commands.append((t1 - t0) * 1e3)
+                pauses.append(max(window, default=0) * 1e3)
+                idle.extend(quiet)
+        finally:
+            stop.set()
+            t.join(timeout=10)
+            self.unmount(bound)
+        if os.stat(mnt).st_dev != dev:
+            raise BenchError("B9: the mount changed (st_dev) across the handoff")
+        base = _percentile(sorted(idle), 99) * 1e3 if idle else None
+        worst = max(pauses)
+        self.row("B9.handoff.longest_read", round(worst, 2), "ms", base and round(base, 3),
+                 base and round(worst / base, 1),
+                 "0 failed reads, ≤ 1000 ms (baseline: idle read p99)",
+                 not errors and worst <= 1000, failed_reads=len(errors), runs=runs,
+                 reads=len(samples))
+        self.row("B9.handoff.command", round(statistics.median(commands), 1), "ms", None, None,
+                 "informational: `kvfs mount` until the new worker serves", None)
+
     def _paths_file(self, name: str, paths: list) -> str:
         f = os.path.join(self.workdir, f"paths-{name}.txt")
         with open(f, "w") as out:
@@ -567,6 +699,37 @@ def _rss_kib(pid: int) -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
     raise BenchError(f"no VmRSS for pid {pid}")
+
+
+def _children(pid: int) -> list:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(c) for c in f.read().split()]
+    except OSError:
+        return []
+
+
+def _rss_tree_kib(pid: int) -> int:
+    """RSS of a kvfs mount: the supervisor and its worker."""
+    return _rss_kib(pid) + sum(_rss_kib(c) for c in _children(pid))
+
+
+def _worker_of(pid: int, timeout: float) -> int:
+    deadline = time.monotonic() + timeout
+    while True:
+        kids = _children(pid)
+        if kids:
+            return kids[0]
+        if time.monotonic() > deadline:
+            raise BenchError(f"kvfs {pid} has no worker")
+        time.sleep(0.002)
+
+
+def _percentile(sorted_values: list, q: float) -> float:
+    if not sorted_values:
+        return 0.0
+    i = min(len(sorted_values) - 1, round(q / 100 * (len(sorted_values) - 1)))
+    return sorted_values[i]
 
 
 def _pid_with_arg(arg: str):

@@ -327,6 +327,79 @@ impl Filesystem for FuseAdapter {
         });
     }
 
+    // Operations with nothing to do on a read-only tree of small files. fuser's defaults answer
+    // the same but log a warning each time, and `isatty()` (Python's `open`, for one) sends an
+    // ioctl on every open: a healthy read must not log.
+
+    fn ioctl(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _flags: fuser::IoctlFlags,
+        _cmd: u32,
+        _in_data: &[u8],
+        _out_size: u32,
+        reply: fuser::ReplyIoctl,
+    ) {
+        let _turn = self.gate.turn();
+        reply.error(Errno::ENOTTY);
+    }
+
+    fn poll(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _ph: fuser::PollNotifier,
+        _events: fuser::PollEvents,
+        _flags: fuser::PollFlags,
+        reply: fuser::ReplyPoll,
+    ) {
+        let _turn = self.gate.turn();
+        // "Not implemented": the kernel then treats files as always ready, and stops asking.
+        reply.error(Errno::ENOSYS);
+    }
+
+    fn lseek(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _offset: i64,
+        _whence: i32,
+        reply: fuser::ReplyLseek,
+    ) {
+        let _turn = self.gate.turn();
+        // SEEK_DATA/SEEK_HOLE: "not implemented" lets the kernel answer from the file size.
+        reply.error(Errno::ENOSYS);
+    }
+
+    fn fsync(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        let _turn = self.gate.turn();
+        // Nothing is ever written; "not implemented" makes the kernel succeed without asking.
+        reply.error(Errno::ENOSYS);
+    }
+
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        let _turn = self.gate.turn();
+        reply.error(Errno::ENOSYS);
+    }
+
     // Every mutation is refused. The mount is also `ro`, so the kernel usually answers these
     // itself; the daemon gives the same answer when asked.
 

@@ -119,7 +119,8 @@ pub(super) fn take_over(
         worker: None,
         listener: None,
         socket_path,
-        crashes: 0,
+        failed_starts: 0,
+        quick_deaths: 0,
         restart_at: None,
     };
     let started = std::time::Instant::now();

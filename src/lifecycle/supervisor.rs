@@ -35,10 +35,15 @@ use crate::mount::Readiness;
 const PREPARE_TIMEOUT: Duration = Duration::from_secs(300);
 /// Longest a prepared worker may take to start serving.
 const SERVE_TIMEOUT: Duration = Duration::from_secs(30);
-/// A worker that served this long before dying is restarted at once; quicker deaths back off.
-const STABLE_RUN: Duration = Duration::from_secs(10);
-const FIRST_BACKOFF: Duration = Duration::from_millis(250);
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// Restart policy. A worker that never got to serve (bad credentials, say) is retried after
+/// 250 ms, doubling up to 30 s. One that served and died is replaced at once; but when workers
+/// keep dying within a second of serving (a request that crashes every worker it is replayed
+/// to), after three in a row the supervisor waits 100 ms, doubling up to 2 s, so a crash loop
+/// costs little and a reader still never waits long. A second of serving forgets the past.
+const QUICK_DEATH: Duration = Duration::from_secs(1);
+const FREE_QUICK_DEATHS: u32 = 3;
+const QUICK_BACKOFF: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(2));
+const START_BACKOFF: (Duration, Duration) = (Duration::from_millis(250), Duration::from_secs(30));
 /// How long a stop waits for the worker before killing it.
 const STOP_GRACE: Duration = Duration::from_secs(3);
 /// How long the liveness probe of an existing mount waits for an answer.
@@ -74,8 +79,9 @@ pub(super) struct Supervisor {
     pub worker: Option<Worker>,
     pub listener: Option<Listener>,
     pub socket_path: PathBuf,
-    /// Quick deaths in a row, for the backoff.
-    pub crashes: u32,
+    /// Workers in a row that never served, and that died within [`QUICK_DEATH`] of serving.
+    pub failed_starts: u32,
+    pub quick_deaths: u32,
     pub restart_at: Option<Instant>,
 }
 
@@ -321,7 +327,8 @@ impl Supervisor {
             worker: None,
             listener: None,
             socket_path,
-            crashes: 0,
+            failed_starts: 0,
+            quick_deaths: 0,
             restart_at: None,
         };
         if let Err(e) = supervisor.serve_with(&mut worker) {
@@ -407,22 +414,14 @@ impl Supervisor {
         }
     }
 
+    /// When to start the next worker, given how long the last one served (`None`: never).
     fn schedule_restart(&mut self, served: Option<Duration>) {
-        if served.is_some_and(|d| d >= STABLE_RUN) {
-            self.crashes = 0;
-        }
-        self.crashes += 1;
-        let delay = if self.crashes == 1 {
-            Duration::ZERO
-        } else {
-            FIRST_BACKOFF
-                .saturating_mul(1 << (self.crashes - 2).min(16))
-                .min(MAX_BACKOFF)
-        };
+        let delay = next_delay(&mut self.failed_starts, &mut self.quick_deaths, served);
         if !delay.is_zero() {
             tracing::warn!(
-                crashes = self.crashes,
-                "the kvfs worker keeps dying; next start in {delay:?}"
+                failed_starts = self.failed_starts,
+                quick_deaths = self.quick_deaths,
+                "kvfs workers keep dying; next start in {delay:?}"
             );
         }
         self.restart_at = Some(Instant::now() + delay);
@@ -590,6 +589,35 @@ impl Supervisor {
     }
 }
 
+/// The restart policy (see [`QUICK_DEATH`]), as a pure function of the counters.
+fn next_delay(
+    failed_starts: &mut u32,
+    quick_deaths: &mut u32,
+    served: Option<Duration>,
+) -> Duration {
+    let doubling =
+        |(first, max): (Duration, Duration), n: u32| first.saturating_mul(1 << n.min(16)).min(max);
+    match served {
+        None => {
+            *failed_starts += 1;
+            doubling(START_BACKOFF, *failed_starts - 1)
+        }
+        Some(d) => {
+            *failed_starts = 0;
+            if d >= QUICK_DEATH {
+                *quick_deaths = 0;
+                return Duration::ZERO;
+            }
+            *quick_deaths += 1;
+            if *quick_deaths <= FREE_QUICK_DEATHS {
+                Duration::ZERO
+            } else {
+                doubling(QUICK_BACKOFF, *quick_deaths - FREE_QUICK_DEATHS - 1)
+            }
+        }
+    }
+}
+
 /// Ask a new worker to prepare; the hints it settled on.
 pub(super) fn prepare_worker(
     worker: &mut Worker,
@@ -674,4 +702,46 @@ pub(super) fn reap(pid: Pid, grace: Duration) -> String {
 pub(super) fn end_worker(worker: &Worker) {
     let _ = kill(worker.pid, Signal::SIGKILL);
     let _ = waitpid(worker.pid, None);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[test]
+    fn a_worker_that_served_is_replaced_at_once_and_a_crash_loop_backs_off_a_little() {
+        let (mut starts, mut quick) = (0, 0);
+        let mut next = |served| next_delay(&mut starts, &mut quick, served);
+        assert_eq!(next(Some(Duration::from_secs(3600))), Duration::ZERO);
+        // Killed again and again shortly after serving: three free, then 100 ms doubling to 2 s.
+        let delays: Vec<Duration> = (0..10).map(|_| next(Some(ms(50)))).collect();
+        assert_eq!(
+            delays,
+            [0, 0, 0, 100, 200, 400, 800, 1600, 2000, 2000].map(ms)
+        );
+        // A second of serving forgets the quick deaths.
+        assert_eq!(next(Some(Duration::from_secs(2))), Duration::ZERO);
+        assert_eq!(next(Some(ms(10))), Duration::ZERO);
+    }
+
+    #[test]
+    fn a_worker_that_never_serves_is_retried_with_a_growing_pause() {
+        let (mut starts, mut quick) = (0, 0);
+        let delays: Vec<Duration> = (0..10)
+            .map(|_| next_delay(&mut starts, &mut quick, None))
+            .collect();
+        assert_eq!(
+            delays,
+            [250, 500, 1000, 2000, 4000, 8000, 16000, 30000, 30000, 30000].map(ms)
+        );
+        assert_eq!(
+            next_delay(&mut starts, &mut quick, Some(Duration::from_secs(60))),
+            Duration::ZERO
+        );
+        assert_eq!(starts, 0);
+    }
 }

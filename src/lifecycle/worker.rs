@@ -46,9 +46,10 @@ pub fn run(settings: MountSettings, control: Channel) -> ! {
         // SAFETY: setting a signal's disposition to "ignore" has no preconditions.
         unsafe { libc::signal(signal, libc::SIG_IGN) };
     }
-    let default_hook = std::panic::take_hook();
-    std::panic::set_hook(Box::new(move |info| {
-        default_hook(info);
+    std::panic::set_hook(Box::new(|info| {
+        // To the log (a detached worker's stderr goes nowhere). Panic messages are ours and
+        // never carry a value.
+        tracing::error!("kvfs worker panicked: {info}");
         std::process::abort();
     }));
     let code = match serve(settings, &control) {
@@ -185,6 +186,20 @@ fn prepare(settings: &MountSettings) -> Result<(Prepared, Hints), String> {
         auth: Some(selected.method.to_string()),
         tenant_id: request.tenant_id.clone(),
     };
+    // The first token now, bounded and best effort: in an upgrade this happens while the old
+    // worker still serves, so nobody waits for Entra ID after the handoff.
+    let scope = format!("https://{}/.default", settings.cloud.vault_suffix());
+    let credential = selected.credential.clone();
+    let early = runtime.block_on(async {
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            credential.get_token(&[scope.as_str()], None),
+        )
+        .await
+    });
+    if let Ok(Err(e)) = early {
+        tracing::debug!("no token ahead of serving: {e}");
+    }
     let vault = {
         let _guard = runtime.enter();
         AzureVault::new(AzureVaultOptions {

@@ -85,7 +85,10 @@ fn serve(mut settings: MountSettings, control: &Channel) -> Result<i32, String> 
         return Err(format!("unexpected first message {message:?}"));
     };
     apply_hints(&mut settings, &hints);
-    let (prepared, chosen) = prepare(&settings)?;
+    // A predecessor's hints mean a mount is live and waiting for us; a first mount fetches
+    // nothing before it is used.
+    let resuming = hints.auth.is_some();
+    let (prepared, chosen) = prepare(&settings, resuming)?;
     control
         .send(&FromWorker::Prepared { hints: chosen }, &[])
         .map_err(|e| format!("cannot reach the supervisor: {e}"))?;
@@ -156,7 +159,7 @@ fn needs_tenant(request: &AuthRequest, env: &Env) -> bool {
     }
 }
 
-fn prepare(settings: &MountSettings) -> Result<(Prepared, Hints), String> {
+fn prepare(settings: &MountSettings, resuming: bool) -> Result<(Prepared, Hints), String> {
     let extra_ca = read_ca_files(settings)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -186,18 +189,21 @@ fn prepare(settings: &MountSettings) -> Result<(Prepared, Hints), String> {
         auth: Some(selected.method.to_string()),
         tenant_id: request.tenant_id.clone(),
     };
-    // The first token now, bounded and best effort: in an upgrade this happens while the old
-    // worker still serves, so nobody waits for Entra ID after the handoff.
+    // Taking over a live mount: the first token now, bounded and best effort. In an upgrade
+    // this happens while the old worker still serves, so nobody waits for Entra ID after the
+    // handoff.
     let scope = format!("https://{}/.default", settings.cloud.vault_suffix());
     let credential = selected.credential.clone();
-    let early = runtime.block_on(async {
-        tokio::time::timeout(
-            Duration::from_secs(5),
-            credential.get_token(&[scope.as_str()], None),
-        )
-        .await
+    let early = resuming.then(|| {
+        runtime.block_on(async {
+            tokio::time::timeout(
+                Duration::from_secs(5),
+                credential.get_token(&[scope.as_str()], None),
+            )
+            .await
+        })
     });
-    if let Ok(Err(e)) = early {
+    if let Some(Ok(Err(e))) = early {
         tracing::debug!("no token ahead of serving: {e}");
     }
     let vault = {

@@ -59,6 +59,17 @@ pub(super) fn take_over(
 ) -> Result<Supervisor, String> {
     let mountpoint = settings.mountpoint.display().to_string();
     let refuse = |e: String| format!("cannot take {mountpoint} over from the kvfs serving it: {e}");
+    // Only hand our command line to, and take a /dev/fuse from, root or ourselves: a socket
+    // planted in a directory someone else controls is not a kvfs to trust.
+    let peer = incumbent.peer().map_err(|e| refuse(e.to_string()))?;
+    let euid = nix::unistd::geteuid().as_raw();
+    if peer.uid != 0 && peer.uid != euid {
+        return Err(refuse(format!(
+            "{} is held by uid {}, neither root nor us",
+            socket_path.display(),
+            peer.uid
+        )));
+    }
     incumbent
         .send(
             &Handoff::Hello {

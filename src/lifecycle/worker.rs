@@ -333,8 +333,16 @@ fn start_serving(
 }
 
 /// Serve until told to stop (drain, say so, exit 0), until the connection ends (exit 0), or
-/// until the supervisor is gone (exit 1: nothing would restart us).
+/// until the supervisor is gone (exit 1: nothing would restart us). The process then exits
+/// without tearing anything down: dropping the runtime or the session would answer requests
+/// still in hand with EIO, which a successor should answer instead (or the kernel fail).
 fn wait_for_the_end(settings: &MountSettings, control: &Channel, running: Running) -> i32 {
+    let code = serve_until_the_end(settings, control, &running);
+    std::mem::forget(running);
+    code
+}
+
+fn serve_until_the_end(settings: &MountSettings, control: &Channel, running: &Running) -> i32 {
     loop {
         if running.session.guard.is_finished() {
             tracing::info!("the connection ended (unmounted)");
@@ -344,7 +352,7 @@ fn wait_for_the_end(settings: &MountSettings, control: &Channel, running: Runnin
         match control.recv::<ToWorker>(Some(Duration::from_millis(250))) {
             Ok(Received::TimedOut) => continue,
             Ok(Received::Message(ToWorker::Stop, _)) => {
-                drain(settings, &running);
+                drain(settings, running);
                 let _ = control.send(&FromWorker::Drained, &[]);
                 return 0;
             }

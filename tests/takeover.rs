@@ -757,7 +757,7 @@ fn crash_loop(mode: &str, kills: usize) {
     let backoffs: Vec<String> = strip_ansi(&m.log_text())
         .lines()
         .filter_map(|l| {
-            l.split_once("keeps dying; next start in ")
+            l.split_once("keep dying; next start in ")
                 .map(|(_, t)| t.to_string())
         })
         .collect();

@@ -235,6 +235,12 @@ impl FsCore {
         self
     }
 
+    /// Inodes of current values taken over from a predecessor (see
+    /// [`Inodes::inherited_current`]).
+    pub fn inherited_current(&self) -> Vec<u64> {
+        self.inodes.inherited_current()
+    }
+
     pub fn cache(&self) -> &Cache {
         &self.cache
     }

@@ -217,6 +217,22 @@ impl Inodes {
         }
     }
 
+    /// Inodes taken over from a predecessor that show a current value (no explicit version):
+    /// what the kernel may still hold attributes and pages of, as the predecessor saw them.
+    pub fn inherited_current(&self) -> Vec<u64> {
+        self.table
+            .lock()
+            .by_ino
+            .iter()
+            .filter(|(_, slot)| {
+                slot.lookups >= INHERITED
+                    && slot.node.version().is_none()
+                    && matches!(slot.node, Node::Object { .. } | Node::CertFile { .. })
+            })
+            .map(|(ino, _)| *ino)
+            .collect()
+    }
+
     pub fn len(&self) -> usize {
         self.table.lock().by_ino.len()
     }
@@ -280,6 +296,19 @@ mod tests {
         // The kernel's count from before is unknown: an inherited inode outlives a forget.
         second.forget(db, 1);
         assert_eq!(second.node(db), Some(secret("Db")));
+        assert_eq!(
+            {
+                let mut v = second.inherited_current();
+                v.sort();
+                v
+            },
+            {
+                let mut v = vec![db, listed[0]];
+                v.sort();
+                v
+            },
+            "inherited files (not directories) are what the kernel may hold stale"
+        );
         // What this process handed out itself goes as usual.
         second.forget(new, 1);
         assert_eq!(second.node(new), None);

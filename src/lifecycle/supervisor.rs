@@ -660,9 +660,14 @@ pub(super) fn wait_worker(
         let answered = fds[1].revents().is_some_and(|r| !r.is_empty());
         if signalled {
             while let Ok(Some(info)) = signals.read_signal() {
-                let stop = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP];
-                if stop.contains(&(info.ssi_signo as i32)) {
-                    return Err("interrupted by a signal".into());
+                let stop = [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP];
+                if let Ok(signal) = Signal::try_from(info.ssi_signo as i32)
+                    && stop.contains(&signal)
+                {
+                    // Raised again (it stays pending: it is blocked) so that the main loop
+                    // sees it and stops once this step has been abandoned.
+                    let _ = nix::sys::signal::raise(signal);
+                    return Err(format!("interrupted by {signal}"));
                 }
             }
         }

@@ -306,6 +306,26 @@ fn start_serving(
     let invalidator = Invalidator::start(&core, session.notifier());
     core.cache()
         .set_change_listener(Arc::new(move |change| invalidator.changed(change)));
+    // What the kernel caches of current values was shown by a predecessor, which may have seen
+    // an older version than we will serve: a page filled from our bytes next to attributes from
+    // its answer would be a torn read. Drop those attributes now, before anything is served
+    // (attributes only: dropping pages would wait on reads in flight, which nobody serves yet),
+    // and the pages once we serve.
+    let inherited = core.inherited_current();
+    if !inherited.is_empty() {
+        let notifier = session.notifier();
+        for &ino in &inherited {
+            let _ = notifier.inval_inode(fuser::INodeNo(ino), -1, 0);
+        }
+        let notifier = session.notifier();
+        let _ = std::thread::Builder::new()
+            .name("kvfs-inherited".into())
+            .spawn(move || {
+                for ino in inherited {
+                    let _ = notifier.inval_inode(fuser::INodeNo(ino), 0, 0);
+                }
+            });
+    }
     if serve.init_answered && serve.resend {
         // Whatever a predecessor read and did not answer comes back to us. Before INIT is
         // answered there is nothing to resend (and INIT itself must not come back).

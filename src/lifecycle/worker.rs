@@ -40,6 +40,8 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Run as the worker whose supervisor channel is `control`. Never returns.
 pub fn run(settings: MountSettings, control: Channel) -> ! {
+    // Started through /proc/self/exe, the process would be called "exe" in ps and top.
+    let _ = nix::sys::prctl::set_name(c"kvfs-worker");
     // Terminal and service-manager signals are the supervisor's to handle: it tells us what to
     // do. A panic anywhere is a crash of the whole worker, which the supervisor restarts.
     for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {

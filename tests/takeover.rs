@@ -423,6 +423,17 @@ struct Stats {
 }
 
 impl Stats {
+    fn summary(&self) -> String {
+        format!(
+            "{} reads, {} failed {}, {} bad, max read latency {:?}",
+            self.reads,
+            self.error_count(),
+            self.errors_in_words(),
+            self.bad_count,
+            self.max_latency
+        )
+    }
+
     fn merge(&mut self, other: Stats) {
         self.reads += other.reads;
         for (e, n) in other.errors {
@@ -603,6 +614,21 @@ impl Drop for Load {
         // On a failed test: let the threads go (their reads end when the mount does).
         self.stop.store(true, Ordering::Relaxed);
     }
+}
+
+/// Wait until `who` (a new kvfs) logs that it took the mount over; panic if it exits first.
+fn wait_for_takeover(label: &str, who: &str, successor: &mut Proc) {
+    let mut log = LogTail::new(&successor.log);
+    common::wait_until(
+        &format!("{who} to take the mount over"),
+        Duration::from_secs(60),
+        || {
+            if let Some(s) = successor.try_wait() {
+                panic!("{label}: {who} exited ({s}): {}", successor.log_text());
+            }
+            log.has_line(&["took the mount over"])
+        },
+    );
 }
 
 fn assert_clean(what: &str, stats: &Stats, log: &str) {
@@ -876,20 +902,7 @@ fn upgrade(wait_mode: bool) {
         &env_with(&vault, &[]),
         &logs.path().join("successor.log"),
     );
-    let mut successor_log = LogTail::new(&successor.log);
-    common::wait_until(
-        "the successor to take the mount over",
-        Duration::from_secs(60),
-        || {
-            if let Some(s) = successor.try_wait() {
-                panic!(
-                    "{label}: the successor exited ({s}): {}",
-                    successor.log_text()
-                );
-            }
-            successor_log.has_line(&["took the mount over"])
-        },
-    );
+    wait_for_takeover(label, "the successor", &mut successor);
     let took = handoff_started.elapsed();
     let first_status = if wait_mode {
         // It stays, idle, after handing over.
@@ -932,13 +945,8 @@ fn upgrade(wait_mode: bool) {
     std::thread::sleep(Duration::from_millis(1500));
     let (stats, rotated) = load.finish();
     println!(
-        "{label}: takeover in {took:?}, {} reads, {} failed {}, {} bad, {} rotations, max read latency {:?}, first supervisor {first_status}",
-        stats.reads,
-        stats.error_count(),
-        stats.errors_in_words(),
-        stats.bad_count,
-        rotated,
-        stats.max_latency
+        "{label}: takeover in {took:?}, {}, {rotated} rotations, first supervisor {first_status}",
+        stats.summary()
     );
     assert_clean(
         label,
@@ -1076,20 +1084,7 @@ fn upgrade_across_mount_namespaces() {
 
     let started = Instant::now();
     let mut second = Proc::spawn("unshare", &args, &env, &logs.path().join("second.log"));
-    let mut second_log = LogTail::new(&second.log);
-    common::wait_until(
-        "the second kvfs to take the mount over",
-        Duration::from_secs(60),
-        || {
-            if let Some(s) = second.try_wait() {
-                panic!(
-                    "{label}: the second kvfs exited ({s}): {}",
-                    second.log_text()
-                );
-            }
-            second_log.has_line(&["took the mount over"])
-        },
-    );
+    wait_for_takeover(label, "the second kvfs", &mut second);
     let took = started.elapsed();
     let namespaces = [ns("self"), first_ns, ns(&second.pid().to_string())];
     assert!(
@@ -1104,13 +1099,8 @@ fn upgrade_across_mount_namespaces() {
     std::thread::sleep(Duration::from_millis(1500));
     let (stats, rotated) = load.finish();
     println!(
-        "{label}: takeover in {took:?}, {} reads, {} failed {}, {} bad, {} rotations, max read latency {:?}, first kvfs {first_status}",
-        stats.reads,
-        stats.error_count(),
-        stats.errors_in_words(),
-        stats.bad_count,
-        rotated,
-        stats.max_latency
+        "{label}: takeover in {took:?}, {}, {rotated} rotations, first kvfs {first_status}",
+        stats.summary()
     );
     assert_clean(
         label,

@@ -115,25 +115,16 @@ pub(super) fn take_over(
             return Err(reason);
         }
     };
-    let mut supervisor = Supervisor {
-        settings,
-        signals,
-        conn: Connection {
-            fuse,
-            init,
-            init_answered: true,
-            resend,
-            journal,
-            generation,
-            hints,
-        },
-        worker: None,
-        listener: None,
-        socket_path,
-        failed_starts: 0,
-        quick_deaths: 0,
-        restart_at: None,
+    let conn = Connection {
+        fuse,
+        init,
+        init_answered: true,
+        resend,
+        journal,
+        generation,
+        hints,
     };
+    let mut supervisor = Supervisor::new(settings, signals, socket_path, conn);
     let started = std::time::Instant::now();
     incumbent
         .send(&Handoff::Ready, &[])

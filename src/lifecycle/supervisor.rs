@@ -266,6 +266,26 @@ fn describe(status: WaitStatus) -> String {
 }
 
 impl Supervisor {
+    /// A supervisor of `conn` with no worker yet.
+    pub(super) fn new(
+        settings: MountSettings,
+        signals: SignalFd,
+        socket_path: PathBuf,
+        conn: Connection,
+    ) -> Supervisor {
+        Supervisor {
+            settings,
+            signals,
+            conn,
+            worker: None,
+            listener: None,
+            socket_path,
+            failed_starts: 0,
+            quick_deaths: 0,
+            restart_at: None,
+        }
+    }
+
     /// A new mount: prepare a worker (so bad credentials fail before anything is mounted), mount,
     /// take the kernel's INIT, and have the worker answer it and serve.
     fn mount(
@@ -312,25 +332,16 @@ impl Supervisor {
         let journal = Journal::create()
             .and_then(|j| j.try_clone_fd())
             .map_err(|e| format!("cannot create the inode journal: {e}"))?;
-        let mut supervisor = Supervisor {
-            settings,
-            signals,
-            conn: Connection {
-                fuse,
-                init,
-                init_answered: false,
-                resend,
-                journal,
-                generation: 0,
-                hints,
-            },
-            worker: None,
-            listener: None,
-            socket_path,
-            failed_starts: 0,
-            quick_deaths: 0,
-            restart_at: None,
+        let conn = Connection {
+            fuse,
+            init,
+            init_answered: false,
+            resend,
+            journal,
+            generation: 0,
+            hints,
         };
+        let mut supervisor = Supervisor::new(settings, signals, socket_path, conn);
         if let Err(e) = supervisor.serve_with(&mut worker) {
             end_worker(&worker);
             let _ = fusedev::unmount(&supervisor.settings.mountpoint, true);

@@ -530,3 +530,21 @@ fn the_mount_helper_form_takes_o_options_as_fstab_gives_them() {
     assert_eq!(meta.uid(), 65534);
     unmount(dir.path());
 }
+
+#[test]
+fn a_mount_right_after_an_unmount_mounts_afresh() {
+    // The unmounted kvfs may still be on its way out (and was listening for a successor):
+    // the next mount must not try to take its mount over, nor fail.
+    let vault = start_vault();
+    let dir = tempfile::tempdir().unwrap();
+    for round in 0..3 {
+        mount_detached(&vault, dir.path(), &[], kvfs_env(&vault));
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("secrets/api-key")).unwrap(),
+            "sk_test_4eC39HqLyjWDarjtT1zdp7dc",
+            "round {round}"
+        );
+        unmount(dir.path());
+    }
+    assert!(!is_mounted(dir.path()));
+}

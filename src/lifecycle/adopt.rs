@@ -19,25 +19,15 @@ use nix::sys::socket::{AddressFamily, SockFlag, SockType, recv, send, socketpair
 
 use crate::fusedev;
 
-/// How this worker reads the connection.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Reading {
-    /// From the supervisor's own `/dev/fuse` file: requests this process read but never
-    /// answered stay with that file when it dies, for a successor to have them resent.
-    Shared,
-    /// From a clone of our own: when this process dies the kernel fails what it had read
-    /// (`ECONNABORTED`) rather than keeping it for a resend that an old kernel cannot do.
-    PrivateClone,
-}
-
-/// A fuser session serving `connection` without a new INIT. `init` is the INIT request the
-/// kernel sent at mount time; `answered` says whether a worker already replied to it.
+/// A fuser session serving `connection` without a new INIT, reading requests from `reader` (a
+/// `/dev/fuse` file of that connection: see the worker for which). `init` is the INIT request
+/// the kernel sent at mount time; `answered` says whether a worker already replied to it.
 pub fn session<FS: fuser::Filesystem>(
     filesystem: FS,
     connection: BorrowedFd<'_>,
+    reader: OwnedFd,
     init: &[u8],
     answered: bool,
-    reading: Reading,
     acl: fuser::SessionACL,
     config: fuser::Config,
 ) -> io::Result<fuser::Session<FS>> {
@@ -69,16 +59,12 @@ pub fn session<FS: fuser::Filesystem>(
             Err(e) => return Err(e),
         }
     }
-    let device: OwnedFd = match reading {
-        Reading::Shared => connection.try_clone_to_owned()?,
-        Reading::PrivateClone => fusedev::clone_dev(connection)?,
-    };
     let target = session.as_fd().as_raw_fd();
     // SAFETY: `target` is the descriptor fuser's channel owns (the socket end it read INIT
     // from); dup3 closes that socket and makes the same number name the /dev/fuse file, which
-    // fuser then owns and closes. `device` is closed when it goes out of scope, the duplicate
+    // fuser then owns and closes. `reader` is closed when it goes out of scope, the duplicate
     // stays.
-    if unsafe { libc::dup3(device.as_raw_fd(), target, libc::O_CLOEXEC) } < 0 {
+    if unsafe { libc::dup3(reader.as_raw_fd(), target, libc::O_CLOEXEC) } < 0 {
         return Err(io::Error::last_os_error());
     }
     Ok(session)

@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use nix::sys::signalfd::SignalFd;
 
-use super::messages::{FromWorker, Handoff, ToWorker};
+use super::messages::{FromWorker, Handoff, Hints, ToWorker};
 use super::supervisor::{
     Connection, Supervisor, Worker, end_worker, prepare_worker, reap, spawn_worker, wait_worker,
 };
@@ -50,50 +50,106 @@ fn expect(channel: &Channel, timeout: Duration) -> Result<(Handoff, Vec<OwnedFd>
     }
 }
 
-/// The successor's side: take the mount served through `incumbent` over.
-pub(super) fn take_over(
-    settings: MountSettings,
-    signals: SignalFd,
-    socket_path: PathBuf,
+/// What an incumbent offers: the connection, and what is needed to serve it.
+pub(super) struct Offer {
     incumbent: Channel,
-) -> Result<Supervisor, String> {
-    let mountpoint = settings.mountpoint.display().to_string();
-    let refuse = |e: String| format!("cannot take {mountpoint} over from the kvfs serving it: {e}");
+    init: Vec<u8>,
+    resend: bool,
+    generation: u32,
+    hints: Hints,
+    fuse: OwnedFd,
+    journal: OwnedFd,
+}
+
+fn refusal(settings: &MountSettings, e: impl std::fmt::Display) -> String {
+    format!(
+        "cannot take {} over from the kvfs serving it: {e}",
+        settings.mountpoint.display()
+    )
+}
+
+/// The successor's first step: ask the kvfs listening on `incumbent` for its mount. `None` when
+/// it went away before offering anything (it was stopping), so a fresh mount is in order.
+pub(super) fn ask(
+    settings: &MountSettings,
+    socket_path: &std::path::Path,
+    incumbent: Channel,
+) -> Result<Option<Offer>, String> {
     // Only hand our command line to, and take a /dev/fuse from, root or ourselves: a socket
     // planted in a directory someone else controls is not a kvfs to trust.
-    let peer = incumbent.peer().map_err(|e| refuse(e.to_string()))?;
+    let peer = incumbent.peer().map_err(|e| refusal(settings, e))?;
     let euid = nix::unistd::geteuid().as_raw();
     if peer.uid != 0 && peer.uid != euid {
-        return Err(refuse(format!(
-            "{} is held by uid {}, neither root nor us",
-            socket_path.display(),
-            peer.uid
-        )));
+        return Err(refusal(
+            settings,
+            format!(
+                "{} is held by uid {}, neither root nor us",
+                socket_path.display(),
+                peer.uid
+            ),
+        ));
     }
-    incumbent
-        .send(
-            &Handoff::Hello {
-                version: env!("CARGO_PKG_VERSION").into(),
-                vault_url: settings.vault_url.to_string(),
-            },
-            &[],
-        )
-        .map_err(|e| refuse(e.to_string()))?;
-    let (offer, fds) = expect(&incumbent, OFFER_TIMEOUT).map_err(refuse)?;
-    let (init, resend, generation, hints) = match offer {
+    let hello = Handoff::Hello {
+        version: env!("CARGO_PKG_VERSION").into(),
+        vault_url: settings.vault_url.to_string(),
+    };
+    if incumbent.send(&hello, &[]).is_err() {
+        return Ok(None);
+    }
+    let (message, fds) = match incumbent.recv::<Handoff>(Some(OFFER_TIMEOUT)) {
+        Ok(Received::Message(m, fds)) => (m, fds),
+        Ok(Received::Closed) => return Ok(None),
+        Ok(Received::TimedOut) => {
+            return Err(refusal(
+                settings,
+                format!("no answer within {OFFER_TIMEOUT:?}"),
+            ));
+        }
+        Err(e) => return Err(refusal(settings, e)),
+    };
+    let (init, resend, generation, hints) = match message {
         Handoff::Offer {
             init,
             resend,
             generation,
             hints,
         } => (init, resend, generation, hints),
-        Handoff::Refused { reason } => return Err(refuse(reason)),
-        other => return Err(refuse(format!("unexpected {other:?}"))),
+        Handoff::Refused { reason } => return Err(refusal(settings, reason)),
+        other => return Err(refusal(settings, format!("unexpected {other:?}"))),
     };
     let mut fds = fds.into_iter();
     let (Some(fuse), Some(journal)) = (fds.next(), fds.next()) else {
-        return Err(refuse("the offer came without its descriptors".into()));
+        return Err(refusal(settings, "the offer came without its descriptors"));
     };
+    Ok(Some(Offer {
+        incumbent,
+        init,
+        resend,
+        generation,
+        hints,
+        fuse,
+        journal,
+    }))
+}
+
+/// The successor's side: take the mount `offer` describes over.
+pub(super) fn take_over(
+    settings: MountSettings,
+    signals: SignalFd,
+    socket_path: PathBuf,
+    offer: Offer,
+) -> Result<Supervisor, String> {
+    let mountpoint = settings.mountpoint.display().to_string();
+    let refuse = |e: String| format!("cannot take {mountpoint} over from the kvfs serving it: {e}");
+    let Offer {
+        incumbent,
+        init,
+        resend,
+        generation,
+        hints,
+        fuse,
+        journal,
+    } = offer;
     tracing::info!(mountpoint, "taking the mount over from the kvfs serving it");
 
     let (pid, control) = spawn_worker()?;
@@ -115,12 +171,17 @@ pub(super) fn take_over(
             return Err(reason);
         }
     };
+    // Clones of our own to read from: the incumbent's go with it (they hold nothing once its
+    // worker has drained).
+    let readers =
+        super::supervisor::readers_for(&fuse, resend).inspect_err(|_| end_worker(&worker))?;
     let conn = Connection {
         fuse,
         init,
         init_answered: true,
         resend,
         journal,
+        readers,
         generation,
         hints,
     };

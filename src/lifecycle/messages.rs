@@ -12,7 +12,8 @@ pub struct Hints {
 }
 
 /// How to serve a connection. The file descriptors travel with the message, in this order:
-/// `/dev/fuse`, then the inode journal.
+/// `/dev/fuse`, the inode journal, then `readers` clones of `/dev/fuse` that the supervisor keeps
+/// open, one per session thread.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Serve {
     /// The INIT request the kernel sent when the mount was made.
@@ -24,6 +25,7 @@ pub struct Serve {
     pub resend: bool,
     /// Numbers this worker's handles, so they never collide with a predecessor's.
     pub generation: u32,
+    pub readers: u32,
 }
 
 /// Supervisor to worker.

@@ -60,6 +60,10 @@ pub(super) struct Connection {
     pub init_answered: bool,
     pub resend: bool,
     pub journal: OwnedFd,
+    /// Clones of `fuse`, one per session thread of a worker, kept here so that requests a worker
+    /// had read outlive it (empty without resend: each worker then reads through clones of its
+    /// own).
+    pub readers: Vec<OwnedFd>,
     /// Of the last worker started.
     pub generation: u32,
     pub hints: Hints,
@@ -115,9 +119,13 @@ pub fn run(mut settings: MountSettings, readiness: &mut Readiness) -> Result<(),
         // supervisor restarts it. Best effort (a container may not allow it).
         let _ = std::fs::write("/proc/self/oom_score_adj", "-1000");
     }
-    let supervisor = match Channel::connect(&socket_path) {
-        Ok(incumbent) => handoff::take_over(settings, signals, socket_path, incumbent)?,
-        Err(_) => {
+    let offer = match Channel::connect(&socket_path) {
+        Ok(incumbent) => handoff::ask(&settings, &socket_path, incumbent)?,
+        Err(_) => None,
+    };
+    let supervisor = match offer {
+        Some(offer) => handoff::take_over(settings, signals, socket_path, offer)?,
+        None => {
             prepare_mountpoint(&settings, &socket_path)?;
             Supervisor::mount(settings, signals, socket_path)?
         }
@@ -332,12 +340,14 @@ impl Supervisor {
         let journal = Journal::create()
             .and_then(|j| j.try_clone_fd())
             .map_err(|e| format!("cannot create the inode journal: {e}"))?;
+        let readers = readers_for(&fuse, resend)?;
         let conn = Connection {
             fuse,
             init,
             init_answered: false,
             resend,
             journal,
+            readers,
             generation: 0,
             hints,
         };
@@ -372,8 +382,10 @@ impl Supervisor {
             init_answered: self.conn.init_answered,
             resend: self.conn.resend,
             generation: self.conn.generation,
+            readers: self.conn.readers.len() as u32,
         });
-        let fds = [self.conn.fuse.as_fd(), self.conn.journal.as_fd()];
+        let mut fds = vec![self.conn.fuse.as_fd(), self.conn.journal.as_fd()];
+        fds.extend(self.conn.readers.iter().map(|r| r.as_fd()));
         worker
             .control
             .send(&message, &fds)
@@ -579,6 +591,8 @@ impl Supervisor {
     /// The mount went away under us (`umount`, `kvfs unmount`): the worker ends too.
     fn connection_ended(mut self) -> Result<(), String> {
         tracing::info!(reason = "external unmount", "unmounting");
+        // A new mount on this directory must not find us listening while we go.
+        self.listener = None;
         if let Some(worker) = self.worker.take() {
             reap(worker.pid, STOP_GRACE);
         }
@@ -598,6 +612,17 @@ impl Supervisor {
         }
         Ok(())
     }
+}
+
+/// The clones of a connection the workers read from (see [`Connection::readers`]).
+pub(super) fn readers_for(fuse: &OwnedFd, resend: bool) -> Result<Vec<OwnedFd>, String> {
+    if !resend {
+        return Ok(Vec::new());
+    }
+    (0..super::worker::session_threads())
+        .map(|_| fusedev::clone_dev(fuse.as_fd()))
+        .collect::<std::io::Result<Vec<_>>>()
+        .map_err(|e| format!("cannot clone the FUSE connection: {e}"))
 }
 
 /// The restart policy (see [`QUICK_DEATH`]), as a pure function of the counters.

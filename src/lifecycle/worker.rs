@@ -7,7 +7,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::adopt::{self, Reading};
+use super::adopt;
 use super::gate::{self, Gate};
 use super::messages::{FromWorker, Hints, Serve, ToWorker};
 use crate::auth::{self, AuthRequest, Env, Limits};
@@ -102,7 +102,8 @@ fn serve(mut settings: MountSettings, control: &Channel) -> Result<i32, String> 
     let (Some(connection), Some(journal)) = (fds.next(), fds.next()) else {
         return Err("Serve came without the connection and journal descriptors".into());
     };
-    let running = start_serving(&settings, prepared, &serve, &connection, journal)?;
+    let readers: Vec<OwnedFd> = fds.take(serve.readers as usize).collect();
+    let running = start_serving(&settings, prepared, &serve, &connection, journal, readers)?;
     control
         .send(&FromWorker::Serving, &[])
         .map_err(|e| format!("cannot reach the supervisor: {e}"))?;
@@ -233,7 +234,7 @@ fn prepare(settings: &MountSettings, resuming: bool) -> Result<(Prepared, Hints)
 
 struct Running {
     runtime: tokio::runtime::Runtime,
-    session: fuser::BackgroundSession,
+    sessions: Vec<fuser::BackgroundSession>,
     gate: Arc<Gate>,
     core: Arc<FsCore>,
 }
@@ -244,6 +245,7 @@ fn start_serving(
     serve: &Serve,
     connection: &OwnedFd,
     journal: OwnedFd,
+    readers: Vec<OwnedFd>,
 ) -> Result<Running, String> {
     let Prepared { runtime, cache } = prepared;
     let (journal, replayed) =
@@ -278,32 +280,45 @@ fn start_serving(
         .resuming(inodes, serve.generation),
     );
     let gate = Arc::new(Gate::default());
-    let adapter = FuseAdapter::new(core.clone(), runtime.handle().clone(), gate.clone());
-    let mut config = fuser::Config::default();
-    config.n_threads = Some(session_threads());
-    // Every session thread reads the same file (the supervisor's, or our clone): see Reading.
-    config.clone_fd = false;
     let acl = if settings.allow_other {
         fuser::SessionACL::All
     } else {
         fuser::SessionACL::Owner
     };
-    config.acl = acl;
-    let reading = if serve.resend {
-        Reading::Shared
+    // One fuser session per thread, each reading a /dev/fuse file of its own (one file shared
+    // by all threads costs about a third more per request). With resend, these are clones the
+    // supervisor keeps open, so that what a dead worker had read stays with a live file, to be
+    // resent to the next one. Without, they are clones of our own: when we die the kernel fails
+    // what we had read (ECONNABORTED) instead of keeping it for a resend that cannot come.
+    let readers = if serve.resend && !readers.is_empty() {
+        readers
     } else {
-        Reading::PrivateClone
+        (0..session_threads())
+            .map(|_| fusedev::clone_dev(connection.as_fd()))
+            .collect::<std::io::Result<Vec<_>>>()
+            .map_err(|e| format!("cannot clone the FUSE connection: {e}"))?
     };
-    let session = adopt::session(
-        adapter,
-        connection.as_fd(),
-        &serve.init,
-        serve.init_answered,
-        reading,
-        acl,
-        config,
-    )
-    .map_err(|e| format!("cannot take up the FUSE connection: {e}"))?;
+    let mut sessions = Vec::with_capacity(readers.len());
+    for (i, reader) in readers.into_iter().enumerate() {
+        let adapter = FuseAdapter::new(core.clone(), runtime.handle().clone(), gate.clone());
+        let mut config = fuser::Config::default();
+        config.n_threads = Some(1);
+        config.clone_fd = false;
+        config.acl = acl;
+        let session = adopt::session(
+            adapter,
+            connection.as_fd(),
+            reader,
+            &serve.init,
+            // Only the first session answers the kernel's INIT, if nobody did yet.
+            serve.init_answered || i > 0,
+            acl,
+            config,
+        )
+        .map_err(|e| format!("cannot take up the FUSE connection: {e}"))?;
+        sessions.push(session);
+    }
+    let session = &sessions[0];
     // What the cache learns changed, the kernel forgets at once.
     let invalidator = Invalidator::start(&core, session.notifier());
     core.cache()
@@ -335,8 +350,10 @@ fn start_serving(
             tracing::warn!("cannot ask the kernel to resend unanswered requests: {e}");
         }
     }
-    let session = session
-        .spawn()
+    let sessions = sessions
+        .into_iter()
+        .map(|s| s.spawn())
+        .collect::<std::io::Result<Vec<_>>>()
         .map_err(|e| format!("cannot start serving: {e}"))?;
     tracing::info!(
         vault = %settings.vault_url,
@@ -348,7 +365,7 @@ fn start_serving(
     );
     Ok(Running {
         runtime,
-        session,
+        sessions,
         gate,
         core,
     })
@@ -366,7 +383,7 @@ fn wait_for_the_end(settings: &MountSettings, control: &Channel, running: Runnin
 
 fn serve_until_the_end(settings: &MountSettings, control: &Channel, running: &Running) -> i32 {
     loop {
-        if running.session.guard.is_finished() {
+        if running.sessions.iter().any(|s| s.guard.is_finished()) {
             tracing::info!("the connection ended (unmounted)");
             let _ = control.send(&FromWorker::Ended, &[]);
             return 0;
@@ -402,7 +419,7 @@ fn drain(settings: &MountSettings, running: &Running) {
             .ok()
             .map(OwnedFd::from)
     };
-    let threads = session_threads();
+    let threads = running.sessions.len();
     let stopped = running.gate.close(
         threads,
         || {

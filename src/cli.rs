@@ -1,4 +1,4 @@
-//! The command line of PRODUCT.md, and its resolution (flags, then `-o` options, then defaults)
+//! The command line of doc/CONFIGURATION.md, and its resolution (flags, then `-o` options, then defaults)
 //! into a [`MountSettings`].
 
 use std::path::PathBuf;

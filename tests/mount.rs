@@ -1,5 +1,5 @@
 //! Real FUSE mounts of a testvault over HTTPS (401 challenge, real tokens): the semantics of
-//! PRODUCT.md and doc/SEMANTICS.md. Needs root and /dev/fuse, as CI has.
+//! doc/SEMANTICS.md. Needs root and /dev/fuse, as CI has.
 
 mod common;
 

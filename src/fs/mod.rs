@@ -1,4 +1,4 @@
-//! The filesystem core: the tree of PRODUCT.md, inode numbers, attributes, open-file snapshots
+//! The filesystem core: the tree of doc/SEMANTICS.md, inode numbers, attributes, open-file snapshots
 //! and the cache in front of the vault. It knows nothing of fuser, so it is tested without a kernel.
 
 pub mod cache;

@@ -1,4 +1,4 @@
-//! The tree of PRODUCT.md as data: which node a (parent, name) pair is.
+//! The tree of doc/SEMANTICS.md as data: which node a (parent, name) pair is.
 
 use crate::vault::{Collection, valid_name, valid_version};
 

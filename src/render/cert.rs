@@ -1,9 +1,9 @@
 //! `certs/<name>/…`: a certificate version rendered as the files TLS servers and clients expect.
 //!
-//! Inputs are the two things the vault stores for a certificate version (KEYVAULT_API.md §5.7,
-//! §5.11): `cer`, the leaf's DER from GetCertificate, which is authoritative for the leaf; and
-//! the backing secret of the same version, a PFX with an empty password
-//! (`application/x-pkcs12`) or PEM text (`application/x-pem-file`), which carries the private
+//! Inputs are the two things the vault stores for a certificate version (see
+//! `tests/recordings/get_certificate*.json`): `cer`, the leaf's DER from GetCertificate, which
+//! is authoritative for the leaf; and the backing secret of the same version, a PFX with an
+//! empty password (`application/x-pkcs12`) or PEM text (`application/x-pem-file`), which carries the private
 //! key (exportable certificates only) and the rest of the chain.
 //!
 //! Every format is decoded and encoded by OpenSSL through the `openssl` crate. The chain order
@@ -215,7 +215,8 @@ fn parse_pkcs12(value: &str) -> Result<SecretParts, RenderError> {
         .map_err(|_| malformed("backing secret (PKCS#12) is not base64"))?;
     let p12 = Pkcs12::from_der(&bytes)
         .map_err(|_| malformed("backing secret is not a PKCS#12 structure"))?;
-    // Key Vault never keeps an import password (§5.11): the PFX is protected by the empty one.
+    // Key Vault never keeps an import password (obs. 16 in tests/recordings/README.md): the PFX
+    // is protected by the empty one.
     // OpenSSL's PKCS12_parse tries both the empty and the absent password for "".
     let parsed = p12
         .parse2("")

@@ -1,6 +1,6 @@
 //! `keys/<name>`: a key's public JWK rendered as a PEM SubjectPublicKeyInfo.
 //!
-//! GetKey returns the public part only (KEYVAULT_API.md §5.4): RSA `n`/`e`, EC `crv`/`x`/`y`, all
+//! GetKey returns the public part only (tests/recordings/get_key_*.json, obs. 19): RSA `n`/`e`, EC `crv`/`x`/`y`, all
 //! base64url without padding. The SPKI is built and encoded by OpenSSL (the `openssl` crate), so
 //! the PEM is byte-for-byte what `openssl pkey -pubout` would print for the same key.
 //! Symmetric keys (`oct`) have no public part and secp256k1 is not something most consumers of a

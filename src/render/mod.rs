@@ -47,12 +47,9 @@ pub(crate) mod test_support {
     use std::path::PathBuf;
     use std::process::{Command, Output, Stdio};
 
-    /// The directory of recorded Key Vault responses, beside the repository in the workspace.
+    /// The directory of recorded Key Vault responses (`tests/recordings`).
     pub fn recordings_dir() -> PathBuf {
-        PathBuf::from(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../shared/kv-recordings"
-        ))
+        PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/recordings"))
     }
 
     /// The response bodies of every example in a recording file. Panics when the recordings are
@@ -61,7 +58,7 @@ pub(crate) mod test_support {
         let path = recordings_dir().join(file);
         let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
             panic!(
-                "recording {} is missing ({e}); the render tests need ../shared/kv-recordings",
+                "recording {} is missing ({e}); the render tests need tests/recordings",
                 path.display()
             )
         });

@@ -324,7 +324,7 @@ impl VaultClient for AzureVault {
         let mut versions = match listed {
             Ok(v) => v,
             // The live service answers 200 with an empty list for an unknown name
-            // (kv-recordings); emulators and older docs say 404. Both mean "no versions".
+            // (tests/recordings); emulators and older docs say 404. Both mean "no versions".
             Err(VaultError::NotFound) => return Ok(Vec::new()),
             Err(e) => return Err(e),
         };
@@ -1113,7 +1113,7 @@ const NOT_RETRIED: &str = "non-transport error occurred which will not be retrie
 
 #[cfg(test)]
 mod tests {
-    //! Replays of the real Key Vault responses in `shared/kv-recordings` through the whole
+    //! Replays of the real Key Vault responses in `tests/recordings` through the whole
     //! client stack (SDK pipeline, challenge, retry policy, pager, mapping), no server needed.
 
     use std::sync::atomic::{AtomicUsize, Ordering};
@@ -1135,15 +1135,15 @@ mod tests {
     const RECORDED_HOST: &str = "https://cpp-recordings.vault.azure.net";
 
     fn recordings_dir() -> &'static str {
-        concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/kv-recordings")
+        concat!(env!("CARGO_MANIFEST_DIR"), "/tests/recordings")
     }
 
     fn recording(file: &str) -> Value {
         let path = format!("{}/{file}", recordings_dir());
         let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
             panic!(
-                "the Key Vault recordings are missing ({path}: {e}); they live in shared/kv-recordings \
-                 beside the repository and these tests need them"
+                "the Key Vault recordings are missing ({path}: {e}); these tests need \
+                 tests/recordings"
             )
         });
         serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}"))
@@ -1760,7 +1760,7 @@ mod tests {
     #[test]
     fn every_recorded_response_parses() {
         let mut files: Vec<String> = std::fs::read_dir(recordings_dir())
-            .unwrap_or_else(|e| panic!("kv-recordings missing at {}: {e}", recordings_dir()))
+            .unwrap_or_else(|e| panic!("tests/recordings missing at {}: {e}", recordings_dir()))
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .filter(|n| n.ends_with(".json"))
             .collect();

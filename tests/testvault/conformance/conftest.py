@@ -16,7 +16,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[3]
 SEED = REPO / "tests" / "testvault" / "seed" / "sample.json"
-RECORDINGS = Path(os.environ.get("KV_RECORDINGS", REPO.parent / "shared" / "kv-recordings"))
+RECORDINGS = Path(os.environ.get("KV_RECORDINGS", REPO / "tests" / "recordings"))
 
 
 def testvault_binary() -> Path:

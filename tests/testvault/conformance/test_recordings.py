@@ -1,6 +1,6 @@
-"""testvault against real Key Vault responses: every example in `kv-recordings/` replayed.
+"""testvault against real Key Vault responses: every example in `tests/recordings/` replayed.
 
-`../shared/kv-recordings/` holds responses the live service gave Microsoft's SDK test suites (and a
+`tests/recordings/` holds responses the live service gave Microsoft's SDK test suites (and a
 few quoted in issues / a Microsoft support blog). For each example this module builds the same
 request against testvault -- same method, same path with the recorded names (versions replaced by
 those of objects it creates from the recorded body), same api-version -- sends it with a raw HTTPS

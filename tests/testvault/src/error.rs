@@ -1,7 +1,8 @@
 //! The Key Vault error envelope and the errors the data plane answers with.
 //!
 //! Messages follow the real service word for word where a recording or a public issue shows them
-//! (see `../shared/kv-recordings/`), because clients and humans grep for them.
+//! (see `tests/recordings/` at the top of the repository), because clients and humans grep for
+//! them.
 
 use serde_json::{Value, json};
 

@@ -190,7 +190,7 @@ fn json_response(
         response.headers_mut().remove("content-type");
     }
     if status == 429 {
-        // The service's 429 status line has an empty reason phrase (kv-recordings, obs. 23).
+        // The service's 429 status line has an empty reason phrase (tests/recordings/throttled_429.json).
         response
             .extensions_mut()
             .insert(hyper::ext::ReasonPhrase::from_static(b""));

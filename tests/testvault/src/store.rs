@@ -591,7 +591,7 @@ impl Store {
             bundle: input.bundle.clone(),
             attributes: attributes.clone(),
             // Only the tags the creator sent: 2025 certificates created without tags have no
-            // `tags` (kv-recordings get_certificate[1], get_certificates[1]); the 2021 ones show
+            // `tags` (tests/recordings get_certificate[1], get_certificates[1]); the 2021 ones show
             // `{}` because the C++ client always sends `"tags": {}`.
             tags: input.tags.clone(),
             exportable,

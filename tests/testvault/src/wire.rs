@@ -1,4 +1,4 @@
-//! JSON shapes of the data plane, as the live service writes them (see `kv-recordings/`):
+//! JSON shapes of the data plane, as the live service writes them (see `tests/recordings/`):
 //! bundles for single GETs, items for lists, and the deleted-object wrappers.
 
 use serde_json::{Map, Value, json};

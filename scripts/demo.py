@@ -35,7 +35,10 @@ def main(bin_dir: str) -> int:
         env = dict(os.environ,
                    AZURE_TENANT_ID=info["tenant_id"], AZURE_CLIENT_ID=info["client_id"],
                    AZURE_CLIENT_SECRET=info["client_secret"],
-                   AZURE_AUTHORITY_HOST=info["authority_host"])
+                   AZURE_AUTHORITY_HOST=info["authority_host"],
+                   # Only loopback: should --auth auto ever reach the metadata probe, it is
+                   # refused here rather than sent to 169.254.169.254.
+                   KVFS_IMDS_ENDPOINT="http://127.0.0.1:9")
         sh([kvfs, "mount", info["vault_url"], mnt, "--cache-ttl", f"{TTL}s",
             "--ca-file", info["ca_file"], "--no-verify-challenge-resource",
             "--log-file", mnt + ".log"], env=env)

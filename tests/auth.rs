@@ -35,6 +35,8 @@ fn base_env() -> Vec<(String, String)> {
     vec![
         kv("PATH", path_without_az()),
         kv("KVFS_LOG", "kvfs=debug,warn"),
+        // Tests that use the metadata service set testvault's endpoint over this.
+        kv("KVFS_IMDS_ENDPOINT", common::NO_IMDS),
     ]
 }
 
@@ -331,7 +333,7 @@ fn managed_identity_through_the_metadata_endpoint() {
         let from = mark(&vault);
         let user = vault.info().user_assigned_client_id.clone();
         let mut env = base_env();
-        env.push(kv("KVFS_IMDS_ENDPOINT", imds.clone()));
+        set_env(&mut env, "KVFS_IMDS_ENDPOINT", imds.clone());
         let m = Mount::start_with_env(
             &vault,
             &["--auth", "managed-identity", "--client-id", &user],

@@ -23,10 +23,16 @@ pub fn start_vault() -> TestVault {
     .expect("testvault starts")
 }
 
+/// Where kvfs's managed-identity probe goes in tests unless a test names testvault's metadata
+/// endpoint: a closed loopback port. Should any test ever fall through `--auth auto` to the
+/// metadata service, the probe is refused on loopback instead of leaving for 169.254.169.254.
+pub const NO_IMDS: &str = "http://127.0.0.1:9";
+
 /// The environment a client-secret mount against `vault` needs.
 pub fn kvfs_env(vault: &TestVault) -> Vec<(String, String)> {
     let i = vault.info();
     vec![
+        ("KVFS_IMDS_ENDPOINT".into(), NO_IMDS.into()),
         ("AZURE_TENANT_ID".into(), i.tenant_id.clone()),
         ("AZURE_CLIENT_ID".into(), i.client_id.clone()),
         ("AZURE_CLIENT_SECRET".into(), i.client_secret.clone()),

@@ -1571,3 +1571,37 @@ fn a_connection_nobody_serves_is_aborted_by_a_new_mount() {
     });
     drop(dead);
 }
+
+/// A successor that cannot authenticate gives up before the running kvfs stops anything: the
+/// upgrade fails in one line and the mount goes on being served by the old processes.
+#[test]
+fn an_upgrade_whose_credential_fails_leaves_the_running_kvfs_serving() {
+    let vault = start_vault();
+    let mut m = Mount::start(&vault, &[]);
+    let mnt = m.dir.path().to_path_buf();
+    let supervisor = m.child.as_ref().unwrap().id() as i32;
+    let worker = children(supervisor);
+    let dev = ino_dev(&mnt).1;
+    let mut env = kvfs_env(&vault);
+    env.retain(|(k, _)| k != "AZURE_CLIENT_SECRET");
+    env.push(("AZURE_CLIENT_SECRET".into(), "not-the-secret".into()));
+    let out = Command::new(KVFS)
+        .args(mount_args(&vault, &mnt, &[]))
+        .envs(env)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the upgrade must fail: {err}");
+    let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("kvfs: ")).collect();
+    assert_eq!(lines.len(), 1, "one line: {err}");
+    assert!(lines[0].contains("token"), "{}", lines[0]);
+    assert!(alive(supervisor), "the running supervisor stays");
+    assert_eq!(children(supervisor), worker, "and so does its worker");
+    assert_eq!(ino_dev(&mnt).1, dev, "the same mount");
+    assert_eq!(
+        std::fs::read_to_string(mnt.join("secrets/api-key")).unwrap(),
+        "sk_test_4eC39HqLyjWDarjtT1zdp7dc"
+    );
+    assert!(m.stop().success());
+    assert!(!is_mounted(&mnt));
+}

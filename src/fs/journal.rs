@@ -251,7 +251,8 @@ impl Journal {
     }
 
     /// Bytes of memory the journal holds (what a checkpoint keeps small).
-    pub fn resident_bytes(&self) -> u64 {
+    #[cfg(test)]
+    fn resident_bytes(&self) -> u64 {
         let p = self.position.lock();
         p.since_checkpoint + p.checkpoint_bytes
     }

@@ -25,12 +25,12 @@ use std::time::Duration;
 
 use nix::sys::signalfd::SignalFd;
 
-use super::messages::{FromWorker, Handoff, Hints, ToWorker};
+use super::messages::{FirstToken, FromWorker, Handoff, Hints, ToWorker};
 use super::supervisor::{
     Connection, Supervisor, Worker, end_worker, prepare_worker, reap, spawn_worker, wait_worker,
 };
 use crate::cli::MountSettings;
-use crate::ipc::{Channel, Received};
+use crate::ipc::{Channel, Peer, Received};
 
 /// How long each side waits for the other at each step. The successor's worker may probe for a
 /// credential (bounded well below this); a stopping worker drains for at most 30 s.
@@ -61,6 +61,26 @@ pub(super) struct Offer {
     journal: OwnedFd,
 }
 
+/// Only root or our own user may take a mount from us or hand us one: a socket planted where
+/// someone else can write is not a kvfs to trust.
+fn trusted_peer(channel: &Channel) -> Result<Peer, String> {
+    let peer = channel.peer().map_err(|e| e.to_string())?;
+    let euid = nix::unistd::geteuid().as_raw();
+    if peer.uid != 0 && peer.uid != euid {
+        return Err(format!(
+            "uid {} (pid {}) is neither root nor us",
+            peer.uid, peer.pid
+        ));
+    }
+    Ok(peer)
+}
+
+/// Tell the incumbent we are not taking over after all.
+fn abort(incumbent: &Channel, reason: &str) {
+    let reason = reason.to_string();
+    let _ = incumbent.send(&Handoff::Abort { reason }, &[]);
+}
+
 fn refusal(settings: &MountSettings, e: impl std::fmt::Display) -> String {
     format!(
         "cannot take {} over from the kvfs serving it: {e}",
@@ -75,20 +95,8 @@ pub(super) fn ask(
     socket_path: &std::path::Path,
     incumbent: Channel,
 ) -> Result<Option<Offer>, String> {
-    // Only hand our command line to, and take a /dev/fuse from, root or ourselves: a socket
-    // planted in a directory someone else controls is not a kvfs to trust.
-    let peer = incumbent.peer().map_err(|e| refusal(settings, e))?;
-    let euid = nix::unistd::geteuid().as_raw();
-    if peer.uid != 0 && peer.uid != euid {
-        return Err(refusal(
-            settings,
-            format!(
-                "{} is held by uid {}, neither root nor us",
-                socket_path.display(),
-                peer.uid
-            ),
-        ));
-    }
+    trusted_peer(&incumbent)
+        .map_err(|e| refusal(settings, format!("{}: {e}", socket_path.display())))?;
     let hello = Handoff::Hello {
         version: env!("CARGO_PKG_VERSION").into(),
         vault_url: settings.vault_url.to_string(),
@@ -140,7 +148,6 @@ pub(super) fn take_over(
     offer: Offer,
 ) -> Result<Supervisor, String> {
     let mountpoint = settings.mountpoint.display().to_string();
-    let refuse = |e: String| format!("cannot take {mountpoint} over from the kvfs serving it: {e}");
     let Offer {
         incumbent,
         init,
@@ -158,16 +165,11 @@ pub(super) fn take_over(
         control,
         serving_since: None,
     };
-    let hints = match prepare_worker(&mut worker, &signals, hints) {
+    let hints = match prepare_worker(&mut worker, &signals, hints, FirstToken::Require) {
         Ok(h) => h,
         Err(reason) => {
             end_worker(&worker);
-            let _ = incumbent.send(
-                &Handoff::Abort {
-                    reason: reason.clone(),
-                },
-                &[],
-            );
+            abort(&incumbent, &reason);
             return Err(reason);
         }
     };
@@ -189,7 +191,7 @@ pub(super) fn take_over(
     let started = std::time::Instant::now();
     incumbent
         .send(&Handoff::Ready, &[])
-        .map_err(|e| refuse(e.to_string()))
+        .map_err(|e| refusal(&supervisor.settings, e))
         .inspect_err(|_| end_worker(&worker))?;
     match incumbent.recv::<Handoff>(Some(STOPPED_TIMEOUT)) {
         Ok(Received::Message(Handoff::Stopped, _)) => {}
@@ -200,18 +202,16 @@ pub(super) fn take_over(
         }
         Ok(Received::Message(other, _)) => {
             end_worker(&worker);
-            return Err(refuse(format!("unexpected {other:?}")));
+            return Err(refusal(
+                &supervisor.settings,
+                format!("unexpected {other:?}"),
+            ));
         }
         Ok(Received::TimedOut) | Err(_) => {
             end_worker(&worker);
-            let reason = "the kvfs serving the mount did not stop in time".to_string();
-            let _ = incumbent.send(
-                &Handoff::Abort {
-                    reason: reason.clone(),
-                },
-                &[],
-            );
-            return Err(refuse(reason));
+            let reason = "the kvfs serving the mount did not stop in time";
+            abort(&incumbent, reason);
+            return Err(refusal(&supervisor.settings, reason));
         }
     }
     supervisor
@@ -254,14 +254,7 @@ impl Supervisor {
     }
 
     fn hand_over(&mut self, successor: &Channel) -> Result<bool, String> {
-        let peer = successor.peer().map_err(|e| e.to_string())?;
-        let euid = nix::unistd::geteuid().as_raw();
-        if peer.uid != 0 && peer.uid != euid {
-            return Err(format!(
-                "refused a connection from uid {} (pid {})",
-                peer.uid, peer.pid
-            ));
-        }
+        let peer = trusted_peer(successor).map_err(|e| format!("refused a connection: {e}"))?;
         let (hello, _) = expect(successor, HELLO_TIMEOUT)?;
         let Handoff::Hello { version, vault_url } = hello else {
             return Err(format!("unexpected {hello:?}"));

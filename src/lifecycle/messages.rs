@@ -28,12 +28,29 @@ pub struct Serve {
     pub readers: u32,
 }
 
+/// Whether a preparing worker gets its first token before it says it is prepared.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FirstToken {
+    /// A new mount fetches nothing before it is used.
+    Later,
+    /// Replacing a dead worker: readers are waiting, so try (bounded), but serve either way: a
+    /// worker that cannot authenticate still answers them, with errors.
+    Try,
+    /// Taking a mount over from a running kvfs: a worker that cannot get a token must not
+    /// replace one that works, so failing to get one fails the preparation.
+    Require,
+}
+
 /// Supervisor to worker.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "msg", rename_all = "snake_case")]
 pub enum ToWorker {
     /// Build the credential, the vault client and the cache; answer `Prepared` or `Failed`.
-    Prepare { hints: Hints },
+    Prepare {
+        hints: Hints,
+        first_token: FirstToken,
+    },
     /// Serve the connection; answer `Serving`.
     Serve(Serve),
     /// Stop taking requests, answer those in flight, say `Drained` and exit.
@@ -96,6 +113,7 @@ mod tests {
                 auth: Some("managed-identity".into()),
                 tenant_id: None,
             },
+            first_token: FirstToken::Try,
         };
         let text = serde_json::to_string(&m).unwrap();
         assert!(text.starts_with(r#"{"msg":"prepare""#), "{text}");

@@ -21,7 +21,7 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 
-use super::messages::{FromWorker, Hints, Serve, ToWorker};
+use super::messages::{FirstToken, FromWorker, Hints, Serve, ToWorker};
 use super::worker::WORKER_FD_ENV;
 use super::{handoff, paths, sd_notify};
 use crate::cli::{AfterHandoff, MountSettings};
@@ -309,7 +309,8 @@ impl Supervisor {
             control,
             serving_since: None,
         };
-        let hints = match prepare_worker(&mut worker, &signals, Hints::default()) {
+        let hints = match prepare_worker(&mut worker, &signals, Hints::default(), FirstToken::Later)
+        {
             Ok(hints) => hints,
             Err(e) => {
                 end_worker(&worker);
@@ -460,8 +461,13 @@ impl Supervisor {
             control,
             serving_since: None,
         };
-        let result = prepare_worker(&mut worker, &self.signals, self.conn.hints.clone())
-            .and_then(|_| self.serve_with(&mut worker));
+        let result = prepare_worker(
+            &mut worker,
+            &self.signals,
+            self.conn.hints.clone(),
+            FirstToken::Try,
+        )
+        .and_then(|_| self.serve_with(&mut worker));
         match result {
             Ok(()) => {
                 tracing::info!(pid = pid.as_raw(), "a new kvfs worker serves the mount");
@@ -663,10 +669,11 @@ pub(super) fn prepare_worker(
     worker: &mut Worker,
     signals: &SignalFd,
     hints: Hints,
+    first_token: FirstToken,
 ) -> Result<Hints, String> {
     worker
         .control
-        .send(&ToWorker::Prepare { hints }, &[])
+        .send(&ToWorker::Prepare { hints, first_token }, &[])
         .map_err(|e| format!("cannot reach the worker: {e}"))?;
     match wait_worker(worker, signals, PREPARE_TIMEOUT)? {
         FromWorker::Prepared { hints } => Ok(hints),

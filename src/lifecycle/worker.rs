@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use super::adopt;
 use super::gate::{self, Gate};
-use super::messages::{FromWorker, Hints, Serve, ToWorker};
+use super::messages::{FirstToken, FromWorker, Hints, Serve, ToWorker};
 use crate::auth::{self, AuthRequest, Env, Limits};
 use crate::cli::{AuthMethod, MountSettings};
 use crate::fs::cache::{Cache, CacheConfig};
@@ -83,14 +83,11 @@ struct Prepared {
 
 fn serve(mut settings: MountSettings, control: &Channel) -> Result<i32, String> {
     let (message, _) = recv(control)?;
-    let ToWorker::Prepare { hints } = message else {
+    let ToWorker::Prepare { hints, first_token } = message else {
         return Err(format!("unexpected first message {message:?}"));
     };
     apply_hints(&mut settings, &hints);
-    // A predecessor's hints mean a mount is live and waiting for us; a first mount fetches
-    // nothing before it is used.
-    let resuming = hints.auth.is_some();
-    let (prepared, chosen) = prepare(&settings, resuming)?;
+    let (prepared, chosen) = prepare(&settings, first_token)?;
     control
         .send(&FromWorker::Prepared { hints: chosen }, &[])
         .map_err(|e| format!("cannot reach the supervisor: {e}"))?;
@@ -162,7 +159,7 @@ fn needs_tenant(request: &AuthRequest, env: &Env) -> bool {
     }
 }
 
-fn prepare(settings: &MountSettings, resuming: bool) -> Result<(Prepared, Hints), String> {
+fn prepare(settings: &MountSettings, first_token: FirstToken) -> Result<(Prepared, Hints), String> {
     let extra_ca = read_ca_files(settings)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -192,22 +189,34 @@ fn prepare(settings: &MountSettings, resuming: bool) -> Result<(Prepared, Hints)
         auth: Some(selected.method.to_string()),
         tenant_id: request.tenant_id.clone(),
     };
-    // Taking over a live mount: the first token now, bounded and best effort. In an upgrade
-    // this happens while the old worker still serves, so nobody waits for Entra ID after the
-    // handoff.
-    let scope = format!("https://{}/.default", settings.cloud.vault_suffix());
-    let credential = selected.credential.clone();
-    let early = resuming.then(|| {
-        runtime.block_on(async {
+    // Replacing a worker, or taking over from one: the first token now (bounded), so readers
+    // waiting on the mount do not wait for Entra ID too. In an upgrade this happens while the
+    // old worker still serves, and a successor that cannot authenticate gives up here.
+    if first_token != FirstToken::Later {
+        let scope = format!("https://{}/.default", settings.cloud.vault_suffix());
+        let credential = selected.credential.clone();
+        let got = runtime.block_on(async {
             tokio::time::timeout(
                 Duration::from_secs(5),
                 credential.get_token(&[scope.as_str()], None),
             )
             .await
-        })
-    });
-    if let Some(Ok(Err(e))) = early {
-        tracing::debug!("no token ahead of serving: {e}");
+        });
+        let failure = match got {
+            Ok(Ok(_)) => None,
+            Ok(Err(e)) => Some(azure::error_chain(&e)),
+            Err(_) => Some("no token within 5 s".to_string()),
+        };
+        match (failure, first_token) {
+            (Some(why), FirstToken::Require) => {
+                return Err(format!(
+                    "cannot get a token ({} method): {why}",
+                    selected.method
+                ));
+            }
+            (Some(why), _) => tracing::debug!("no token ahead of serving: {why}"),
+            (None, _) => {}
+        }
     }
     let vault = {
         let _guard = runtime.enter();
@@ -233,7 +242,9 @@ fn prepare(settings: &MountSettings, resuming: bool) -> Result<(Prepared, Hints)
 }
 
 struct Running {
-    runtime: tokio::runtime::Runtime,
+    /// Held, never used again here: the tasks answering requests and refreshing the cache run
+    /// on it for as long as the worker lives.
+    _runtime: tokio::runtime::Runtime,
     sessions: Vec<fuser::BackgroundSession>,
     gate: Arc<Gate>,
     core: Arc<FsCore>,
@@ -364,7 +375,7 @@ fn start_serving(
         "serving"
     );
     Ok(Running {
-        runtime,
+        _runtime: runtime,
         sessions,
         gate,
         core,
@@ -439,5 +450,4 @@ fn drain(settings: &MountSettings, running: &Running) {
             "could not stop every session thread in time; the successor has unanswered requests resent"
         );
     }
-    let _ = &running.runtime;
 }

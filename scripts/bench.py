@@ -696,12 +696,17 @@ def _value(rnd: random.Random, size: int) -> str:
     return "".join(rnd.choice(alphabet) for _ in range(size))
 
 
-def _rss_kib(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
+def _kib(path: str, field: str) -> int:
+    """A `Field:   123 kB` line of a /proc file."""
+    with open(path) as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1])
-    raise BenchError(f"no VmRSS for pid {pid}")
+    raise BenchError(f"no {field} in {path}")
+
+
+def _rss_kib(pid: int) -> int:
+    return _kib(f"/proc/{pid}/status", "VmRSS")
 
 
 def _children(pid: int) -> list:
@@ -713,11 +718,7 @@ def _children(pid: int) -> list:
 
 
 def _pss_kib(pid: int) -> int:
-    with open(f"/proc/{pid}/smaps_rollup") as f:
-        for line in f:
-            if line.startswith("Pss:"):
-                return int(line.split()[1])
-    raise BenchError(f"no Pss for pid {pid}")
+    return _kib(f"/proc/{pid}/smaps_rollup", "Pss")
 
 
 def _rss_tree_kib(pid: int) -> int:

@@ -193,7 +193,7 @@ fn prepare(settings: &MountSettings, first_token: FirstToken) -> Result<(Prepare
     // waiting on the mount do not wait for Entra ID too. In an upgrade this happens while the
     // old worker still serves, and a successor that cannot authenticate gives up here.
     if first_token != FirstToken::Later {
-        let scope = format!("https://{}/.default", settings.cloud.vault_suffix());
+        let scope = token_scope(settings);
         let credential = selected.credential.clone();
         let got = runtime.block_on(async {
             tokio::time::timeout(
@@ -239,6 +239,19 @@ fn prepare(settings: &MountSettings, first_token: FirstToken) -> Result<(Prepare
         },
     );
     Ok((Prepared { runtime, cache }, hints))
+}
+
+/// The scope of a vault's tokens: its DNS suffix (`myvault.vault.azure.cn` gives
+/// `https://vault.azure.cn/.default`, what its challenge will name), or the cloud's for a vault
+/// addressed another way.
+fn token_scope(settings: &MountSettings) -> String {
+    let host = settings.vault_url.host_str().unwrap_or_default();
+    let suffix = host
+        .split_once('.')
+        .map(|(_, rest)| rest)
+        .filter(|rest| rest.starts_with("vault.") && rest.contains('.'))
+        .unwrap_or(settings.cloud.vault_suffix());
+    format!("https://{suffix}/.default")
 }
 
 struct Running {
@@ -448,6 +461,38 @@ fn drain(settings: &MountSettings, running: &Running) {
             parked,
             owed,
             "could not stop every session thread in time; the successor has unanswered requests resent"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::MountArgs;
+
+    fn scope(vault: &str) -> String {
+        let args = MountArgs {
+            vault: vault.into(),
+            mountpoint: "/mnt/kv".into(),
+            ..Default::default()
+        };
+        token_scope(&args.resolve(0, 0).unwrap())
+    }
+
+    #[test]
+    fn the_first_token_is_for_the_vaults_own_cloud() {
+        assert_eq!(scope("myvault"), "https://vault.azure.net/.default");
+        assert_eq!(
+            scope("https://myvault.vault.azure.cn"),
+            "https://vault.azure.cn/.default"
+        );
+        assert_eq!(
+            scope("https://myvault.vault.usgovcloudapi.net/"),
+            "https://vault.usgovcloudapi.net/.default"
+        );
+        assert_eq!(
+            scope("https://127.0.0.1:8443"),
+            "https://vault.azure.net/.default"
         );
     }
 }

@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use nix::sys::signalfd::SignalFd;
 
-use super::messages::{FirstToken, FromWorker, Handoff, Hints, ToWorker};
+use super::messages::{FirstToken, FromWorker, Handoff, ToWorker};
 use super::supervisor::{
     Connection, Supervisor, Worker, end_worker, prepare_worker, reap, spawn_worker, wait_worker,
 };
@@ -50,15 +50,11 @@ fn expect(channel: &Channel, timeout: Duration) -> Result<(Handoff, Vec<OwnedFd>
     }
 }
 
-/// What an incumbent offers: the connection, and what is needed to serve it.
+/// What an incumbent offers: the connection, and what is needed to serve it (still without
+/// readers of our own).
 pub(super) struct Offer {
     incumbent: Channel,
-    init: Vec<u8>,
-    resend: bool,
-    generation: u32,
-    hints: Hints,
-    fuse: OwnedFd,
-    journal: OwnedFd,
+    conn: Connection,
 }
 
 /// Only root or our own user may take a mount from us or hand us one: a socket planted where
@@ -129,15 +125,17 @@ pub(super) fn ask(
     let (Some(fuse), Some(journal)) = (fds.next(), fds.next()) else {
         return Err(refusal(settings, "the offer came without its descriptors"));
     };
-    Ok(Some(Offer {
-        incumbent,
+    let conn = Connection {
+        fuse,
         init,
+        init_answered: true,
         resend,
+        journal,
+        readers: Vec::new(),
         generation,
         hints,
-        fuse,
-        journal,
-    }))
+    };
+    Ok(Some(Offer { incumbent, conn }))
 }
 
 /// The successor's side: take the mount `offer` describes over.
@@ -150,12 +148,7 @@ pub(super) fn take_over(
     let mountpoint = settings.mountpoint.display().to_string();
     let Offer {
         incumbent,
-        init,
-        resend,
-        generation,
-        hints,
-        fuse,
-        journal,
+        mut conn,
     } = offer;
     tracing::info!(mountpoint, "taking the mount over from the kvfs serving it");
 
@@ -165,7 +158,8 @@ pub(super) fn take_over(
         control,
         serving_since: None,
     };
-    let hints = match prepare_worker(&mut worker, &signals, hints, FirstToken::Require) {
+    let hints = conn.hints.clone();
+    conn.hints = match prepare_worker(&mut worker, &signals, hints, FirstToken::Require) {
         Ok(h) => h,
         Err(reason) => {
             end_worker(&worker);
@@ -175,18 +169,8 @@ pub(super) fn take_over(
     };
     // Clones of our own to read from: the incumbent's go with it (they hold nothing once its
     // worker has drained).
-    let readers =
-        super::supervisor::readers_for(&fuse, resend).inspect_err(|_| end_worker(&worker))?;
-    let conn = Connection {
-        fuse,
-        init,
-        init_answered: true,
-        resend,
-        journal,
-        readers,
-        generation,
-        hints,
-    };
+    conn.readers = super::supervisor::readers_for(&conn.fuse, conn.resend)
+        .inspect_err(|_| end_worker(&worker))?;
     let mut supervisor = Supervisor::new(settings, signals, socket_path, conn);
     let started = std::time::Instant::now();
     incumbent

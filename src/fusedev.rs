@@ -40,6 +40,14 @@ const INIT_IN_EXT_LEN: usize = 20;
 const FUSE_INIT: u32 = 26;
 const FUSE_INIT_EXT: u64 = 1 << 30;
 const FUSE_HAS_RESEND: u64 = 1 << 39;
+/// The daemon sets a time limit on every request (protocol 7.43, Linux 6.14+).
+const FUSE_REQUEST_TIMEOUT: u64 = 1 << 42;
+/// `fuse_init_out` through `unused[11]`: the reply fuser writes for protocol 7.23 and later.
+const INIT_OUT_LEN: usize = 64;
+/// Offsets in `fuse_init_out` of `flags`, `flags2` and `request_timeout`.
+const INIT_OUT_FLAGS: usize = 12;
+const INIT_OUT_FLAGS2: usize = 32;
+const INIT_OUT_REQUEST_TIMEOUT: usize = 40;
 /// The first protocol minor version with `FUSE_NOTIFY_RESEND`.
 const RESEND_MINOR: u32 = 40;
 const FUSE_NOTIFY_RESEND: i32 = 7;
@@ -329,10 +337,53 @@ impl InitRequest {
         })
     }
 
+    /// Whether the kernel takes a request time limit from the daemon (`FUSE_REQUEST_TIMEOUT`).
+    pub fn has_request_timeout(&self) -> bool {
+        self.flags & FUSE_REQUEST_TIMEOUT != 0
+    }
+
     /// Whether the kernel accepts `FUSE_NOTIFY_RESEND` on this connection.
     pub fn has_resend(&self) -> bool {
         self.flags & FUSE_HAS_RESEND != 0 && self.minor >= RESEND_MINOR
     }
+}
+
+/// Adds a request time limit of `seconds` to an INIT reply (header and `fuse_init_out`, as fuser
+/// writes it), which fuser 0.18 cannot express: once any request waits longer than that for its
+/// answer, the kernel aborts the connection, so a daemon that is stopped or stuck fails its
+/// readers (ENOTCONN) instead of hanging them for ever. The kernel looks at requests only every
+/// few seconds (15 s at most), so a request may wait up to that much longer.
+///
+/// Not applied (the reply is left as it is, and the reason returned) when the kernel does not
+/// offer the flag, or the reply is an error or not laid out as expected.
+pub fn set_request_timeout(
+    reply: &mut [u8],
+    kernel: &InitRequest,
+    seconds: u16,
+) -> Result<(), String> {
+    if !kernel.has_request_timeout() {
+        return Err(format!(
+            "the kernel (FUSE protocol {}.{}) has no request timeout (Linux 6.14 or later needed)",
+            kernel.major, kernel.minor
+        ));
+    }
+    if reply.len() != OUT_HEADER_LEN + INIT_OUT_LEN || u32_at(reply, 4) != 0 {
+        return Err(format!(
+            "unexpected INIT reply ({} bytes, error {})",
+            reply.len(),
+            reply.get(4..8).map_or(0, |_| u32_at(reply, 4) as i32)
+        ));
+    }
+    let body = &mut reply[OUT_HEADER_LEN..];
+    // The kernel reads `flags2` only when the reply's `flags` carry FUSE_INIT_EXT.
+    if u64::from(u32_at(body, INIT_OUT_FLAGS)) & FUSE_INIT_EXT == 0 {
+        return Err("the INIT reply does not use the extended flags".to_string());
+    }
+    let flags2 = u32_at(body, INIT_OUT_FLAGS2) | (FUSE_REQUEST_TIMEOUT >> 32) as u32;
+    body[INIT_OUT_FLAGS2..INIT_OUT_FLAGS2 + 4].copy_from_slice(&flags2.to_ne_bytes());
+    body[INIT_OUT_REQUEST_TIMEOUT..INIT_OUT_REQUEST_TIMEOUT + 2]
+        .copy_from_slice(&seconds.to_ne_bytes());
+    Ok(())
 }
 
 /// Callers check the length first.

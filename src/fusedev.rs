@@ -695,6 +695,53 @@ mod tests {
         );
     }
 
+    /// An INIT reply as fuser writes it: header, then `fuse_init_out` with `flags`.
+    fn init_reply(flags: u32) -> Vec<u8> {
+        let mut reply = vec![0u8; OUT_HEADER_LEN + INIT_OUT_LEN];
+        reply[0..4].copy_from_slice(&((OUT_HEADER_LEN + INIT_OUT_LEN) as u32).to_ne_bytes());
+        reply[OUT_HEADER_LEN + INIT_OUT_FLAGS..][..4].copy_from_slice(&flags.to_ne_bytes());
+        reply
+    }
+
+    #[test]
+    fn request_timeout_goes_into_flags2_and_its_field() {
+        let kernel = InitRequest::parse(&init_bytes(2, 43, 1 << 30, Some(1 << 10))).unwrap();
+        assert!(kernel.has_request_timeout());
+        let mut reply = init_reply(1 << 30);
+        set_request_timeout(&mut reply, &kernel, 120).unwrap();
+        let body = &reply[OUT_HEADER_LEN..];
+        assert_eq!(u32_at(body, INIT_OUT_FLAGS2), 1 << 10);
+        assert_eq!(
+            &body[INIT_OUT_REQUEST_TIMEOUT..][..2],
+            &120u16.to_ne_bytes()
+        );
+        // Everything else is left as fuser wrote it.
+        assert_eq!(u32_at(&reply, 0) as usize, reply.len());
+        assert_eq!(u32_at(body, INIT_OUT_FLAGS), 1 << 30);
+    }
+
+    #[test]
+    fn request_timeout_is_not_set_where_it_would_mean_nothing() {
+        let old = InitRequest::parse(&init_bytes(2, 41, 1 << 30, Some(0))).unwrap();
+        let mut reply = init_reply(1 << 30);
+        let untouched = reply.clone();
+        assert!(
+            set_request_timeout(&mut reply, &old, 120)
+                .unwrap_err()
+                .contains("6.14")
+        );
+        let kernel = InitRequest::parse(&init_bytes(2, 43, 1 << 30, Some(1 << 10))).unwrap();
+        // No FUSE_INIT_EXT in the reply: the kernel would not read flags2.
+        let mut plain = init_reply(0);
+        assert!(set_request_timeout(&mut plain, &kernel, 120).is_err());
+        // An error reply, or one of another size.
+        let mut error = init_reply(1 << 30);
+        error[4..8].copy_from_slice(&(-libc::EPROTO).to_ne_bytes());
+        assert!(set_request_timeout(&mut error, &kernel, 120).is_err());
+        assert!(set_request_timeout(&mut reply[..40], &kernel, 120).is_err());
+        assert_eq!(reply, untouched);
+    }
+
     const MOUNTINFO: &str = "\
 22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw
 45 23 0:40 / /sys/fs/fuse/connections rw,relatime - fusectl none rw
@@ -810,6 +857,20 @@ garbage line
         let init = InitRequest::parse(&read_init(dev.as_fd()).unwrap()).unwrap();
         assert_eq!(init.major, 7);
         assert!(init.has_resend(), "{init:?}");
+        // What kvfs asks for: parallel lookups (Linux 4.7+) and mmap of direct-I/O files (6.6+).
+        let parallel_dirops = 1 << 18;
+        let direct_io_allow_mmap = 1 << 36;
+        assert_eq!(init.flags & parallel_dirops, parallel_dirops, "{init:?}");
+        assert_eq!(
+            init.flags & direct_io_allow_mmap,
+            direct_io_allow_mmap,
+            "{init:?}"
+        );
+        println!(
+            "protocol 7.{}, request timeout offered: {}",
+            init.minor,
+            init.has_request_timeout()
+        );
 
         // The INIT read (and never answered) on `dev` comes back through the clone, marked.
         let clone = clone_dev(dev.as_fd()).unwrap();

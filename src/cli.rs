@@ -96,6 +96,11 @@ pub struct MountArgs {
     #[arg(long, value_name = "PATH")]
     pub log_file: Option<PathBuf>,
 
+    #[arg(long, value_name = "DURATION", help_heading = "Restarts and upgrades")]
+    /// A request to kvfs that gets no answer for this long (kvfs stopped or stuck, and its
+    /// supervisor with it) fails the mount (ENOTCONN) instead of hanging its readers for ever
+    /// (default 2m, 0 = never; Linux 6.14+).
+    pub hang_timeout: Option<String>,
     #[arg(long, value_name = "PATH", help_heading = "Restarts and upgrades")]
     /// Where this mount's supervisor listens for a successor (a new kvfs for the same
     /// mountpoint takes the live mount over through it). Default: /run/kvfs/<mountpoint>.sock
@@ -210,6 +215,8 @@ pub struct MountSettings {
     /// `None`: the default place for this mountpoint (see `lifecycle::paths`).
     pub control_socket: Option<PathBuf>,
     pub after_handoff: AfterHandoff,
+    /// `--hang-timeout`: the kernel's limit on one request's wait (zero: none).
+    pub hang_timeout: Duration,
 }
 
 fn vault_url(vault: &str, cloud: Cloud) -> Result<url::Url, String> {
@@ -280,6 +287,7 @@ impl MountArgs {
             "log_file",
             "control_socket",
             "after_handoff",
+            "hang_timeout",
         ];
         if let Some(bad) = o.iter().find(|x| !KNOWN.contains(&x.key.as_str())) {
             return Err(format!("unknown mount option {:?}", bad.key));
@@ -324,6 +332,7 @@ impl MountArgs {
         };
         let cache_ttl = duration(&self.cache_ttl, "cache_ttl", Duration::from_secs(60))?;
         let max_stale = duration(&self.max_stale, "max_stale", Duration::from_secs(86_400))?;
+        let hang_timeout = duration(&self.hang_timeout, "hang_timeout", Duration::from_secs(120))?;
         let open_mode = match pick(&self.open_mode, "open_mode")?.as_deref() {
             None | Some("snapshot") => OpenMode::Snapshot,
             Some("cached") => OpenMode::Cached,
@@ -403,6 +412,7 @@ impl MountArgs {
                 .clone()
                 .or(value("control_socket")?.map(PathBuf::from)),
             after_handoff,
+            hang_timeout,
         })
     }
 }
@@ -429,6 +439,21 @@ mod tests {
         assert_eq!((s.uid, s.gid), (1000, 1000));
         assert!(!s.allow_other && s.verify_challenge_resource && !s.foreground);
         assert_eq!(s.open_mode, OpenMode::Snapshot);
+        assert_eq!(s.hang_timeout, Duration::from_secs(120));
+    }
+
+    #[test]
+    fn hang_timeout_from_flag_or_o_and_zero_turns_it_off() {
+        let mut a = args("myvault");
+        a.options = vec!["hang_timeout=30s".into()];
+        assert_eq!(
+            a.resolve(0, 0).unwrap().hang_timeout,
+            Duration::from_secs(30)
+        );
+        a.hang_timeout = Some("0".into());
+        assert_eq!(a.resolve(0, 0).unwrap().hang_timeout, Duration::ZERO);
+        a.hang_timeout = Some("soon".into());
+        assert!(a.resolve(0, 0).unwrap_err().starts_with("--hang-timeout: "));
     }
 
     #[test]

@@ -4,6 +4,7 @@
 
 use std::ffi::OsStr;
 use std::future::Future;
+use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -16,7 +17,7 @@ use fuser::{
 };
 use futures::FutureExt;
 
-use crate::fs::core::{Attr, FsCore, Kind, OpenMode};
+use crate::fs::core::{Attr, FsCore, Kind, MAX_NAME_LEN, OpenMode, check_name_length};
 use crate::fs::error::FsError;
 use crate::lifecycle::gate::Gate;
 
@@ -98,21 +99,45 @@ fn utf8(name: &OsStr) -> Option<String> {
 }
 
 impl Filesystem for FuseAdapter {
-    /// With `FUSE_AUTO_INVAL_DATA`, a read whose cached attributes have expired revalidates
-    /// them, and a changed mtime or size drops the page cache: what lets a kernel-cached file
-    /// (cached mode, explicit versions) follow a rotation without a notification.
+    /// - `FUSE_AUTO_INVAL_DATA`: a read whose cached attributes have expired revalidates them,
+    ///   and a changed mtime or size drops the page cache: what lets a kernel-cached file
+    ///   (cached mode, explicit versions) follow a rotation without a notification.
+    /// - `FUSE_PARALLEL_DIROPS`: without it the kernel serialises lookups and listings in one
+    ///   directory, so one name waiting on a slow vault would hold up every other name there.
+    /// - `FUSE_DIRECT_IO_ALLOW_MMAP`: snapshot-mode files are opened with direct I/O, which the
+    ///   kernel otherwise refuses to mmap (ENODEV); with it, a shared read-only mapping works.
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
-        if let Err(missing) = config.add_capabilities(InitFlags::FUSE_AUTO_INVAL_DATA) {
-            tracing::warn!(
-                ?missing,
-                "kernel lacks FUSE_AUTO_INVAL_DATA; page caches follow rotations only through invalidation"
-            );
+        let wanted = [
+            (
+                InitFlags::FUSE_AUTO_INVAL_DATA,
+                "page caches follow rotations only through invalidation",
+            ),
+            (
+                InitFlags::FUSE_PARALLEL_DIROPS,
+                "lookups in one directory wait for each other",
+            ),
+            (
+                InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP,
+                "mmap of a file fails in the default open mode",
+            ),
+        ];
+        for (flag, consequence) in wanted {
+            if let Err(missing) = config.add_capabilities(flag) {
+                tracing::warn!(
+                    ?missing,
+                    "the kernel lacks a FUSE capability: {consequence}"
+                );
+            }
         }
         Ok(())
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let _turn = self.gate.turn();
+        // Before anything else: a name no vault object can have costs no request.
+        if let Err(e) = check_name_length(name.as_bytes()) {
+            return reply.error(errno(&e));
+        }
         let Some(name) = utf8(name) else {
             return reply.error(Errno::ENOENT);
         };
@@ -124,6 +149,13 @@ impl Filesystem for FuseAdapter {
                 Err(e) => reply.error(errno(&e)),
             },
         );
+    }
+
+    /// Nothing is stored, so no blocks or inodes to report; `namelen` is what Key Vault allows,
+    /// so tools that ask (`pathconf(_PC_NAME_MAX)`) learn the real limit.
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: fuser::ReplyStatfs) {
+        let _turn = self.gate.turn();
+        reply.statfs(0, 0, 0, 0, 0, 512, MAX_NAME_LEN as u32, 0);
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {

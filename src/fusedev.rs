@@ -40,6 +40,14 @@ const INIT_IN_EXT_LEN: usize = 20;
 const FUSE_INIT: u32 = 26;
 const FUSE_INIT_EXT: u64 = 1 << 30;
 const FUSE_HAS_RESEND: u64 = 1 << 39;
+/// The daemon sets a time limit on every request (protocol 7.43, Linux 6.14+).
+const FUSE_REQUEST_TIMEOUT: u64 = 1 << 42;
+/// `fuse_init_out` through `unused[11]`: the reply fuser writes for protocol 7.23 and later.
+const INIT_OUT_LEN: usize = 64;
+/// Offsets in `fuse_init_out` of `flags`, `flags2` and `request_timeout`.
+const INIT_OUT_FLAGS: usize = 12;
+const INIT_OUT_FLAGS2: usize = 32;
+const INIT_OUT_REQUEST_TIMEOUT: usize = 40;
 /// The first protocol minor version with `FUSE_NOTIFY_RESEND`.
 const RESEND_MINOR: u32 = 40;
 const FUSE_NOTIFY_RESEND: i32 = 7;
@@ -329,10 +337,54 @@ impl InitRequest {
         })
     }
 
+    /// Whether the kernel takes a request time limit from the daemon (`FUSE_REQUEST_TIMEOUT`).
+    pub fn has_request_timeout(&self) -> bool {
+        self.flags & FUSE_REQUEST_TIMEOUT != 0
+    }
+
     /// Whether the kernel accepts `FUSE_NOTIFY_RESEND` on this connection.
     pub fn has_resend(&self) -> bool {
         self.flags & FUSE_HAS_RESEND != 0 && self.minor >= RESEND_MINOR
     }
+}
+
+/// Adds a request time limit of `seconds` to an INIT reply (header and `fuse_init_out`, as fuser
+/// writes it), which fuser 0.18 cannot express: once any request waits longer than that for its
+/// answer, the kernel aborts the connection, so a daemon that is stopped or stuck fails its
+/// readers (ENOTCONN) instead of hanging them for ever. The kernel looks at requests only every
+/// 15 s, so a request may wait up to about 30 s longer (a 1 s timeout failed a read after 30 s
+/// on Linux 6.18).
+///
+/// Not applied (the reply is left as it is, and the reason returned) when the kernel does not
+/// offer the flag, or the reply is an error or not laid out as expected.
+pub fn set_request_timeout(
+    reply: &mut [u8],
+    kernel: &InitRequest,
+    seconds: u16,
+) -> Result<(), String> {
+    if !kernel.has_request_timeout() {
+        return Err(format!(
+            "the kernel (FUSE protocol {}.{}) has no request timeout (Linux 6.14 or later needed)",
+            kernel.major, kernel.minor
+        ));
+    }
+    if reply.len() != OUT_HEADER_LEN + INIT_OUT_LEN || u32_at(reply, 4) != 0 {
+        return Err(format!(
+            "unexpected INIT reply ({} bytes, error {})",
+            reply.len(),
+            reply.get(4..8).map_or(0, |_| u32_at(reply, 4) as i32)
+        ));
+    }
+    let body = &mut reply[OUT_HEADER_LEN..];
+    // The kernel reads `flags2` only when the reply's `flags` carry FUSE_INIT_EXT.
+    if u64::from(u32_at(body, INIT_OUT_FLAGS)) & FUSE_INIT_EXT == 0 {
+        return Err("the INIT reply does not use the extended flags".to_string());
+    }
+    let flags2 = u32_at(body, INIT_OUT_FLAGS2) | (FUSE_REQUEST_TIMEOUT >> 32) as u32;
+    body[INIT_OUT_FLAGS2..INIT_OUT_FLAGS2 + 4].copy_from_slice(&flags2.to_ne_bytes());
+    body[INIT_OUT_REQUEST_TIMEOUT..INIT_OUT_REQUEST_TIMEOUT + 2]
+        .copy_from_slice(&seconds.to_ne_bytes());
+    Ok(())
 }
 
 /// Callers check the length first.
@@ -644,6 +696,53 @@ mod tests {
         );
     }
 
+    /// An INIT reply as fuser writes it: header, then `fuse_init_out` with `flags`.
+    fn init_reply(flags: u32) -> Vec<u8> {
+        let mut reply = vec![0u8; OUT_HEADER_LEN + INIT_OUT_LEN];
+        reply[0..4].copy_from_slice(&((OUT_HEADER_LEN + INIT_OUT_LEN) as u32).to_ne_bytes());
+        reply[OUT_HEADER_LEN + INIT_OUT_FLAGS..][..4].copy_from_slice(&flags.to_ne_bytes());
+        reply
+    }
+
+    #[test]
+    fn request_timeout_goes_into_flags2_and_its_field() {
+        let kernel = InitRequest::parse(&init_bytes(2, 43, 1 << 30, Some(1 << 10))).unwrap();
+        assert!(kernel.has_request_timeout());
+        let mut reply = init_reply(1 << 30);
+        set_request_timeout(&mut reply, &kernel, 120).unwrap();
+        let body = &reply[OUT_HEADER_LEN..];
+        assert_eq!(u32_at(body, INIT_OUT_FLAGS2), 1 << 10);
+        assert_eq!(
+            &body[INIT_OUT_REQUEST_TIMEOUT..][..2],
+            &120u16.to_ne_bytes()
+        );
+        // Everything else is left as fuser wrote it.
+        assert_eq!(u32_at(&reply, 0) as usize, reply.len());
+        assert_eq!(u32_at(body, INIT_OUT_FLAGS), 1 << 30);
+    }
+
+    #[test]
+    fn request_timeout_is_not_set_where_it_would_mean_nothing() {
+        let old = InitRequest::parse(&init_bytes(2, 41, 1 << 30, Some(0))).unwrap();
+        let mut reply = init_reply(1 << 30);
+        let untouched = reply.clone();
+        assert!(
+            set_request_timeout(&mut reply, &old, 120)
+                .unwrap_err()
+                .contains("6.14")
+        );
+        let kernel = InitRequest::parse(&init_bytes(2, 43, 1 << 30, Some(1 << 10))).unwrap();
+        // No FUSE_INIT_EXT in the reply: the kernel would not read flags2.
+        let mut plain = init_reply(0);
+        assert!(set_request_timeout(&mut plain, &kernel, 120).is_err());
+        // An error reply, or one of another size.
+        let mut error = init_reply(1 << 30);
+        error[4..8].copy_from_slice(&(-libc::EPROTO).to_ne_bytes());
+        assert!(set_request_timeout(&mut error, &kernel, 120).is_err());
+        assert!(set_request_timeout(&mut reply[..40], &kernel, 120).is_err());
+        assert_eq!(reply, untouched);
+    }
+
     const MOUNTINFO: &str = "\
 22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw
 45 23 0:40 / /sys/fs/fuse/connections rw,relatime - fusectl none rw
@@ -759,6 +858,20 @@ garbage line
         let init = InitRequest::parse(&read_init(dev.as_fd()).unwrap()).unwrap();
         assert_eq!(init.major, 7);
         assert!(init.has_resend(), "{init:?}");
+        // What kvfs asks for: parallel lookups (Linux 4.7+) and mmap of direct-I/O files (6.6+).
+        let parallel_dirops = 1 << 18;
+        let direct_io_allow_mmap = 1 << 36;
+        assert_eq!(init.flags & parallel_dirops, parallel_dirops, "{init:?}");
+        assert_eq!(
+            init.flags & direct_io_allow_mmap,
+            direct_io_allow_mmap,
+            "{init:?}"
+        );
+        println!(
+            "protocol 7.{}, request timeout offered: {}",
+            init.minor,
+            init.has_request_timeout()
+        );
 
         // The INIT read (and never answered) on `dev` comes back through the clone, marked.
         let clone = clone_dev(dev.as_fd()).unwrap();

@@ -33,6 +33,12 @@
 //! - Single flight: callers of a key that needs fetching share one vault call, cold or refresh.
 //!   A caller does not join a flight that started more than a TTL ago (it could only return a
 //!   value older than the contract allows); it starts the next one, which later callers join.
+//! - Patience: a caller that has a last answer (within `max_stale`) waits for a refresh at most
+//!   [`READER_PATIENCE`] (2 s) counted from the start of the flight, then gets the last answer
+//!   marked `stale` (`valid_for` zero); the flight goes on and stores its answer for the next
+//!   read. Such a caller never starts a flight beside one still running that is older than a
+//!   TTL: it gets the last answer at once. So a slow vault delays no read of a known value by
+//!   more than 2 s, at the price of the freshness bound above while a refresh is that slow.
 //! - `NotFound`/`Disabled` are cached like values, for the TTL.
 //! - Transient errors (`Throttled`, `Unavailable`): the last answer (value or `NotFound`) is served
 //!   as long as `now - last successful fetch <= max_stale`, marked `stale` with `valid_for` zero.
@@ -142,6 +148,9 @@ pub const ENTRY_OVERHEAD: u64 = 256;
 const FIRST_RETRY: Duration = Duration::from_secs(5);
 /// However short the TTL, an object is not retried more than once per this interval in an outage.
 const MIN_RETRY: Duration = Duration::from_secs(1);
+/// How long a reader that has a last answer waits for a refresh of it, counted from the start of
+/// the refresh: a slow vault delays a read by at most this, then the read gets the last answer.
+pub const READER_PATIENCE: Duration = Duration::from_secs(2);
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CacheConfig {
@@ -454,7 +463,9 @@ impl Cache {
                 return answer;
             }
         }
-        let (flight, background) = {
+        // Whether this reader has a last answer to fall back on if the vault is slow.
+        let fallback = slot.as_deref().filter(|s| inner.has_last_good(s, now));
+        let (flight, started, background) = {
             let mut flights = inner.flights.lock();
             match flights.get(&key) {
                 Some(flight)
@@ -469,18 +480,50 @@ impl Cache {
                         return answer;
                     }
                     inner.counters.coalesced.fetch_add(1, Ordering::Relaxed);
-                    (flight.result.clone(), flight.mode == Mode::Background)
+                    (
+                        flight.result.clone(),
+                        flight.started,
+                        flight.mode == Mode::Background,
+                    )
+                }
+                // A flight older than a TTL and still running: it cannot give this reader a
+                // value young enough, and a second call beside it would only queue behind the
+                // same slow vault. A reader with a last answer gets it; it is long past its
+                // patience.
+                Some(flight) if fallback.is_some() && flight.result.peek().is_none() => {
+                    let slot = fallback.expect("checked");
+                    slot.mark_read();
+                    return inner.last_good(slot, now).expect("checked");
                 }
                 // No flight, or one too old to join: start the next one. An older flight that is
                 // replaced here still finishes, but will not overwrite a newer answer. (This also
                 // retires a flight whose task panicked and so never removed itself.)
                 _ => (
                     inner.start_flight(&mut flights, request, key.clone(), now, Mode::Reader),
+                    now,
                     false,
                 ),
             }
         };
-        let answer = flight.await;
+        let answer = match fallback {
+            // A reader of a cached value never waits long for its refresh: past
+            // [`READER_PATIENCE`] from the start of the flight it gets the last answer, and the
+            // flight goes on to store the new one for the next reader.
+            Some(slot) => {
+                let patience_ends = started + READER_PATIENCE;
+                match tokio::time::timeout_at(patience_ends, flight.clone()).await {
+                    Ok(answer) => answer,
+                    Err(_) => match inner.last_good(slot, Instant::now()) {
+                        Some(answer) => {
+                            slot.mark_read();
+                            return answer;
+                        }
+                        None => flight.await,
+                    },
+                }
+            }
+            None => flight.await,
+        };
         if background {
             // A background flight stores a slot nobody has read yet; this reader did.
             if let Some(slot) = inner.slots.get(&key).await {
@@ -836,6 +879,13 @@ impl Inner {
     }
 
     /// The last answer, served stale, if it is not older than `max_stale`.
+    /// Whether [`Inner::last_good`] would answer (without counting it).
+    fn has_last_good(&self, slot: &Slot, now: Instant) -> bool {
+        slot.known.as_ref().is_some_and(|known| {
+            now.saturating_duration_since(known.fetched_at) <= self.config.max_stale
+        })
+    }
+
     fn last_good(&self, slot: &Slot, now: Instant) -> Option<Answer> {
         let known = slot.known.as_ref()?;
         if now.saturating_duration_since(known.fetched_at) > self.config.max_stale {
@@ -1458,6 +1508,86 @@ mod tests {
         }
         assert_eq!(vault.calls("get_secret"), 2);
         assert_eq!(cache.stats().coalesced, 2);
+    }
+
+    /// Reads `name` and says how long it took (on tokio's clock) and whether it was stale.
+    async fn timed_read(cache: &Cache, name: &str) -> (Vec<u8>, Duration, bool) {
+        let started = Instant::now();
+        let got = cache.secret(name, None).await.unwrap();
+        (got.value.value.clone(), started.elapsed(), got.stale)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reader_of_a_cached_value_waits_for_a_slow_refresh_no_longer_than_its_patience() {
+        let ttl = Duration::from_secs(5);
+        let (vault, cache) = setup(config(ttl));
+        vault.set_secret("s", b"one");
+        read(&cache, "s").await.unwrap();
+        vault.set_secret("s", b"two");
+        vault.set_delay(Duration::from_secs(20));
+        advance(ttl).await;
+
+        let first = {
+            let cache = cache.clone();
+            tokio::spawn(async move { timed_read(&cache, "s").await })
+        };
+        settle().await;
+        // Joining the refresh 1.5 s after it started: the patience counts from its start.
+        advance(Duration::from_millis(1500)).await;
+        let (value, waited, stale) = timed_read(&cache, "s").await;
+        assert_eq!(
+            (value.as_slice(), waited, stale),
+            (
+                &b"one"[..],
+                READER_PATIENCE - Duration::from_millis(1500),
+                true
+            )
+        );
+        let (value, waited, stale) = first.await.unwrap();
+        assert_eq!(
+            (value.as_slice(), waited, stale),
+            (&b"one"[..], READER_PATIENCE, true)
+        );
+        // More than a TTL into the refresh: the last value at once, and no second call beside it.
+        advance(ttl).await;
+        let (value, waited, _) = timed_read(&cache, "s").await;
+        assert_eq!((value.as_slice(), waited), (&b"one"[..], Duration::ZERO));
+        assert_eq!(vault.calls("get_secret"), 2);
+
+        // The refresh goes on and stores its answer: once it is done (and expired, since it took
+        // longer than a TTL), the next slow refresh falls back on it.
+        advance(Duration::from_secs(20)).await;
+        settle().await;
+        let (value, waited, stale) = timed_read(&cache, "s").await;
+        assert_eq!(
+            (value.as_slice(), waited, stale),
+            (&b"two"[..], READER_PATIENCE, true)
+        );
+        assert_eq!(vault.calls("get_secret"), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_quick_refresh_is_waited_for_and_a_cold_read_waits_for_its_fetch() {
+        let (vault, cache) = setup(config(TTL));
+        vault.set_secret("s", b"one");
+        read(&cache, "s").await.unwrap();
+        vault.set_secret("s", b"two");
+        vault.set_delay(Duration::from_millis(1500));
+        advance(TTL).await;
+        // Within the patience: the reader gets the new value, as the TTL promises.
+        let (value, waited, stale) = timed_read(&cache, "s").await;
+        assert_eq!(
+            (value.as_slice(), waited, stale),
+            (&b"two"[..], Duration::from_millis(1500), false)
+        );
+        // Nothing to fall back on: a first read waits for the vault however slow.
+        vault.set_secret("cold", b"c");
+        vault.set_delay(Duration::from_secs(20));
+        let (value, waited, _) = timed_read(&cache, "cold").await;
+        assert_eq!(
+            (value.as_slice(), waited),
+            (&b"c"[..], Duration::from_secs(20))
+        );
     }
 
     #[tokio::test(start_paused = true)]

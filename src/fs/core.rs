@@ -165,6 +165,19 @@ struct OpenFile {
 /// bytes, by fetching that version. Opens of the same version of the same inode share a handle.
 const VERSIONED_HANDLE: u64 = 1 << 63;
 
+/// The longest name in the tree: Key Vault's limit on object names (version ids and the fixed
+/// names are shorter).
+pub const MAX_NAME_LEN: usize = 127;
+
+/// A longer name cannot exist anywhere in the tree; saying `ENAMETOOLONG` (not `ENOENT`) tells
+/// the caller why, and costs no vault request.
+pub fn check_name_length(name: &[u8]) -> Result<(), FsError> {
+    if name.len() > MAX_NAME_LEN {
+        return Err(FsError::NameTooLong);
+    }
+    Ok(())
+}
+
 fn handle_of(version: &str) -> u64 {
     VERSIONED_HANDLE | (fnv1a(version.bytes()) >> 1)
 }
@@ -470,6 +483,7 @@ impl FsCore {
     }
 
     pub async fn lookup(&self, parent: u64, name: &str) -> Result<Entry, FsError> {
+        check_name_length(name.as_bytes())?;
         let parent_node = self.inodes.node(parent).ok_or(FsError::BadHandle)?;
         if !parent_node.is_dir() {
             return Err(FsError::NotDir);
@@ -969,6 +983,25 @@ mod tests {
             );
         }
         assert_eq!(vault.calls("get_secret"), before);
+    }
+
+    #[tokio::test]
+    async fn names_past_the_vault_limit_are_too_long_without_a_request() {
+        let vault = Arc::new(MemoryVault::new());
+        let longest = "a".repeat(MAX_NAME_LEN);
+        vault.set_secret(&longest, b"v");
+        let core = core_with(vault.clone(), Duration::from_secs(60));
+        path(&core, &format!("secrets/{longest}")).await.unwrap();
+        let calls = vault.calls("get_secret");
+        for dir in ["secrets", "keys", "certs", "versions/secrets", ""] {
+            assert_eq!(
+                path(&core, &format!("{dir}/a{longest}")).await.unwrap_err(),
+                FsError::NameTooLong,
+                "{dir}"
+            );
+        }
+        assert_eq!(vault.calls("get_secret"), calls);
+        assert_eq!(vault.calls("get_key") + vault.calls("get_certificate"), 0);
     }
 
     #[tokio::test]

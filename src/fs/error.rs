@@ -28,6 +28,9 @@ pub enum FsError {
     /// SELinux labels and ACLs once it has seen it for the filesystem.
     #[error("operation not supported")]
     NotSupported,
+    /// A name longer than any vault object's can be (Key Vault allows 127 bytes).
+    #[error("file name too long")]
+    NameTooLong,
     /// An unknown inode or file handle (the kernel asked about something forgotten).
     #[error("bad file handle")]
     BadHandle,
@@ -44,6 +47,7 @@ impl FsError {
             FsError::IsDir => libc::EISDIR,
             FsError::NoAttribute => libc::ENODATA,
             FsError::NotSupported => libc::EOPNOTSUPP,
+            FsError::NameTooLong => libc::ENAMETOOLONG,
             FsError::BadHandle => libc::EBADF,
         }
     }
@@ -83,5 +87,6 @@ mod tests {
             libc::EIO
         );
         assert_eq!(FsError::ReadOnly.errno(), libc::EROFS);
+        assert_eq!(FsError::NameTooLong.errno(), libc::ENAMETOOLONG);
     }
 }

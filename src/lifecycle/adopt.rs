@@ -22,12 +22,16 @@ use crate::fusedev;
 /// A fuser session serving `connection` without a new INIT, reading requests from `reader` (a
 /// `/dev/fuse` file of that connection: see the worker for which). `init` is the INIT request
 /// the kernel sent at mount time; `answered` says whether a worker already replied to it.
+/// `request_timeout` (seconds) goes into the reply when this one answers: see
+/// [`fusedev::set_request_timeout`].
+#[allow(clippy::too_many_arguments)]
 pub fn session<FS: fuser::Filesystem>(
     filesystem: FS,
     connection: BorrowedFd<'_>,
     reader: OwnedFd,
     init: &[u8],
     answered: bool,
+    request_timeout: Option<u16>,
     acl: fuser::SessionACL,
     config: fuser::Config,
 ) -> io::Result<fuser::Session<FS>> {
@@ -52,6 +56,19 @@ pub fn session<FS: fuser::Filesystem>(
     )?;
     reply.truncate(n);
     if !answered {
+        if let Some(seconds) = request_timeout {
+            let kernel = fusedev::InitRequest::parse(init)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+            match fusedev::set_request_timeout(&mut reply, &kernel, seconds) {
+                Ok(()) => tracing::info!(
+                    seconds,
+                    "the kernel fails requests that wait longer than the hang timeout"
+                ),
+                Err(why) => tracing::warn!(
+                    "no hang timeout: {why}; if kvfs stops, readers wait until it is killed"
+                ),
+            }
+        }
         match fusedev::write_message(connection, &reply) {
             Ok(()) => {}
             // A predecessor answered it and died before saying so.

@@ -48,6 +48,10 @@ const START_BACKOFF: (Duration, Duration) = (Duration::from_millis(250), Duratio
 const STOP_GRACE: Duration = Duration::from_secs(3);
 /// How often the supervisor looks whether its connection is still there.
 const CONNECTION_CHECK: Duration = Duration::from_secs(1);
+/// How long a worker may stay stopped (SIGSTOP, a debugger's stop: state T) before it is
+/// replaced. Requests it had read come back to its successor (resend) or fail once; stopped, it
+/// would hang them, and every reader after them, until someone sent SIGCONT.
+const STOPPED_GRACE: Duration = Duration::from_secs(5);
 /// How long the liveness probe of an existing mount waits for an answer.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -89,6 +93,8 @@ pub(super) struct Supervisor {
     pub failed_starts: u32,
     pub quick_deaths: u32,
     pub restart_at: Option<Instant>,
+    /// The worker, and since when it has been seen stopped.
+    pub stopped: Option<(Pid, Instant)>,
 }
 
 /// What the supervisor's poll reported.
@@ -293,6 +299,7 @@ impl Supervisor {
             failed_starts: 0,
             quick_deaths: 0,
             restart_at: None,
+            stopped: None,
         }
     }
 
@@ -541,9 +548,38 @@ impl Supervisor {
             if self.connection_gone() {
                 return Event::ConnectionGone;
             }
+            self.end_a_stopped_worker();
             if successor {
                 return Event::Successor;
             }
+        }
+    }
+
+    /// Kill the worker once it has been stopped for [`STOPPED_GRACE`]: its death is then seen
+    /// like any other (SIGCHLD) and a new worker takes over at once.
+    fn end_a_stopped_worker(&mut self) {
+        let Some(pid) = self.worker.as_ref().map(|w| w.pid) else {
+            self.stopped = None;
+            return;
+        };
+        if !is_stopped(pid) {
+            self.stopped = None;
+            return;
+        }
+        let since = match self.stopped {
+            Some((p, since)) if p == pid => since,
+            _ => {
+                self.stopped = Some((pid, Instant::now()));
+                return;
+            }
+        };
+        if since.elapsed() >= STOPPED_GRACE {
+            tracing::warn!(
+                pid = pid.as_raw(),
+                "the kvfs worker has been stopped for {STOPPED_GRACE:?} (SIGSTOP?); replacing it so that readers are answered"
+            );
+            let _ = kill(pid, Signal::SIGKILL);
+            self.stopped = None;
         }
     }
 
@@ -622,6 +658,20 @@ impl Supervisor {
         }
         Ok(())
     }
+}
+
+/// Whether `pid` is stopped by a signal (state `T` in `/proc/<pid>/stat`; not `t`, a tracee a
+/// debugger holds on purpose).
+fn is_stopped(pid: Pid) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .is_ok_and(|stat| process_state(&stat) == Some('T'))
+}
+
+/// The state letter of a `/proc/<pid>/stat` line: the first field after the command name, which
+/// is in parentheses and may itself contain spaces and parentheses.
+fn process_state(stat: &str) -> Option<char> {
+    let after_name = &stat[stat.rfind(')')? + 1..];
+    after_name.trim_start().chars().next()
 }
 
 /// The clones of a connection the workers read from (see [`Connection::readers`]).
@@ -778,6 +828,14 @@ mod tests {
         // A second of serving forgets the quick deaths.
         assert_eq!(next(Some(Duration::from_secs(2))), Duration::ZERO);
         assert_eq!(next(Some(ms(10))), Duration::ZERO);
+    }
+
+    #[test]
+    fn process_state_is_read_past_a_command_name_with_spaces_and_parentheses() {
+        assert_eq!(process_state("42 (kvfs) T 1 42 42 0 -1"), Some('T'));
+        assert_eq!(process_state("42 (a) b) (c) S 1 42"), Some('S'));
+        assert_eq!(process_state("garbage"), None);
+        assert!(!is_stopped(Pid::this()));
     }
 
     #[test]

@@ -336,6 +336,7 @@ fn start_serving(
             &serve.init,
             // Only the first session answers the kernel's INIT, if nobody did yet.
             serve.init_answered || i > 0,
+            hang_timeout_seconds(settings.hang_timeout),
             acl,
             config,
         )
@@ -465,9 +466,31 @@ fn drain(settings: &MountSettings, running: &Running) {
     }
 }
 
+/// `--hang-timeout` as the kernel takes it: whole seconds, rounded up, at most u16::MAX
+/// (about 18 h); `None` for zero (off).
+fn hang_timeout_seconds(timeout: Duration) -> Option<u16> {
+    if timeout.is_zero() {
+        return None;
+    }
+    let seconds = timeout.as_secs() + u64::from(timeout.subsec_nanos() > 0);
+    Some(u16::try_from(seconds).unwrap_or(u16::MAX))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hang_timeout_in_whole_seconds_rounded_up() {
+        assert_eq!(hang_timeout_seconds(Duration::ZERO), None);
+        assert_eq!(hang_timeout_seconds(Duration::from_millis(1)), Some(1));
+        assert_eq!(hang_timeout_seconds(Duration::from_secs(120)), Some(120));
+        assert_eq!(hang_timeout_seconds(Duration::from_millis(1500)), Some(2));
+        assert_eq!(
+            hang_timeout_seconds(Duration::from_secs(86_400)),
+            Some(u16::MAX)
+        );
+    }
     use crate::cli::MountArgs;
 
     fn scope(vault: &str) -> String {

@@ -225,7 +225,9 @@ fn an_outage_serves_cached_values_and_eio_for_never_read_ones() {
         m.read("secrets/api-key").ok().as_deref() == Some("after-the-outage")
             && m.read("secrets/app-config").is_ok()
     });
-    assert!(m.log_text().contains("503") || m.log_text().to_lowercase().contains("unavailable"));
+    m.wait_for_log("the outage", |log| {
+        log.contains("503") || log.to_lowercase().contains("unavailable")
+    });
 }
 
 #[test]
@@ -499,8 +501,9 @@ fn a_missing_role_is_eacces_with_a_log_line_naming_it() {
     assert!(names(&dir.path().join("secrets")).contains("api-key"));
     let e = std::fs::read_to_string(dir.path().join("secrets/api-key")).unwrap_err();
     assert_eq!(errno(&e), libc::EACCES, "{e}");
-    let text = std::fs::read_to_string(&log).unwrap();
-    assert!(text.contains("Key Vault Secrets User"), "{text}");
+    let text = common::wait_for_log(&log, "the missing role", |t| {
+        t.contains("Key Vault Secrets User")
+    });
     assert!(
         !text.contains("sk_test_4eC39HqLyjWDarjtT1zdp7dc"),
         "no values in logs"

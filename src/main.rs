@@ -8,34 +8,25 @@ use clap::Parser;
 use kvfs::cli::{Cli, Command};
 use kvfs::ipc::Channel;
 use kvfs::lifecycle::worker::{self, WORKER_FD_ENV};
-use kvfs::{daemon, mount};
+use kvfs::{daemon, harden, logging, mount};
 
-/// Logs go to stderr, or to `--log-file` (a detached daemon's stderr is /dev/null).
-fn init_logging(file: Option<&Path>) -> Result<(), String> {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("KVFS_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("kvfs=info,warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    match file {
-        Some(path) => {
-            let f = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .map_err(|e| format!("cannot open log file {}: {e}", path.display()))?;
-            builder
-                .with_ansi(false)
-                .with_writer(std::sync::Mutex::new(f))
-                .init();
-        }
-        None => builder.with_writer(std::io::stderr).init(),
-    }
+#[cfg(feature = "zeroize-freed-memory")]
+#[global_allocator]
+static ALLOCATOR: kvfs::harden::ZeroizingAlloc = kvfs::harden::ZeroizingAlloc(std::alloc::System);
+
+/// Logs go to stderr, or to `--log-file` (a detached daemon's stderr is /dev/null). A process
+/// that holds secrets (the supervisor's environment may carry the credential; the worker holds
+/// tokens and values) is made non-dumpable as soon as its logger can say if that failed.
+fn init_serving_process(log_file: Option<&Path>) -> Result<(), String> {
+    logging::init(log_file)?;
+    harden::process();
     Ok(())
 }
 
 fn run(cli: Cli, readiness: mount::Readiness) -> Result<(), String> {
     match cli.command {
         Command::Unmount { mountpoint } => {
-            init_logging(None)?;
+            logging::init(None)?;
             mount::unmount(&mountpoint)
         }
         Command::Mount(args) => {
@@ -43,13 +34,13 @@ fn run(cli: Cli, readiness: mount::Readiness) -> Result<(), String> {
             let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
             let settings = args.resolve(uid, gid)?;
             if let Some(control) = worker_channel() {
-                init_logging(settings.log_file.as_deref())?;
+                init_serving_process(settings.log_file.as_deref())?;
                 worker::run(settings, control);
             }
             if !settings.foreground {
                 return daemon::detach_and_wait();
             }
-            init_logging(settings.log_file.as_deref())?;
+            init_serving_process(settings.log_file.as_deref())?;
             mount::run(settings, readiness)
         }
     }
@@ -71,7 +62,10 @@ fn main() {
         kvfs::cli::Invocation::Fake => return,
     };
     let cli = Cli::parse_from(args);
-    if let Err(e) = run(cli, readiness) {
+    let result = run(cli, readiness);
+    // Queued log lines first, then the one-line reason after them.
+    logging::flush();
+    if let Err(e) = result {
         eprintln!("kvfs: {e}");
         std::process::exit(1);
     }

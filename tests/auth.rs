@@ -164,11 +164,10 @@ fn without_a_tenant_the_vaults_challenge_names_it() {
     env.retain(|(k, _)| k != "AZURE_TENANT_ID");
     let m = Mount::start_with_env(&vault, &[], &env);
     assert_reads_as(&vault, &m, "app");
-    assert!(
-        m.log_text().contains(&vault.info().tenant_id),
-        "the log says which tenant the challenge named: {}",
-        m.log_text()
-    );
+    // The log says which tenant the challenge named.
+    m.wait_for_log("the challenge's tenant", |log| {
+        log.contains(&vault.info().tenant_id)
+    });
 }
 
 /// A testvault whose client certificate's SHA-1 thumbprint differs in base64 and base64url (it

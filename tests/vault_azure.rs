@@ -182,7 +182,13 @@ async fn versions_are_listed_oldest_first_and_unknown_names_have_none() {
         assert_eq!(v.name, "db-password");
         let id = v.version.as_deref().expect("versioned");
         assert!(valid_version(id), "{id}");
-        values.push(kv.get_secret("db-password", Some(id)).await.unwrap().value);
+        values.push(
+            kv.get_secret("db-password", Some(id))
+                .await
+                .unwrap()
+                .value
+                .clone(),
+        );
     }
     let values: BTreeSet<Vec<u8>> = values.into_iter().collect();
     assert_eq!(values.len(), 3);

@@ -308,6 +308,7 @@ impl Cache {
                 wall,
                 listener: OnceLock::new(),
                 refresher: Refresher::new(),
+                log_limits: crate::logging::RateLimiter::default(),
             }),
         }
     }
@@ -826,6 +827,9 @@ pub(super) struct Inner {
     pub(super) wall: fn() -> SystemTime,
     listener: OnceLock<ChangeListener>,
     pub(super) refresher: Refresher,
+    /// Outage lines are once per object per outage; across objects (every secret of a vault that
+    /// went away) they are a few a minute per kind, with a count.
+    log_limits: crate::logging::RateLimiter,
 }
 
 impl Inner {
@@ -1137,7 +1141,7 @@ impl Inner {
                     // Access revoked (401/403) or an answer we do not understand: what we hold
                     // may no longer be served, so drop it.
                     if new_condition {
-                        tracing::error!(object = %object, error = %error, "vault refused the request; not serving a cached value for it");
+                        crate::log_limited!(self.log_limits, "vault refused", error, object = %object, error = %error, "vault refused the request; not serving a cached value for it");
                     }
                     let slot = Slot {
                         known: None,
@@ -1155,7 +1159,7 @@ impl Inner {
                         if now.saturating_duration_since(k.fetched_at) <= self.config.max_stale =>
                     {
                         if new_condition {
-                            tracing::warn!(
+                            crate::log_limited!(self.log_limits, "vault failing, served stale", warn,
                                 object = %object,
                                 error = %error,
                                 age = ?now.saturating_duration_since(k.fetched_at),
@@ -1170,7 +1174,7 @@ impl Inner {
                     }
                     Some(_) => {
                         if !outage.expiry_logged {
-                            tracing::warn!(
+                            crate::log_limited!(self.log_limits, "vault failing, too stale", warn,
                                 object = %object,
                                 error = %error,
                                 "vault failing and the last good answer is older than --max-stale; reads fail until it recovers"
@@ -1181,7 +1185,7 @@ impl Inner {
                     }
                     None => {
                         if new_condition {
-                            tracing::warn!(
+                            crate::log_limited!(self.log_limits, "vault failing, nothing cached", warn,
                                 object = %object,
                                 error = %error,
                                 "vault failing and nothing cached for this object; reads fail (EIO) until it recovers"

@@ -711,7 +711,8 @@ impl FsCore {
             .filter_map(|p| p.version.as_deref())
             .find(|v| handle_of(v) == fh)
         else {
-            tracing::warn!(
+            // Once per read of such a handle: a reader looping on it must not flood the log.
+            crate::log_limited!(global, "handle of an unlisted version", warn,
                 object = %format!("{}/{name}", collection.as_str()),
                 "a file opened before kvfs restarted names a version the vault no longer lists; it reads the current value"
             );

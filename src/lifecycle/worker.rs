@@ -52,6 +52,7 @@ pub fn run(settings: MountSettings, control: Channel) -> ! {
         // To the log (a detached worker's stderr goes nowhere). Panic messages are ours and
         // never carry a value.
         tracing::error!("kvfs worker panicked: {info}");
+        crate::logging::flush();
         std::process::abort();
     }));
     let code = match serve(settings, &control) {
@@ -61,7 +62,9 @@ pub fn run(settings: MountSettings, control: Channel) -> ! {
             1
         }
     };
-    // Session threads may be parked for good: leave without running destructors.
+    // Session threads may be parked for good: leave without running destructors, once the
+    // queued log lines are out.
+    crate::logging::flush();
     std::process::exit(code)
 }
 

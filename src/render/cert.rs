@@ -41,6 +41,15 @@ pub struct CertFiles {
     pub pfx: Option<Vec<u8>>,
 }
 
+/// The private key's renderings are wiped when dropped (the public files need not be).
+impl Drop for CertFiles {
+    fn drop(&mut self) {
+        for private in [&mut self.privkey_pem, &mut self.bundle_pem, &mut self.pfx] {
+            zeroize::Zeroize::zeroize(private);
+        }
+    }
+}
+
 impl CertFiles {
     /// The file names in the order a directory listing shows them.
     pub const NAMES: [&'static str; 6] = [

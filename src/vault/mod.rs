@@ -65,6 +65,13 @@ impl std::fmt::Debug for SecretValue {
     }
 }
 
+/// Wiped when dropped, spare capacity too, whether or not the zeroing allocator is built in.
+impl Drop for SecretValue {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.value);
+    }
+}
+
 /// A key version: its metadata and public JWK (wire form: base64url members).
 #[derive(Clone, Debug, PartialEq)]
 pub struct KeyValue {

@@ -71,6 +71,28 @@ pub fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
     }
 }
 
+/// How long a test waits for a line in kvfs's log. kvfs writes its log from a background thread,
+/// so a line may land a moment after the operation that caused it (and after the FUSE reply).
+pub const LOG_WAIT: Duration = Duration::from_secs(10);
+
+/// Wait until the log at `path` satisfies `found` (bounded by [`LOG_WAIT`]); returns its text.
+/// Check what must *not* be in a log on the text this returns, once the awaited line is there.
+pub fn wait_for_log(path: &Path, what: &str, found: impl Fn(&str) -> bool) -> String {
+    let start = Instant::now();
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        if found(&text) {
+            return text;
+        }
+        assert!(
+            start.elapsed() < LOG_WAIT,
+            "timed out waiting for {what} in {}:\n{text}",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// A foreground `kvfs mount` process and its mountpoint.
 pub struct Mount {
     pub dir: tempfile::TempDir,
@@ -142,6 +164,11 @@ impl Mount {
 
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// [`wait_for_log`] on this mount's log.
+    pub fn wait_for_log(&self, what: &str, found: impl Fn(&str) -> bool) -> String {
+        wait_for_log(&self.log, what, found)
     }
 
     /// SIGTERM the daemon; returns its exit status.

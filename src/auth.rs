@@ -10,7 +10,9 @@
 //! The environment is an input ([`Env`]), not `std::env`, so the decision can be tested.
 //!
 //! Every credential is wrapped in [`CachedCredential`]: a token is reused until 5 minutes before
-//! it expires (or half its lifetime, when that is shorter than 10 minutes), one refresh at a time.
+//! it expires (or half its lifetime, when that is shorter than 10 minutes), one refresh at a time;
+//! a token the vault refuses is dropped and the credential rebuilt, with fresh tokens spaced out
+//! while the vault keeps refusing them.
 
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
@@ -31,6 +33,7 @@ use azure_identity::{
 
 use crate::cli::AuthMethod;
 use crate::vault::azure::{self, error_chain};
+use crate::vault::refusals::TokenVerdicts;
 
 /// The scope of every token kvfs asks for.
 pub const VAULT_SCOPE: &str = "https://vault.azure.net/.default";
@@ -400,6 +403,8 @@ pub fn method_name(method: AuthMethod) -> &'static str {
 pub struct Selected {
     pub method: &'static str,
     pub credential: Arc<dyn TokenCredential>,
+    /// The same credential, to be told which of its tokens the vault refused.
+    pub verdicts: Arc<dyn TokenVerdicts>,
 }
 
 impl std::fmt::Debug for Selected {
@@ -440,7 +445,7 @@ pub async fn select(
             }
             Err(e) => return Err(one_line(&format!("--auth {}: {e}", spec.method()))),
         };
-        if auto && let Some(reason) = probe(&spec, &credential, limits).await {
+        if auto && let Some(reason) = probe(&spec, credential.as_ref(), limits).await {
             skipped.push(format!("{label}: {reason}"));
             continue;
         }
@@ -452,6 +457,7 @@ pub async fn select(
         );
         return Ok(Selected {
             method: spec.method(),
+            verdicts: credential.clone(),
             credential,
         });
     }
@@ -497,11 +503,7 @@ fn describe(spec: &Spec) -> String {
 
 /// `auto` only: whether a probed method works; `None` when it does. The token it got stays in
 /// the credential's cache.
-async fn probe(
-    spec: &Spec,
-    credential: &Arc<dyn TokenCredential>,
-    limits: &Limits,
-) -> Option<String> {
+async fn probe(spec: &Spec, credential: &dyn TokenCredential, limits: &Limits) -> Option<String> {
     let (limit, what) = match spec {
         // A little over the executor's own limit, which kills az and says so.
         Spec::AzureCli { .. } => (
@@ -572,6 +574,24 @@ fn is_transient(err: &azure_core::Error) -> bool {
     false
 }
 
+/// The token source is down, slow or throttling (rather than refusing the identity): transport
+/// failures, and HTTP 408, 429 and 5xx answers.
+fn token_source_down(err: &azure_core::Error) -> bool {
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = next {
+        if let Some(ErrorKind::HttpResponse { status, .. }) =
+            e.downcast_ref::<azure_core::Error>().map(|c| c.kind())
+        {
+            let status = u16::from(*status);
+            if status == 408 || status == 429 || status >= 500 {
+                return true;
+            }
+        }
+        next = e.source();
+    }
+    is_transient(err)
+}
+
 fn entra_options(http: &reqwest::Client, authority_host: &str) -> ClientOptions {
     let mut options = azure::credential_client_options(http);
     // `CustomConfiguration` is non-exhaustive: start from its default and set the host.
@@ -581,8 +601,20 @@ fn entra_options(http: &reqwest::Client, authority_host: &str) -> ClientOptions 
     options
 }
 
-/// The credential for one spec, wrapped in the token cache.
+/// The credential for one spec, wrapped in the token cache, which builds it again (from the
+/// same spec, re-reading a certificate file) whenever the vault refuses a token.
 pub fn build(
+    spec: &Spec,
+    http: &reqwest::Client,
+    limits: &Limits,
+) -> Result<Arc<CachedCredential>, String> {
+    let (spec, http, limits) = (spec.clone(), http.clone(), *limits);
+    let rebuild: Rebuild = Arc::new(move || build_uncached(&spec, &http, &limits));
+    Ok(Arc::new(CachedCredential::rebuildable(rebuild)?))
+}
+
+/// The credential for one spec, as the method makes it (some keep a token cache of their own).
+fn build_uncached(
     spec: &Spec,
     http: &reqwest::Client,
     limits: &Limits,
@@ -670,7 +702,7 @@ pub fn build(
             limits.msi_timeout,
         )?),
     };
-    Ok(Arc::new(CachedCredential::new(inner)))
+    Ok(inner)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1228,20 +1260,61 @@ pub fn refresh_at(obtained: OffsetDateTime, expires: OffsetDateTime) -> OffsetDa
 /// A failed refresh still returns the old token while it has at least this long to live.
 const STALE_TOKEN_FLOOR: azure_core::time::Duration = azure_core::time::Duration::seconds(30);
 
+/// The longest wait between two fresh-token attempts while the vault refuses every token.
+pub const MAX_FRESH_TOKEN_DELAY: Duration = Duration::from_secs(60);
+
+/// How long to wait before the next fresh token after `strikes` refused tokens (or failed
+/// attempts) in a row: none after the first, then 1 s, 2 s, 4 s … up to
+/// [`MAX_FRESH_TOKEN_DELAY`]. A vault that refuses every token hears from kvfs about once a minute.
+pub fn fresh_token_delay(strikes: u32) -> Duration {
+    match strikes {
+        0 | 1 => Duration::ZERO,
+        n => Duration::from_secs(1u64 << (n - 2).min(6)).min(MAX_FRESH_TOKEN_DELAY),
+    }
+}
+
 type Clock = Arc<dyn Fn() -> OffsetDateTime + Send + Sync>;
+
+/// Builds the credential a [`CachedCredential`] wraps afresh. The official credentials keep a
+/// token cache of their own (renewing only inside 5 minutes of expiry) that would hand back the
+/// very token the vault refused; a new credential has an empty one.
+pub type Rebuild = Arc<dyn Fn() -> Result<Arc<dyn TokenCredential>, String> + Send + Sync>;
 
 struct CachedToken {
     token: AccessToken,
     refresh_at: OffsetDateTime,
+    /// The vault has authenticated a request made with it.
+    accepted: bool,
+    /// The vault answered 401 to it: never handed out again.
+    refused: bool,
+}
+
+/// Refused tokens and failed token requests since the vault last accepted a token.
+#[derive(Default)]
+struct Strikes {
+    count: u32,
+    /// No fresh token is asked for before then.
+    not_before: Option<OffsetDateTime>,
 }
 
 /// Reuses each scope's token until [`refresh_at`], one refresh at a time. When a refresh fails
 /// and the old token still has [`STALE_TOKEN_FLOOR`] to live, the old token is served (and the
 /// failure logged), so a token endpoint blip does not fail reads.
+///
+/// It is also told the vault's verdict on each token ([`TokenVerdicts`], through the vault
+/// client's pipeline). A token the vault refuses (401: revoked, or a continuous-access-evaluation
+/// event) is dropped and the credential rebuilt, so the next token is newly issued rather than
+/// the refused one from the credential's own cache. Fresh tokens after a refusal are spaced by
+/// [`fresh_token_delay`]; in between, `get_token` fails at once (the read is `EACCES`) without
+/// asking the token endpoint or the vault. The spacing resets when the vault accepts a token.
 pub struct CachedCredential {
-    inner: Arc<dyn TokenCredential>,
+    inner: parking_lot::Mutex<Arc<dyn TokenCredential>>,
+    rebuild: Option<Rebuild>,
     clock: Clock,
-    tokens: tokio::sync::Mutex<HashMap<String, CachedToken>>,
+    tokens: parking_lot::Mutex<HashMap<String, CachedToken>>,
+    strikes: parking_lot::Mutex<Strikes>,
+    /// One token request at a time.
+    fetching: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for CachedCredential {
@@ -1255,13 +1328,76 @@ impl CachedCredential {
         Self::with_clock(inner, Arc::new(OffsetDateTime::now_utc))
     }
 
+    /// A cache that builds its credential with `rebuild`, again after each refused token.
+    pub fn rebuildable(rebuild: Rebuild) -> Result<CachedCredential, String> {
+        let mut c = Self::new(rebuild()?);
+        c.rebuild = Some(rebuild);
+        Ok(c)
+    }
+
     pub fn with_clock(inner: Arc<dyn TokenCredential>, clock: Clock) -> CachedCredential {
         CachedCredential {
-            inner,
+            inner: parking_lot::Mutex::new(inner),
+            rebuild: None,
             clock,
-            tokens: tokio::sync::Mutex::new(HashMap::new()),
+            tokens: parking_lot::Mutex::new(HashMap::new()),
+            strikes: parking_lot::Mutex::new(Strikes::default()),
+            fetching: tokio::sync::Mutex::new(()),
         }
     }
+
+    /// The cached token of `key`, if it may still be handed out without a refresh.
+    fn current(&self, key: &str, now: OffsetDateTime) -> Option<AccessToken> {
+        let tokens = self.tokens.lock();
+        let c = tokens.get(key)?;
+        (!c.refused && now < c.refresh_at).then(|| c.token.clone())
+    }
+
+    /// One more strike; returns the wait before the next fresh token.
+    fn strike(&self, now: OffsetDateTime) -> Duration {
+        let mut s = self.strikes.lock();
+        s.count = s.count.saturating_add(1);
+        let delay = fresh_token_delay(s.count);
+        s.not_before = Some(now + delay);
+        delay
+    }
+
+    /// After a refusal: the wait left before a fresh token may be asked for, if any.
+    fn backoff_left(&self, now: OffsetDateTime) -> Option<Duration> {
+        let s = self.strikes.lock();
+        let left = s.not_before? - now;
+        (left > azure_core::time::Duration::ZERO)
+            .then(|| Duration::try_from(left).unwrap_or_default())
+    }
+
+    /// A new credential (with an empty cache of its own), where one can be built.
+    fn rebuild_inner(&self, now: OffsetDateTime) -> azure_core::Result<()> {
+        let Some(rebuild) = &self.rebuild else {
+            return Ok(());
+        };
+        match rebuild() {
+            Ok(c) => {
+                *self.inner.lock() = c;
+                Ok(())
+            }
+            Err(e) => {
+                self.strike(now);
+                Err(azure_core::Error::with_message(ErrorKind::Credential, e))
+            }
+        }
+    }
+}
+
+/// The answer while fresh tokens are spaced out after refusals. Not transient: the read is
+/// `EACCES`, not a stale value (see doc/SEMANTICS.md).
+fn waiting_error(wait: Duration) -> azure_core::Error {
+    azure_core::Error::with_message(
+        ErrorKind::Credential,
+        format!(
+            "the vault refused the last access token; the next one is asked for in {}s",
+            wait.as_secs_f64().ceil()
+        ),
+    )
 }
 
 #[async_trait]
@@ -1272,36 +1408,130 @@ impl TokenCredential for CachedCredential {
         options: Option<TokenRequestOptions<'_>>,
     ) -> azure_core::Result<AccessToken> {
         let key = scopes.join(" ");
-        let mut tokens = self.tokens.lock().await;
-        let now = (self.clock)();
-        if let Some(c) = tokens.get(&key)
-            && now < c.refresh_at
-        {
-            return Ok(c.token.clone());
+        if let Some(token) = self.current(&key, (self.clock)()) {
+            return Ok(token);
         }
-        match self.inner.get_token(scopes, options).await {
+        let _one = self.fetching.lock().await;
+        let now = (self.clock)();
+        if let Some(token) = self.current(&key, now) {
+            return Ok(token);
+        }
+        let refused = self
+            .tokens
+            .lock()
+            .get(&key)
+            .filter(|c| c.refused)
+            .map(|c| c.token.token.secret().to_string());
+        let after_strikes = refused.is_some() || self.strikes.lock().count > 0;
+        if after_strikes {
+            if let Some(wait) = self.backoff_left(now) {
+                return Err(waiting_error(wait));
+            }
+            self.rebuild_inner(now)?;
+        }
+        let inner = self.inner.lock().clone();
+        match inner.get_token(scopes, options).await {
             Ok(token) => {
                 let now = (self.clock)();
-                tokens.insert(
+                if refused.as_deref() == Some(token.token.secret()) {
+                    // Only a token source with a cache kvfs cannot empty does this (az's own).
+                    tracing::warn!(
+                        "the token source handed back the access token the vault refused; it will be refused again"
+                    );
+                }
+                self.tokens.lock().insert(
                     key,
                     CachedToken {
                         refresh_at: refresh_at(now, token.expires_on),
                         token: token.clone(),
+                        accepted: false,
+                        refused: false,
                     },
                 );
                 Ok(token)
             }
-            Err(e) => match (mark_timeouts_transient(e), tokens.get(&key)) {
-                (e, Some(c)) if c.token.expires_on - now >= STALE_TOKEN_FLOOR => {
-                    tracing::warn!(
-                        "could not renew the access token, using the current one until it expires: {}",
-                        error_chain(&e)
-                    );
-                    Ok(c.token.clone())
+            Err(e) => {
+                let e = mark_timeouts_transient(e);
+                // A token source that refuses (not one that is down) is paced like a vault
+                // that refuses: its answer will not change from one read to the next.
+                if after_strikes || !token_source_down(&e) {
+                    self.strike(now);
                 }
-                (e, _) => Err(e),
-            },
+                let tokens = self.tokens.lock();
+                match tokens.get(&key) {
+                    Some(c) if !c.refused && c.token.expires_on - now >= STALE_TOKEN_FLOOR => {
+                        tracing::warn!(
+                            "could not renew the access token, using the current one until it expires: {}",
+                            error_chain(&e)
+                        );
+                        Ok(c.token.clone())
+                    }
+                    _ => Err(e),
+                }
+            }
         }
+    }
+}
+
+impl TokenVerdicts for CachedCredential {
+    fn accepted(&self, token: &str) {
+        let mut tokens = self.tokens.lock();
+        let Some(c) = tokens
+            .values_mut()
+            .find(|c| c.token.token.secret() == token)
+        else {
+            return;
+        };
+        c.accepted = true;
+        drop(tokens);
+        let mut s = self.strikes.lock();
+        if s.count > 0 {
+            tracing::info!(
+                refused = s.count,
+                "the vault accepts the new access token; reads are served again"
+            );
+            *s = Strikes::default();
+        }
+    }
+
+    fn refused(&self, token: &str, claims: Option<&str>) -> Option<String> {
+        let now = (self.clock)();
+        let mut tokens = self.tokens.lock();
+        let Some((scope, c)) = tokens
+            .iter_mut()
+            .find(|(_, c)| c.token.token.secret() == token)
+        else {
+            // A token already replaced (a request that was in flight with it): the SDK's retry
+            // gets the current one.
+            return tokens.keys().next().cloned();
+        };
+        let scope = scope.clone();
+        if c.refused {
+            return Some(scope);
+        }
+        c.refused = true;
+        let was_accepted = c.accepted;
+        drop(tokens);
+        let delay = self.strike(now);
+        // A claims challenge asks for a token issued after the event; a new token is that. The
+        // claims themselves cannot be passed on: azure_identity 1.0's `TokenRequestOptions` has
+        // no field for them and the managed-identity endpoints take none.
+        let how = if claims.is_some() {
+            "401 with a claims challenge"
+        } else {
+            "401"
+        };
+        if was_accepted {
+            tracing::warn!(
+                "the vault refused an access token it had accepted ({how}: revoked, or a continuous access evaluation event); getting a new one"
+            );
+        } else {
+            tracing::warn!(
+                next_in = ?delay,
+                "the vault refused a new access token too ({how}); asking for another after a pause"
+            );
+        }
+        Some(scope)
     }
 }
 
@@ -1936,6 +2166,122 @@ mod tests {
             assert_eq!(t.await.unwrap(), "token-1");
         }
         assert_eq!(inner.calls.load(Ordering::SeqCst), 1);
+    }
+
+    // ---- refused tokens ----
+
+    #[test]
+    fn fresh_tokens_after_refusals_wait_0_1_2_4_up_to_60_seconds() {
+        let delays: Vec<u64> = (1..=10).map(|n| fresh_token_delay(n).as_secs()).collect();
+        assert_eq!(delays, [0, 1, 2, 4, 8, 16, 32, 60, 60, 60]);
+        assert_eq!(fresh_token_delay(u32::MAX), MAX_FRESH_TOKEN_DELAY);
+    }
+
+    #[tokio::test]
+    async fn a_refused_token_is_replaced_at_once_then_fresh_tokens_back_off() {
+        let (c, inner, now) = cached(TimeDelta::hours(1));
+        assert_eq!(token(&c).await.unwrap(), "token-1");
+        c.accepted("token-1");
+        assert_eq!(c.refused("token-1", None).as_deref(), Some(VAULT_SCOPE));
+        // Revoked mid-session: a new token at once.
+        assert_eq!(token(&c).await.unwrap(), "token-2");
+        // The vault refuses every token: each next one waits twice as long, up to a minute;
+        // meanwhile the answer is an error (not transient: EACCES), without a token request.
+        let mut n = 2;
+        for wait in [1, 2, 4, 8, 16, 32, 60, 60] {
+            c.refused(&format!("token-{n}"), None);
+            *now.lock() += TimeDelta::seconds(wait - 1);
+            let err = token(&c).await.unwrap_err();
+            assert!(!token_source_down(&err), "{}", error_chain(&err));
+            assert!(
+                error_chain(&err).contains("refused"),
+                "{}",
+                error_chain(&err)
+            );
+            assert_eq!(inner.calls.load(Ordering::SeqCst), n);
+            *now.lock() += TimeDelta::seconds(1);
+            n += 1;
+            assert_eq!(token(&c).await.unwrap(), format!("token-{n}"));
+        }
+        // A refusal reported twice (requests in flight together) counts once.
+        c.refused(&format!("token-{n}"), None);
+        c.refused(&format!("token-{n}"), None);
+        *now.lock() += TimeDelta::seconds(60);
+        n += 1;
+        assert_eq!(token(&c).await.unwrap(), format!("token-{n}"));
+        // Accepted: the pause is over, and the next revocation is handled at once again.
+        c.accepted(&format!("token-{n}"));
+        c.refused(&format!("token-{n}"), Some("eyJ9"));
+        n += 1;
+        assert_eq!(token(&c).await.unwrap(), format!("token-{n}"));
+        // A token already replaced still names the scope (the SDK's retry takes the current one).
+        assert_eq!(c.refused("token-1", None).as_deref(), Some(VAULT_SCOPE));
+        assert_eq!(token(&c).await.unwrap(), format!("token-{n}"));
+    }
+
+    #[tokio::test]
+    async fn a_refused_token_is_never_handed_out_again() {
+        let (c, inner, _) = cached(TimeDelta::hours(1));
+        assert_eq!(token(&c).await.unwrap(), "token-1");
+        c.refused("token-1", None);
+        // The token source is down: the refused token has an hour left but is not served.
+        *inner.fail.lock() = true;
+        assert!(token(&c).await.is_err());
+        // And the next attempt waits its turn.
+        let err = token(&c).await.unwrap_err();
+        assert!(
+            error_chain(&err).contains("next one"),
+            "{}",
+            error_chain(&err)
+        );
+    }
+
+    /// A credential with a token cache of its own (as azure_identity's are): every instance
+    /// hands out one token, forever.
+    #[derive(Debug)]
+    struct SelfCaching(String);
+
+    #[async_trait]
+    impl TokenCredential for SelfCaching {
+        async fn get_token(
+            &self,
+            _: &[&str],
+            _: Option<TokenRequestOptions<'_>>,
+        ) -> azure_core::Result<AccessToken> {
+            Ok(AccessToken::new(
+                Secret::new(self.0.clone()),
+                OffsetDateTime::now_utc() + TimeDelta::hours(1),
+            ))
+        }
+    }
+
+    #[tokio::test]
+    async fn the_credential_is_rebuilt_so_its_own_cache_cannot_hand_back_the_refused_token() {
+        let built = Arc::new(AtomicUsize::new(0));
+        let counter = built.clone();
+        let c = CachedCredential::rebuildable(Arc::new(move || {
+            let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
+            Ok(Arc::new(SelfCaching(format!("instance-{n}"))) as Arc<dyn TokenCredential>)
+        }))
+        .unwrap();
+        assert_eq!(token(&c).await.unwrap(), "instance-1");
+        c.accepted("instance-1");
+        c.refused("instance-1", None);
+        assert_eq!(token(&c).await.unwrap(), "instance-2");
+        assert_eq!(built.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_token_endpoint_that_is_down_is_not_paused() {
+        let (c, inner, _) = cached(TimeDelta::hours(1));
+        *inner.fail.lock() = true;
+        // `Counting` fails with a connection error: down, not refusing; no pause.
+        for _ in 0..3 {
+            assert!(token(&c).await.is_err());
+        }
+        assert_eq!(inner.calls.load(Ordering::SeqCst), 3);
+        *inner.fail.lock() = false;
+        assert_eq!(token(&c).await.unwrap(), "token-4");
     }
 
     // ---- Azure CLI ----

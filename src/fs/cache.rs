@@ -49,7 +49,10 @@
 //!   Past `max_stale`, or with nothing ever fetched, the error is returned (the fs maps it to EIO).
 //! - `Unauthorized`/`Forbidden`/`Unexpected`: returned at once and the cached value is dropped
 //!   (access was revoked, or the vault answers nonsense: stop serving). Logged once per condition
-//!   with the message, which names the missing role or permission; retried with the same backoff.
+//!   with the message, which names the missing role or permission; retried with the same backoff,
+//!   except `Unauthorized`, retried after a flat `MIN_RETRY`: the token cache paces the vault and
+//!   the token endpoint after a refused token, and the object should recover as soon as it has a
+//!   good one.
 //! - Memory: LRU bounded by entries and bytes (see [`ENTRY_OVERHEAD`]). An evicted entry loses its
 //!   last good value, so it cannot be served stale in an outage.
 //! - Values never reach logs or `Debug` output: logs name the object and the error only.
@@ -94,7 +97,7 @@
 //! - due latest-version entries: fetched one GET each if there are no more of them than the pages
 //!   the last list of the collection took (`ceil(len / 25)`), else by one `List(collection)`
 //!   fetch, which revalidates as above and refetches the hot entries it shows changed. When the
-//!   vault refuses a list (401/403: an identity with `get` but not `list`), they are fetched one
+//!   vault refuses a list (403: an identity with `get` but not `list`), they are fetched one
 //!   GET each, and listing is tried again after `max(ttl, 10 min)`.
 //! - a due `List` entry is refreshed by its own fetch (which also revalidates); due explicit
 //!   versions and version lists are refetched each.
@@ -1127,9 +1130,16 @@ impl Inner {
                 // read: reads inside a retry interval never get here.
                 let new_condition =
                     previous_outage.is_none_or(|o| discriminant(&o.error) != discriminant(&error));
-                let backoff = previous_outage.map_or(self.first_retry(), |o| {
-                    o.backoff.saturating_mul(2).min(self.max_retry())
-                });
+                let backoff = if matches!(error, VaultError::Unauthorized(_)) {
+                    // The token cache spaces out fresh tokens after a refusal, and until it has
+                    // one a call fails locally without reaching the vault: a short, flat interval
+                    // costs nothing and lets the object recover within a second of a good token.
+                    MIN_RETRY
+                } else {
+                    previous_outage.map_or(self.first_retry(), |o| {
+                        o.backoff.saturating_mul(2).min(self.max_retry())
+                    })
+                };
                 let mut outage = Outage {
                     error: error.clone(),
                     since: previous_outage.map_or(now, |o| o.since),
@@ -1790,6 +1800,25 @@ mod tests {
             assert_eq!(read(&cache, "s").await, Err(unavailable()));
             assert_eq!(cache.stats().stale_served, 0);
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refused_token_is_retried_after_a_second_not_a_growing_backoff() {
+        let refused = VaultError::Unauthorized("the vault refused the token".into());
+        let (vault, cache) = setup(config(TTL));
+        vault.set_secret("s", b"good");
+        vault.fail_with(Some(refused.clone()));
+        for _ in 0..5 {
+            assert_eq!(read(&cache, "s").await, Err(refused.clone()));
+            advance(MIN_RETRY).await;
+        }
+        // One call per second, however long the refusals went on.
+        assert_eq!(vault.calls("get_secret"), 5);
+        assert_eq!(read(&cache, "s").await, Err(refused.clone()));
+        vault.fail_with(None);
+        assert_eq!(read(&cache, "s").await, Err(refused), "inside the interval");
+        advance(MIN_RETRY).await;
+        assert_eq!(read(&cache, "s").await.unwrap(), b"good");
     }
 
     #[tokio::test(start_paused = true)]

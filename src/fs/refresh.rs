@@ -70,7 +70,7 @@ struct CollectionState {
     list_len: Option<usize>,
     /// Set while background fetches of the collection fail transiently.
     outage: Option<Backoff>,
-    /// The vault refused to list the collection (401/403): no list before then.
+    /// The vault refused to list the collection (403): no list before then.
     list_refused_until: Option<Instant>,
 }
 
@@ -185,7 +185,9 @@ impl Refresher {
                     }
                 }
             }
-            Some(VaultError::Unauthorized(_) | VaultError::Forbidden(_)) if is_list => {
+            // A 403 on a list: the identity may `get` but not `list`. (A 401 is about the
+            // token, not the permission: the token cache replaces it.)
+            Some(VaultError::Forbidden(_)) if is_list => {
                 let retry = config.ttl.max(LIST_REFUSED_RETRY);
                 let s = state.collection(c);
                 if s.list_refused_until.is_none() {

@@ -226,6 +226,7 @@ fn prepare(settings: &MountSettings, first_token: FirstToken) -> Result<(Prepare
         AzureVault::new(AzureVaultOptions {
             vault_url: settings.vault_url.clone(),
             credential: selected.credential,
+            token_verdicts: Some(selected.verdicts),
             extra_ca_pem: extra_ca,
             verify_challenge_resource: settings.verify_challenge_resource,
             request_timeout: timeout,

@@ -83,6 +83,8 @@ pub struct AzureVaultOptions {
     pub request_timeout: Duration,
     /// Retries after the first attempt (429, 408, 5xx, transport errors).
     pub max_retries: u32,
+    /// Told which tokens the vault accepted and refused (see [`super::refusals`]).
+    pub token_verdicts: Option<Arc<dyn super::refusals::TokenVerdicts>>,
 }
 
 impl AzureVaultOptions {
@@ -96,6 +98,7 @@ impl AzureVaultOptions {
             verify_challenge_resource: true,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             max_retries: DEFAULT_MAX_RETRIES,
+            token_verdicts: None,
         }
     }
 }
@@ -161,6 +164,15 @@ impl AzureVault {
         let client_options = ClientOptions {
             transport: Some(Transport::new(transport)),
             retry: retry_options(opts.max_retries, opts.request_timeout),
+            // Per try, so below the SDK's authorization policy: it sees each token's answer.
+            per_try_policies: opts
+                .token_verdicts
+                .iter()
+                .map(|v| {
+                    Arc::new(super::refusals::RefusalWatcher::new(v.clone()))
+                        as Arc<dyn azure_core::http::policies::Policy>
+                })
+                .collect(),
             ..Default::default()
         };
         let verify = Some(opts.verify_challenge_resource);

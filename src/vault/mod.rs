@@ -1,11 +1,13 @@
 //! The vault client layer: what the filesystem needs from Key Vault, behind a trait.
 //!
 //! `azure` implements it with Microsoft's `azure_security_keyvault_*` crates; `memory` is an
-//! in-memory vault for tests of the layers above, with fault injection. Nothing here knows about
+//! in-memory vault for tests of the layers above, with fault injection; `refusals` tells the
+//! token cache what the vault made of each token. Nothing here knows about
 //! inodes or FUSE.
 
 pub mod azure;
 pub mod memory;
+pub mod refusals;
 
 use std::collections::BTreeMap;
 use std::time::SystemTime;

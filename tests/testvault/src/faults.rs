@@ -17,8 +17,15 @@ pub enum FaultAction {
     Delay { ms: u64 },
     /// Close the connection without an answer.
     Drop,
-    /// Revoke every token minted so far and answer 401 with the challenge (a token revoked mid-session).
+    /// Revoke every token minted so far and answer 401 with the challenge (a token revoked mid-session):
+    /// a claims challenge if the token's client declared `CP1`, else the plain one.
     Revoke,
+    /// `Revoke`, answered with the plain challenge (`authorization` and `resource`, no claims)
+    /// whatever the client declared: how a vault refuses a token it no longer honours.
+    RevokeBare,
+    /// `Revoke`, answered with a continuous-access-evaluation claims challenge (`error`,
+    /// `claims`, no `resource`) whatever the client declared.
+    RevokeWithClaims,
 }
 
 /// A rule: which requests, what to do, how many times.
@@ -163,5 +170,12 @@ mod tests {
         let d: Fault = serde_json::from_str(r#"{"kind":"drop"}"#).unwrap();
         assert_eq!(d.op, "*");
         assert_eq!(d.action, FaultAction::Drop);
+        for (kind, action) in [
+            ("revoke_bare", FaultAction::RevokeBare),
+            ("revoke_with_claims", FaultAction::RevokeWithClaims),
+        ] {
+            let r: Fault = serde_json::from_str(&format!(r#"{{"kind":"{kind}"}}"#)).unwrap();
+            assert_eq!(r.action, action);
+        }
     }
 }

@@ -409,17 +409,20 @@ async fn apply_fault(
             }
             Ok(Some(response))
         }
-        FaultAction::Revoke => {
+        FaultAction::Revoke | FaultAction::RevokeBare | FaultAction::RevokeWithClaims => {
             state.tokens.revoke_all();
-            pending.entry.fault = Some("revoke".into());
-            // The same answer the revoked token gets from now on.
-            let (host, problem) = match caller {
-                Some((host, claims)) if claims.handles_claims_challenges() => {
-                    (host, TokenProblem::RevokedClaimsChallenge)
+            let host = caller.map_or("", |(host, _)| host);
+            let cae_client = caller.is_some_and(|(_, claims)| claims.handles_claims_challenges());
+            let (label, problem) = match action {
+                // The same answer the revoked token gets from now on.
+                FaultAction::Revoke if cae_client => {
+                    ("revoke", TokenProblem::RevokedClaimsChallenge)
                 }
-                Some((host, _)) => (host, TokenProblem::Revoked),
-                None => ("", TokenProblem::Revoked),
+                FaultAction::Revoke => ("revoke", TokenProblem::Revoked),
+                FaultAction::RevokeBare => ("revoke_bare", TokenProblem::Revoked),
+                _ => ("revoke_with_claims", TokenProblem::RevokedClaimsChallenge),
             };
+            pending.entry.fault = Some(label.into());
             Ok(Some(challenge(
                 state,
                 host,

@@ -529,3 +529,85 @@ async fn two_testvaults_run_side_by_side() {
         "stopping one leaves the other running"
     );
 }
+
+/// Both revocation faults: the token in use stops working from that request on, and a token
+/// minted afterwards works. What differs is the challenge the refusal carries.
+async fn revoke_once(vault: &TestVault, action: FaultAction) -> Answer {
+    let http = client(vault);
+    let base = vault.info().vault_url.clone();
+    let path = format!("/secrets/api-key?{API}");
+    let before = token(vault);
+    assert_eq!(get(&http, &base, &path, Some(&before)).await.status, 200);
+    vault.add_fault(Fault {
+        op: "GetSecret".into(),
+        name: None,
+        action,
+        count: Some(1),
+    });
+    let refused = get(&http, &base, &path, Some(&before)).await;
+    assert_eq!(refused.status, 401);
+    assert_eq!(refused.body["error"]["code"], "Unauthorized");
+    assert!(
+        refused.body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("AKV10010"),
+        "{}",
+        refused.body
+    );
+    // Revoked for good, not just for the faulted request.
+    assert_eq!(get(&http, &base, &path, Some(&before)).await.status, 401);
+    let after = token(vault);
+    let a = get(&http, &base, &path, Some(&after)).await;
+    assert_eq!(a.status, 200);
+    assert_eq!(a.body["value"], "sk_test_4eC39HqLyjWDarjtT1zdp7dc");
+    refused
+}
+
+#[tokio::test]
+async fn revoke_bare_fault_answers_the_plain_challenge() {
+    let vault = start(Some(sample_seed()));
+    let refused = revoke_once(&vault, FaultAction::RevokeBare).await;
+    assert_eq!(
+        refused.headers["www-authenticate"].to_str().unwrap(),
+        format!(
+            "Bearer authorization=\"https://login.windows.net/{}\", resource=\"https://vault.azure.net\"",
+            vault.info().tenant_id
+        )
+    );
+    let faulted: Vec<_> = vault
+        .requests()
+        .into_iter()
+        .filter_map(|r| r.fault)
+        .collect();
+    assert_eq!(faulted, ["revoke_bare"]);
+}
+
+#[tokio::test]
+async fn revoke_with_claims_fault_sends_a_claims_challenge() {
+    use base64::Engine;
+    let vault = start(Some(sample_seed()));
+    let refused = revoke_once(&vault, FaultAction::RevokeWithClaims).await;
+    let header = refused.headers["www-authenticate"].to_str().unwrap();
+    assert!(header.starts_with("Bearer authorization=\""), "{header}");
+    assert!(header.contains("error=\"invalid_token\""), "{header}");
+    assert!(!header.contains("resource="), "{header}");
+    let claims = header
+        .split("claims=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("a claims parameter");
+    let claims: Value = serde_json::from_slice(
+        &base64::engine::general_purpose::STANDARD
+            .decode(claims)
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(claims["access_token"]["nbf"]["essential"], true);
+    let faulted: Vec<_> = vault
+        .requests()
+        .into_iter()
+        .filter_map(|r| r.fault)
+        .collect();
+    assert_eq!(faulted, ["revoke_with_claims"]);
+}

@@ -198,6 +198,22 @@ fn json_response(
     response
 }
 
+/// A 200 whose body a misbehaviour fault has bent; `claimed_length` (when set) is sent as the
+/// `Content-Length` though fewer bytes follow, so the connection closes mid-body.
+fn bent_response(
+    bent: crate::misbehave::Bent,
+    request_headers: &HeaderMap,
+) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(bent.body)));
+    vault_headers(response.headers_mut(), request_headers);
+    if let Some(length) = bent.claimed_length {
+        response
+            .headers_mut()
+            .insert(hyper::header::CONTENT_LENGTH, HeaderValue::from(length));
+    }
+    response
+}
+
 /// The request's query as decoded pairs.
 fn query_pairs(uri: &hyper::Uri) -> Vec<(String, String)> {
     uri.query()
@@ -319,7 +335,17 @@ async fn identity_endpoint(
 ) -> Reply {
     let mut pending = Pending::new(parts.method.as_str(), path, op.name());
     state.observed.lock().count(op.name());
-    if let Some(reply) = apply_fault(state, op, None, &mut pending, &parts.headers, None).await? {
+    if let Some(reply) = apply_fault(
+        state,
+        op,
+        None,
+        &mut pending,
+        &parts.headers,
+        None,
+        &mut None,
+    )
+    .await?
+    {
         return Ok(reply);
     }
     // Entra ID is HTTPS only; the managed-identity endpoints are plain HTTP in real life, and
@@ -365,6 +391,7 @@ async fn identity_endpoint(
 
 /// Apply the first matching fault, if any. `Ok(Some(reply))` answers instead of the operation.
 /// `caller` is the vault request's host and token claims (`None` for identity endpoints).
+/// A fault that bends the operation's answer instead goes to `bend_answer`.
 async fn apply_fault(
     state: &State,
     op: Op,
@@ -372,11 +399,17 @@ async fn apply_fault(
     pending: &mut Pending,
     request_headers: &HeaderMap,
     caller: Option<(&str, &crate::tokens::Claims)>,
+    bend_answer: &mut Option<FaultAction>,
 ) -> Result<Option<Response<Full<Bytes>>>, DropConnection> {
     let action = state.faults.lock().take(op.name(), name);
     let Some(action) = action else {
         return Ok(None);
     };
+    if action.shapes_the_answer() {
+        pending.entry.fault = Some(format!("{action:?}").chars().take(80).collect());
+        *bend_answer = Some(action);
+        return Ok(None);
+    }
     match action {
         FaultAction::Delay { ms } => {
             pending.entry.fault = Some(format!("delay {ms}ms"));
@@ -409,6 +442,13 @@ async fn apply_fault(
             }
             Ok(Some(response))
         }
+        FaultAction::ForeignNextLink { .. }
+        | FaultAction::SelfLink
+        | FaultAction::LinkLoop
+        | FaultAction::HugeValue { .. }
+        | FaultAction::Truncate
+        | FaultAction::WrongShape
+        | FaultAction::ForeignId { .. } => unreachable!("answer-shaping faults return above"),
         FaultAction::Revoke => {
             state.tokens.revoke_all();
             pending.entry.fault = Some("revoke".into());
@@ -534,6 +574,7 @@ async fn vault_request(
     state.observed.lock().count(route.op.name());
 
     // 2. Injected faults.
+    let mut bend_answer = None;
     if let Some(reply) = apply_fault(
         state,
         route.op,
@@ -541,11 +582,24 @@ async fn vault_request(
         &mut pending,
         headers,
         Some((host, &claims)),
+        &mut bend_answer,
     )
     .await?
     {
         return Ok(reply);
     }
+    // The second page of a link loop carries a skip token the paging code never issued.
+    let asked_query = query;
+    let query_for_op: Vec<(String, String)> = if crate::misbehave::is_loop_page(query) {
+        query
+            .iter()
+            .filter(|(k, _)| !k.eq_ignore_ascii_case("$skiptoken"))
+            .cloned()
+            .collect()
+    } else {
+        query.to_vec()
+    };
+    let query = &query_for_op[..];
 
     let answer = |pending: Pending, e: VaultError| {
         pending.finish(state, e.status);
@@ -621,7 +675,21 @@ async fn vault_request(
     match result {
         Ok(reply) => {
             pending.finish(state, reply.status);
-            let mut response = json_response(reply.status, reply.body.as_ref(), headers);
+            let mut response = match &bend_answer {
+                Some(action) if reply.status == 200 => bent_response(
+                    crate::misbehave::bend(
+                        action,
+                        reply.body.clone(),
+                        &crate::misbehave::Asked {
+                            base,
+                            path,
+                            query: asked_query,
+                        },
+                    ),
+                    headers,
+                ),
+                _ => json_response(reply.status, reply.body.as_ref(), headers),
+            };
             for (k, v) in reply.headers {
                 if let (Ok(k), Ok(v)) = (
                     hyper::header::HeaderName::from_bytes(k.as_bytes()),

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper::header::{HeaderMap, HeaderValue};
 use hyper::{Request, Response, StatusCode};
@@ -36,7 +36,56 @@ impl std::fmt::Display for DropConnection {
 
 impl std::error::Error for DropConnection {}
 
-type Reply = Result<Response<Full<Bytes>>, DropConnection>;
+type Reply = Result<Response<AnswerBody>, DropConnection>;
+
+/// An answer's body: all of it in one frame. Its length is announced to hyper, except for a
+/// truncated answer, whose `Content-Length` (set by the fault) claims more than it holds: hyper
+/// then sends what there is and closes the connection mid-body, as a broken server would.
+pub struct AnswerBody {
+    data: Option<Bytes>,
+    exact: bool,
+}
+
+impl AnswerBody {
+    fn sized(data: Bytes) -> Self {
+        AnswerBody {
+            data: Some(data),
+            exact: true,
+        }
+    }
+
+    fn length_unannounced(data: Bytes) -> Self {
+        AnswerBody {
+            data: Some(data),
+            exact: false,
+        }
+    }
+}
+
+impl hyper::body::Body for AnswerBody {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        let data = self.get_mut().data.take();
+        std::task::Poll::Ready(data.map(|d| Ok(hyper::body::Frame::data(d))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.data.is_none()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        match (&self.data, self.exact) {
+            (Some(d), true) => hyper::body::SizeHint::with_exact(d.len() as u64),
+            (None, _) => hyper::body::SizeHint::with_exact(0),
+            (Some(_), false) => hyper::body::SizeHint::default(),
+        }
+    }
+}
 
 /// Request bodies larger than this are refused (the largest real one, a PFX import, is far smaller).
 const BODY_LIMIT: usize = 4 * 1024 * 1024;
@@ -178,11 +227,11 @@ fn json_response(
     status: u16,
     body: Option<&Value>,
     request_headers: &HeaderMap,
-) -> Response<Full<Bytes>> {
+) -> Response<AnswerBody> {
     let bytes = body
         .map(|b| Bytes::from(serde_json::to_vec(b).expect("JSON serialises")))
         .unwrap_or_default();
-    let mut response = Response::new(Full::new(bytes));
+    let mut response = Response::new(AnswerBody::sized(bytes));
     *response.status_mut() =
         StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     vault_headers(response.headers_mut(), request_headers);
@@ -203,8 +252,12 @@ fn json_response(
 fn bent_response(
     bent: crate::misbehave::Bent,
     request_headers: &HeaderMap,
-) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(Bytes::from(bent.body)));
+) -> Response<AnswerBody> {
+    let mut response = Response::new(if bent.claimed_length.is_some() {
+        AnswerBody::length_unannounced(Bytes::from(bent.body))
+    } else {
+        AnswerBody::sized(Bytes::from(bent.body))
+    });
     vault_headers(response.headers_mut(), request_headers);
     if let Some(length) = bent.claimed_length {
         response
@@ -400,7 +453,7 @@ async fn apply_fault(
     request_headers: &HeaderMap,
     caller: Option<(&str, &crate::tokens::Claims)>,
     bend_answer: &mut Option<FaultAction>,
-) -> Result<Option<Response<Full<Bytes>>>, DropConnection> {
+) -> Result<Option<Response<AnswerBody>>, DropConnection> {
     let action = state.faults.lock().take(op.name(), name);
     let Some(action) = action else {
         return Ok(None);
@@ -478,7 +531,7 @@ fn challenge(
     problem: &TokenProblem,
     request_headers: &HeaderMap,
     pending: &mut Pending,
-) -> Response<Full<Bytes>> {
+) -> Response<AnswerBody> {
     let tenant = state.directory.read().tenant_id.clone();
     let resource = resource_for(host);
     let settings = state.settings.read();

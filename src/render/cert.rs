@@ -119,7 +119,20 @@ struct SecretParts {
 /// PEM text (`application/x-pem-file`: PKCS#8 key then certificates). A secret with no private
 /// key (non-exportable certificate) gives the public files only; with no secret at all,
 /// chain.pem is empty and only cert.pem/chain.pem/fullchain.pem exist.
+/// A leaf certificate's DER is a few KiB; 64 KiB leaves room for long SAN lists and no more.
+pub const MAX_CER_BYTES: usize = 64 * 1024;
+/// Certificates a backing secret may hold (leaf plus chain); real chains have 2 to 4.
+pub const MAX_CHAIN_CERTS: usize = 32;
+
 pub fn render(cer: &[u8], secret: Option<(&str, &str)>) -> Result<CertFiles, RenderError> {
+    if cer.len() > MAX_CER_BYTES {
+        return Err(malformed(format!(
+            "certificate (cer) of {} bytes, over the {MAX_CER_BYTES}-byte limit",
+            cer.len()
+        )));
+    }
+    // The backing secret's value is bounded by the vault layer (Key Vault's 25,600 bytes); the
+    // number of certificates in it is bounded here.
     let leaf = X509::from_der(cer).map_err(|_| malformed("certificate (cer) is not DER X.509"))?;
     let leaf_der = der(&leaf)?;
     // d2i stops at the end of the first structure; trailing bytes mean `cer` is not one
@@ -205,7 +218,15 @@ fn parse_secret(content_type: &str, value: &str) -> Result<SecretParts, RenderEr
         .unwrap_or("")
         .trim()
         .to_ascii_lowercase();
-    match media.as_str() {
+    // Checked here too, so rendering is bounded whoever calls it.
+    if value.len() > crate::vault::MAX_SECRET_VALUE_BYTES {
+        return Err(malformed(format!(
+            "backing secret of {} bytes, over the {}-byte limit",
+            value.len(),
+            crate::vault::MAX_SECRET_VALUE_BYTES
+        )));
+    }
+    let parts = match media.as_str() {
         "application/x-pkcs12" => parse_pkcs12(value),
         "application/x-pem-file" => parse_pem(value),
         _ => Err(malformed(format!(
@@ -213,7 +234,23 @@ fn parse_secret(content_type: &str, value: &str) -> Result<SecretParts, RenderEr
              application/x-pem-file",
             content_type.chars().take(64).collect::<String>()
         ))),
+    }?;
+    if parts.certs.len() > MAX_CHAIN_CERTS {
+        return Err(malformed(format!(
+            "backing secret holds {} certificates, over the limit of {MAX_CHAIN_CERTS}",
+            parts.certs.len()
+        )));
     }
+    if let Some(key) = &parts.key
+        && key.bits() > crate::render::key::MAX_RSA_BITS
+    {
+        return Err(malformed(format!(
+            "backing secret's private key has {} bits, over the {}-bit limit",
+            key.bits(),
+            crate::render::key::MAX_RSA_BITS
+        )));
+    }
+    Ok(parts)
 }
 
 fn parse_pkcs12(value: &str) -> Result<SecretParts, RenderError> {
@@ -624,6 +661,17 @@ mod tests {
             Err(RenderError::Malformed(message)) => message,
             other => panic!("expected Malformed, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn absurd_sizes_are_refused_before_parsing() {
+        let message = malformed_message(render(&vec![0x30; MAX_CER_BYTES + 1], None));
+        assert!(message.contains("over the 65536-byte limit"), "{message}");
+        let leaf = leaf_of_recorded(PEM);
+        let pem = recorded_secret(PEM);
+        let huge = format!("{pem}{}", " ".repeat(crate::vault::MAX_SECRET_VALUE_BYTES));
+        let message = malformed_message(render(&leaf, Some((PEM, &huge))));
+        assert!(message.contains("backing secret of"), "{message}");
     }
 
     // ---- recorded certificates and secrets ----

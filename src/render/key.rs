@@ -33,6 +33,12 @@ pub fn is_supported(kty: &str) -> bool {
 /// PEM SubjectPublicKeyInfo ("-----BEGIN PUBLIC KEY-----") of a JWK: RSA (n, e) and EC on
 /// P-256/P-384/P-521 (crv, x, y; base64url without padding; coordinates must be the curve's
 /// length).
+/// Key Vault's largest RSA keys are 4096 bits; OpenSSL's own ceiling for public-key operations is
+/// 16384. A modulus beyond it is no key anyone can use, only work and memory for the renderer.
+pub const MAX_RSA_BITS: u32 = 16_384;
+/// Public exponents are 65537 in practice; anything wider than 64 bits is not a real key.
+const MAX_RSA_EXPONENT_BITS: i32 = 64;
+
 pub fn public_key_pem(jwk: &Value) -> Result<Vec<u8>, RenderError> {
     let jwk = jwk
         .as_object()
@@ -50,6 +56,13 @@ pub fn public_key_pem(jwk: &Value) -> Result<Vec<u8>, RenderError> {
         // OpenSSL happily encodes a zero modulus or exponent; no consumer could use it.
         if n.num_bits() == 0 || e.num_bits() == 0 {
             return Err(malformed("RSA JWK with a zero n or e"));
+        }
+        if n.num_bits() > MAX_RSA_BITS as i32 || e.num_bits() > MAX_RSA_EXPONENT_BITS {
+            return Err(malformed(format!(
+                "RSA JWK of {} bits (exponent {} bits), over the {MAX_RSA_BITS}-bit limit",
+                n.num_bits(),
+                e.num_bits()
+            )));
         }
         let rsa = Rsa::from_public_components(n, e).map_err(|_| malformed("RSA JWK"))?;
         PKey::from_rsa(rsa).map_err(|_| malformed("RSA JWK"))?
@@ -328,6 +341,14 @@ mod tests {
             ("RSA bad n", json!({"kty": "RSA", "n": "%%%", "e": "AQAB"})),
             ("RSA missing e", json!({"kty": "RSA", "n": "AQAB"})),
             ("RSA zero n", json!({"kty": "RSA", "n": "AA", "e": "AQAB"})),
+            (
+                "RSA modulus over the limit",
+                json!({"kty": "RSA", "n": b64u(&[0xff; 16_384 / 8 + 1]), "e": "AQAB"}),
+            ),
+            (
+                "RSA exponent of 72 bits",
+                json!({"kty": "RSA", "n": b64u(&[0xff; 256]), "e": b64u(&[1; 9])}),
+            ),
             (
                 "RSA standard base64",
                 json!({"kty": "RSA", "n": "ab+/", "e": "AQAB"}),

@@ -29,6 +29,7 @@ use azure_core::cloud::{CloudConfiguration, CustomConfiguration};
 use azure_core::credentials::{Secret, TokenCredential};
 use azure_core::error::ErrorKind;
 use azure_core::http::headers::{RETRY_AFTER, RETRY_AFTER_MS, X_MS_RETRY_AFTER_MS};
+use azure_core::http::pager::{ItemIterator, Page, PagerContinuation};
 use azure_core::http::policies::{RetryHeaders, RetryPolicy};
 use azure_core::http::{ClientOptions, HttpClient, RetryOptions, StatusCode, Transport};
 use azure_core::time::OffsetDateTime;
@@ -45,11 +46,14 @@ use azure_security_keyvault_secrets::models::{
     Secret as SecretBundle, SecretClientGetSecretOptions, SecretProperties,
 };
 use azure_security_keyvault_secrets::{SecretClient, SecretClientOptions};
-use futures::{Stream, StreamExt};
+use futures::StreamExt;
+use parking_lot::Mutex;
 
+use super::guard::{GuardedTransport, Refused, same_origin};
+use super::pages::PageWalk;
 use super::{
-    CertificateValue, Collection, KeyValue, ObjectProps, SecretValue, VaultClient, VaultError,
-    valid_name, valid_version,
+    CertificateValue, Collection, KeyValue, MAX_SECRET_VALUE_BYTES, ObjectProps, SecretValue,
+    VaultClient, VaultError, one_per_name, valid_name, valid_version,
 };
 
 /// Retries after the first attempt, unless the caller says otherwise.
@@ -122,6 +126,8 @@ pub struct AzureVault {
     keys: KeyClient,
     certificates: CertificateClient,
     call_deadline: Duration,
+    /// Names already reported as listed twice in different cases (each is logged once).
+    case_duplicates_reported: Mutex<std::collections::HashSet<String>>,
 }
 
 impl fmt::Debug for AzureVault {
@@ -161,6 +167,8 @@ impl AzureVault {
         if opts.request_timeout.is_zero() {
             return Err("the request timeout must be above zero".into());
         }
+        // Every request the clients make, and every body they read, passes the guard.
+        let transport = Arc::new(GuardedTransport::new(url.clone(), transport));
         let client_options = ClientOptions {
             transport: Some(Transport::new(transport)),
             retry: retry_options(opts.max_retries, opts.request_timeout),
@@ -213,6 +221,7 @@ impl AzureVault {
             keys,
             certificates,
             call_deadline: Self::call_deadline(opts.request_timeout, opts.max_retries),
+            case_duplicates_reported: Mutex::new(Default::default()),
         })
     }
 
@@ -249,23 +258,82 @@ impl AzureVault {
         ))
     }
 
-    /// Every item of a pager, each page under the hard cap. The SDK pager follows `nextLink`
-    /// until it is null/absent/empty, whatever the page size, so short pages never end a list.
-    async fn drain<T>(
+    /// Every item of a listing, page by page, each page under the hard cap. Before a next page
+    /// is asked for, its link is checked ([`PageWalk`]): on the vault, not seen before in this
+    /// listing, within the page and item ceilings. A link that fails the check fails the listing
+    /// and is never requested. (The SDK follows `nextLink` until it is absent or empty, whatever
+    /// the page size, so short pages never end a list.)
+    async fn walk<P>(
         &self,
         op: Op,
-        items: impl Stream<Item = azure_core::Result<T>>,
-    ) -> Result<Vec<T>, VaultError> {
-        let mut items = std::pin::pin!(items);
+        first: url::Url,
+        pager: ItemIterator<P>,
+    ) -> Result<Vec<P::Item>, VaultError>
+    where
+        P: Page + Send + 'static,
+    {
+        let mut walk = PageWalk::new(&self.vault_url, &first);
+        let mut pages = pager.into_pages();
         let mut out = Vec::new();
         loop {
-            match tokio::time::timeout(self.call_deadline, items.next()).await {
+            let page = match tokio::time::timeout(self.call_deadline, pages.next()).await {
                 Ok(None) => return Ok(out),
-                Ok(Some(Ok(item))) => out.push(item),
+                Ok(Some(Ok(page))) => page,
                 Ok(Some(Err(e))) => return Err(map_error(&e, op)),
                 Err(_) => return Err(self.deadline_error(op)),
+            };
+            let items: Vec<P::Item> = page
+                .into_items()
+                .await
+                .map_err(|e| map_error(&e, op))?
+                .collect();
+            walk.page(items.len())
+                .map_err(|p| VaultError::Unexpected(format!("{op}: {p}")))?;
+            out.extend(items);
+            match pages.continuation() {
+                None => return Ok(out),
+                Some(PagerContinuation::Link(next)) => walk
+                    .follow(next)
+                    .map_err(|p| VaultError::Unexpected(format!("{op}: {p}")))?,
+                // Key Vault pages by link only; a token continuation would be the SDK's change.
+                Some(other) => {
+                    return Err(VaultError::Unexpected(format!(
+                        "{op}: the listing continues by {} instead of a next-page link",
+                        match other {
+                            PagerContinuation::Token(_) => "a continuation token",
+                            _ => "an unknown continuation",
+                        }
+                    )));
+                }
             }
         }
+    }
+
+    /// The URL of a listing's first page (query aside), which a paging loop may link back to.
+    fn first_page(&self, collection: Collection, versions_of: Option<&str>) -> url::Url {
+        let path = match versions_of {
+            None => collection.as_str().to_string(),
+            Some(name) => format!("{}/{name}/versions", collection.as_str()),
+        };
+        self.vault_url
+            .join(&path)
+            .unwrap_or_else(|_| self.vault_url.clone())
+    }
+
+    /// One entry per name, case-insensitively; a name seen twice is logged the first time only.
+    fn one_per_name(&self, collection: Collection, items: Vec<ObjectProps>) -> Vec<ObjectProps> {
+        let (kept, dropped) = one_per_name(items);
+        let mut reported = self.case_duplicates_reported.lock();
+        for name in dropped {
+            if reported.insert(format!("{}/{}", collection.as_str(), name)) {
+                tracing::warn!(
+                    "listing {}: the vault listed '{name}' again under a name differing only in \
+                     case; vault names are case-insensitive, so it is shown once",
+                    collection.as_str()
+                );
+            }
+        }
+        kept
     }
 }
 
@@ -274,23 +342,29 @@ impl VaultClient for AzureVault {
     async fn list(&self, collection: Collection) -> Result<Vec<ObjectProps>, VaultError> {
         let op = Op::List(collection);
         let started = pager_error(op);
-        match collection {
+        let first = self.first_page(collection, None);
+        let vault = &self.vault_url;
+        let items = match collection {
             Collection::Secrets => {
                 let pager = self.secrets.list_secret_properties(None).map_err(started)?;
-                convert_all(op, self.drain(op, pager).await?, secret_item_props)
+                let items = self.walk(op, first, pager).await?;
+                convert_all(op, vault, items, secret_item_props)
             }
             Collection::Keys => {
                 let pager = self.keys.list_key_properties(None).map_err(started)?;
-                convert_all(op, self.drain(op, pager).await?, key_item_props)
+                let items = self.walk(op, first, pager).await?;
+                convert_all(op, vault, items, key_item_props)
             }
             Collection::Certificates => {
                 let pager = self
                     .certificates
                     .list_certificate_properties(None)
                     .map_err(started)?;
-                convert_all(op, self.drain(op, pager).await?, certificate_item_props)
+                let items = self.walk(op, first, pager).await?;
+                convert_all(op, vault, items, certificate_item_props)
             }
-        }
+        }?;
+        Ok(self.one_per_name(collection, items))
     }
 
     async fn list_versions(
@@ -304,33 +378,35 @@ impl VaultClient for AzureVault {
         }
         let op = Op::ListVersions(collection);
         let started = pager_error(op);
+        let first = self.first_page(collection, Some(name));
+        let vault = &self.vault_url;
         let listed = match collection {
             Collection::Secrets => {
                 let pager = self
                     .secrets
                     .list_secret_properties_versions(name, None)
                     .map_err(started)?;
-                self.drain(op, pager)
+                self.walk(op, first, pager)
                     .await
-                    .and_then(|items| convert_all(op, items, secret_item_props))
+                    .and_then(|items| convert_all(op, vault, items, secret_item_props))
             }
             Collection::Keys => {
                 let pager = self
                     .keys
                     .list_key_properties_versions(name, None)
                     .map_err(started)?;
-                self.drain(op, pager)
+                self.walk(op, first, pager)
                     .await
-                    .and_then(|items| convert_all(op, items, key_item_props))
+                    .and_then(|items| convert_all(op, vault, items, key_item_props))
             }
             Collection::Certificates => {
                 let pager = self
                     .certificates
                     .list_certificate_properties_versions(name, None)
                     .map_err(started)?;
-                self.drain(op, pager)
+                self.walk(op, first, pager)
                     .await
-                    .and_then(|items| convert_all(op, items, certificate_item_props))
+                    .and_then(|items| convert_all(op, vault, items, certificate_item_props))
             }
         };
         let mut versions = match listed {
@@ -379,7 +455,15 @@ impl VaultClient for AzureVault {
                 "the vault's answer for secret '{name}' has no value"
             ))
         })?;
-        let props = secret_props(&secret).map_err(|e| {
+        if value.len() > MAX_SECRET_VALUE_BYTES {
+            // The size only: never a byte of the value.
+            return Err(VaultError::Unexpected(format!(
+                "the vault's answer for secret '{name}' holds a {}-byte value, over Key Vault's \
+                 {MAX_SECRET_VALUE_BYTES}-byte limit; not served",
+                value.len()
+            )));
+        }
+        let props = secret_props(&secret, &self.vault_url).map_err(|e| {
             VaultError::Unexpected(format!("the vault's answer for secret '{name}': {e}"))
         })?;
         check_identity("secret", name, version, &props)?;
@@ -404,7 +488,7 @@ impl VaultClient for AzureVault {
         let key: KeyBundle = response.into_model().map_err(|e| {
             VaultError::Unexpected(format!("the vault's answer for key '{name}': {e}"))
         })?;
-        let props = key_props(&key).map_err(|e| {
+        let props = key_props(&key, &self.vault_url).map_err(|e| {
             VaultError::Unexpected(format!("the vault's answer for key '{name}': {e}"))
         })?;
         check_identity("key", name, version, &props)?;
@@ -437,7 +521,7 @@ impl VaultClient for AzureVault {
         let cert: CertificateBundle = response.into_model().map_err(|e| {
             VaultError::Unexpected(format!("the vault's answer for certificate '{name}': {e}"))
         })?;
-        let props = certificate_props(&cert).map_err(|e| {
+        let props = certificate_props(&cert, &self.vault_url).map_err(|e| {
             VaultError::Unexpected(format!("the vault's answer for certificate '{name}': {e}"))
         })?;
         check_identity("certificate", name, version, &props)?;
@@ -660,50 +744,62 @@ macro_rules! meta {
     }};
 }
 
-fn secret_item_props(item: &SecretProperties) -> Result<ObjectProps, String> {
-    to_props(meta!(
-        Collection::Secrets,
-        item.id.as_deref(),
-        item,
-        item.managed,
-        item.content_type.as_deref()
-    ))
+fn secret_item_props(item: &SecretProperties, vault: &url::Url) -> Result<ObjectProps, String> {
+    to_props(
+        vault,
+        meta!(
+            Collection::Secrets,
+            item.id.as_deref(),
+            item,
+            item.managed,
+            item.content_type.as_deref()
+        ),
+    )
 }
 
-fn secret_props(secret: &SecretBundle) -> Result<ObjectProps, String> {
-    to_props(meta!(
-        Collection::Secrets,
-        secret.id.as_deref(),
-        secret,
-        secret.managed,
-        secret.content_type.as_deref()
-    ))
+fn secret_props(secret: &SecretBundle, vault: &url::Url) -> Result<ObjectProps, String> {
+    to_props(
+        vault,
+        meta!(
+            Collection::Secrets,
+            secret.id.as_deref(),
+            secret,
+            secret.managed,
+            secret.content_type.as_deref()
+        ),
+    )
 }
 
 /// Key list items name themselves by `kid`, not `id`.
-fn key_item_props(item: &KeyProperties) -> Result<ObjectProps, String> {
-    to_props(meta!(
-        Collection::Keys,
-        item.kid.as_deref(),
-        item,
-        item.managed,
-        None
-    ))
+fn key_item_props(item: &KeyProperties, vault: &url::Url) -> Result<ObjectProps, String> {
+    to_props(
+        vault,
+        meta!(
+            Collection::Keys,
+            item.kid.as_deref(),
+            item,
+            item.managed,
+            None
+        ),
+    )
 }
 
-fn key_props(key: &KeyBundle) -> Result<ObjectProps, String> {
+fn key_props(key: &KeyBundle, vault: &url::Url) -> Result<ObjectProps, String> {
     let kid = key.key.as_ref().and_then(|k| k.kid.as_deref());
-    to_props(meta!(Collection::Keys, kid, key, key.managed, None))
+    to_props(vault, meta!(Collection::Keys, kid, key, key.managed, None))
 }
 
-fn certificate_props(cert: &CertificateBundle) -> Result<ObjectProps, String> {
-    to_props(meta!(
-        Collection::Certificates,
-        cert.id.as_deref(),
-        cert,
-        None,
-        cert.content_type.as_deref()
-    ))
+fn certificate_props(cert: &CertificateBundle, vault: &url::Url) -> Result<ObjectProps, String> {
+    to_props(
+        vault,
+        meta!(
+            Collection::Certificates,
+            cert.id.as_deref(),
+            cert,
+            None,
+            cert.content_type.as_deref()
+        ),
+    )
 }
 
 /// An answer about another object than the one asked for is refused: it would put one object's
@@ -735,19 +831,26 @@ fn check_identity(
     }
 }
 
-fn certificate_item_props(item: &CertificateProperties) -> Result<ObjectProps, String> {
-    to_props(meta!(
-        Collection::Certificates,
-        item.id.as_deref(),
-        item,
-        None,
-        None
-    ))
+fn certificate_item_props(
+    item: &CertificateProperties,
+    vault: &url::Url,
+) -> Result<ObjectProps, String> {
+    to_props(
+        vault,
+        meta!(
+            Collection::Certificates,
+            item.id.as_deref(),
+            item,
+            None,
+            None
+        ),
+    )
 }
 
-fn to_props(meta: Meta<'_>) -> Result<ObjectProps, String> {
+fn to_props(vault: &url::Url, meta: Meta<'_>) -> Result<ObjectProps, String> {
     let id = meta.id.ok_or("item without an id")?;
     let (name, version) = parse_id(id, meta.collection)?;
+    id_on_vault(id, vault)?;
     Ok(ObjectProps {
         name,
         version,
@@ -790,16 +893,31 @@ fn parse_id(id: &str, collection: Collection) -> Result<(String, Option<String>)
     }
 }
 
-/// Converts list items; an item whose id does not parse is skipped with a warning rather than
-/// failing the whole directory listing.
+/// An id must name the vault it came from: an answer about an object on another host is not
+/// this vault's (and reading by it would send the token there).
+fn id_on_vault(id: &str, vault: &url::Url) -> Result<(), String> {
+    let url = url::Url::parse(id).map_err(|e| format!("id {id:?} is not a URL: {e}"))?;
+    if same_origin(vault, &url) {
+        Ok(())
+    } else {
+        Err(format!(
+            "id {id:?} names another host than the vault ({})",
+            super::guard::origin_of(vault)
+        ))
+    }
+}
+
+/// Converts list items; an item whose id does not parse (or names another vault) is skipped
+/// with a warning rather than failing the whole directory listing.
 fn convert_all<T>(
     op: Op,
+    vault: &url::Url,
     items: Vec<T>,
-    convert: fn(&T) -> Result<ObjectProps, String>,
+    convert: fn(&T, &url::Url) -> Result<ObjectProps, String>,
 ) -> Result<Vec<ObjectProps>, VaultError> {
     Ok(items
         .iter()
-        .filter_map(|item| match convert(item) {
+        .filter_map(|item| match convert(item, vault) {
             Ok(props) => Some(props),
             Err(e) => {
                 tracing::warn!("{op}: skipping an item the vault listed: {e}");
@@ -929,6 +1047,9 @@ impl ServiceError {
 
 /// An SDK error in the filesystem's terms.
 fn map_error(err: &azure_core::Error, op: Op) -> VaultError {
+    if let Some(refused) = Refused::find(err) {
+        return VaultError::Unexpected(format!("{op}: {refused}"));
+    }
     match err.kind() {
         ErrorKind::HttpResponse {
             status,
@@ -1144,7 +1265,6 @@ mod tests {
     const HOST: &str = "replay.vault.localhost";
     const VAULT_URL: &str = "https://replay.vault.localhost";
     const TOKEN: &str = "replay-token-not-a-secret";
-    const RECORDED_HOST: &str = "https://cpp-recordings.vault.azure.net";
 
     fn recordings_dir() -> &'static str {
         concat!(env!("CARGO_MANIFEST_DIR"), "/tests/recordings")
@@ -1217,20 +1337,46 @@ mod tests {
         Canned {
             status: response["status"].as_u64().unwrap() as u16,
             headers,
-            body,
+            body: on_fake_vault(&body),
         }
+    }
+
+    /// The recordings come from several vaults; their ids and links are put on the fake vault,
+    /// since an answer naming another host is refused.
+    fn on_fake_vault(body: &[u8]) -> Vec<u8> {
+        let text = String::from_utf8_lossy(body);
+        let mut out = String::with_capacity(text.len());
+        let mut rest: &str = &text;
+        while let Some(at) = rest.find(".vault.azure.net") {
+            let head = &rest[..at];
+            match head.rfind("https://") {
+                Some(start)
+                    if head[start + 8..]
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                        && start + 8 < head.len() =>
+                {
+                    out.push_str(&head[..start]);
+                    out.push_str(&format!("https://{HOST}"));
+                }
+                _ => {
+                    out.push_str(head);
+                    out.push_str(".vault.azure.net");
+                }
+            }
+            rest = &rest[at + ".vault.azure.net".len()..];
+        }
+        out.push_str(rest);
+        out.into_bytes()
     }
 
     fn example_body(file: &str, index: usize) -> Value {
         recording(file)["examples"][index]["response"]["body"].clone()
     }
 
-    /// A recorded page whose `nextLink` points back at the fake vault (keeping the `:443`).
+    /// A recorded page; its `nextLink` points back at the fake vault (keeping the `:443`).
     fn page(file: &str, index: usize) -> Canned {
-        example(file, index).rewrite(
-            &format!("{RECORDED_HOST}:443/"),
-            &format!("https://{HOST}:443/"),
-        )
+        example(file, index)
     }
 
     fn challenge() -> Answer {
@@ -1375,8 +1521,8 @@ mod tests {
         let (vault, replay) = replay_after_challenge(vec![
             page("get_secrets.json", 0),
             example("get_secrets.json", 1).rewrite(
-                &format!("{RECORDED_HOST}/secrets/"),
-                &format!("{RECORDED_HOST}:443/secrets/"),
+                &format!("https://{HOST}/secrets/"),
+                &format!("https://{HOST}:443/secrets/"),
             ),
         ]);
 
@@ -1618,6 +1764,173 @@ mod tests {
         );
     }
 
+    /// A one-item secret list page on the fake vault with `next` as its `nextLink`.
+    fn list_page(name: &str, next: Option<&str>) -> Canned {
+        Canned::json(
+            200,
+            serde_json::json!({
+                "value": [{"id": format!("https://{HOST}/secrets/{name}"), "attributes": {"enabled": true}}],
+                "nextLink": next,
+            }),
+        )
+    }
+
+    /// Lists secrets over `pages`; returns the error and every URL requested after the challenge.
+    async fn list_fails(pages: Vec<Canned>) -> (VaultError, Vec<url::Url>) {
+        let (vault, replay) = replay_after_challenge(pages);
+        let err = vault.list(Collection::Secrets).await.unwrap_err();
+        assert!(!err.to_string().contains(TOKEN));
+        let seen = replay
+            .seen
+            .lock()
+            .iter()
+            .skip(1)
+            .map(|s| s.url.clone())
+            .collect();
+        (err, seen)
+    }
+
+    #[tokio::test]
+    async fn a_next_link_off_the_vault_is_never_requested() {
+        for foreign in [
+            format!("https://{HOST}:8443/secrets?$skiptoken=x"),
+            "https://127.0.0.2/secrets?$skiptoken=x".to_string(),
+            format!("http://{HOST}/secrets?$skiptoken=x"),
+        ] {
+            let (err, seen) = list_fails(vec![list_page("a", Some(&foreign))]).await;
+            assert!(
+                matches!(&err, VaultError::Unexpected(m) if m.contains("not at the vault")),
+                "{foreign}: {err:?}"
+            );
+            assert!(!err.to_string().contains("skiptoken"), "{err}");
+            assert_eq!(seen.len(), 1, "{foreign}: only the first page: {seen:?}");
+            assert!(seen.iter().all(|u| u.host_str() == Some(HOST)));
+        }
+    }
+
+    #[tokio::test]
+    async fn paging_loops_stop_at_the_first_repeat() {
+        // The first page links to itself.
+        let first = format!("https://{HOST}/secrets?api-version=7.6");
+        let (err, seen) = list_fails(vec![list_page("a", Some(&first))]).await;
+        assert!(
+            matches!(&err, VaultError::Unexpected(m) if m.contains("loop")),
+            "{err:?}"
+        );
+        assert_eq!(seen.len(), 1);
+        // A -> B -> B.
+        let b = format!("https://{HOST}:443/secrets?$skiptoken=b");
+        let (err, seen) =
+            list_fails(vec![list_page("a", Some(&b)), list_page("b", Some(&b))]).await;
+        assert!(
+            matches!(&err, VaultError::Unexpected(m) if m.contains("loop")),
+            "{err:?}"
+        );
+        assert_eq!(seen.len(), 2);
+        // A -> B -> C -> B.
+        let c = format!("https://{HOST}/secrets?$skiptoken=c");
+        let (err, seen) = list_fails(vec![
+            list_page("a", Some(&b)),
+            list_page("b", Some(&c)),
+            list_page("c", Some(&b)),
+        ])
+        .await;
+        assert!(
+            matches!(&err, VaultError::Unexpected(m) if m.contains("loop")),
+            "{err:?}"
+        );
+        assert_eq!(seen.len(), 3);
+    }
+
+    #[tokio::test]
+    async fn a_get_answer_naming_another_host_is_refused() {
+        let foreign = example("get_secret.json", 0)
+            .rewrite(&format!("https://{HOST}/"), "https://127.0.0.2:8443/");
+        let body = example_body("get_secret.json", 0);
+        let (name, _) = parse_id(body["id"].as_str().unwrap(), Collection::Secrets).unwrap();
+        let (vault, _) = replay_after_challenge(vec![foreign]);
+        let err = vault.get_secret(&name, None).await.unwrap_err();
+        assert!(
+            matches!(&err, VaultError::Unexpected(m) if m.contains("another host")),
+            "{err:?}"
+        );
+        assert!(!err.to_string().contains(body["value"].as_str().unwrap()));
+        // In a listing, such an item is skipped; the others are listed.
+        let (vault, _) = replay_after_challenge(vec![Canned::json(
+            200,
+            serde_json::json!({"value": [
+                {"id": format!("https://{HOST}/secrets/mine")},
+                {"id": "https://127.0.0.2/secrets/theirs"},
+            ]}),
+        )]);
+        let names: Vec<String> = vault
+            .list(Collection::Secrets)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|p| p.name)
+            .collect();
+        assert_eq!(names, ["mine"]);
+    }
+
+    #[tokio::test]
+    async fn oversized_values_and_bodies_are_refused() {
+        let answer = |len: usize| {
+            Canned::json(
+                200,
+                serde_json::json!({
+                    "value": "v".repeat(len),
+                    "id": format!("https://{HOST}/secrets/big/0123456789abcdef0123456789abcdef"),
+                }),
+            )
+        };
+        let (vault, _) = replay_after_challenge(vec![answer(MAX_SECRET_VALUE_BYTES)]);
+        assert_eq!(
+            vault.get_secret("big", None).await.unwrap().value.len(),
+            MAX_SECRET_VALUE_BYTES
+        );
+        let (vault, _) = replay_after_challenge(vec![answer(MAX_SECRET_VALUE_BYTES + 1)]);
+        let err = vault.get_secret("big", None).await.unwrap_err();
+        assert!(
+            matches!(&err, VaultError::Unexpected(m) if m.contains("25601-byte value")),
+            "{err:?}"
+        );
+        // Past the transport's cap the body is not even parsed, and not retried.
+        let (vault, replay) = replay(
+            vec![
+                challenge(),
+                Answer::Http(answer(super::super::guard::MAX_BODY_BYTES)),
+            ],
+            2,
+        );
+        let err = vault.get_secret("big", None).await.unwrap_err();
+        assert!(
+            matches!(&err, VaultError::Unexpected(m) if m.contains("byte cap")),
+            "{err:?}"
+        );
+        assert_eq!(replay.requests(), 2);
+    }
+
+    #[tokio::test]
+    async fn names_differing_only_in_case_are_listed_once() {
+        let (vault, _) = replay_after_challenge(vec![Canned::json(
+            200,
+            serde_json::json!({"value": [
+                {"id": format!("https://{HOST}/secrets/Db"), "attributes": {"updated": 100}},
+                {"id": format!("https://{HOST}/secrets/api")},
+                {"id": format!("https://{HOST}/secrets/DB"), "attributes": {"updated": 200}},
+            ]}),
+        )]);
+        let names: Vec<String> = vault
+            .list(Collection::Secrets)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|p| p.name)
+            .collect();
+        assert_eq!(names, ["DB", "api"]);
+    }
+
     /// The error every recorded (or quoted) error body maps to, with retries off.
     async fn error_for(answer: Canned) -> (VaultError, usize) {
         let (vault, replay) = replay(vec![challenge(), Answer::Http(answer)], 0);
@@ -1789,6 +2102,8 @@ mod tests {
                     _ => serde_json::to_vec(&response["body"]).unwrap(),
                 };
                 let what = format!("{file} #{index}");
+                // Each recording's ids name the vault it was recorded from.
+                let vault = recorded_vault(&raw);
                 if status != 200 {
                     let error = ServiceError::parse(&raw);
                     assert!(error.code.is_some(), "{what}: no error code");
@@ -1799,28 +2114,28 @@ mod tests {
                 match file.as_str() {
                     "get_secret.json" | "get_certificate_secret.json" => {
                         let s: SecretBundle = serde_json::from_slice(&raw).expect(&what);
-                        let props = secret_props(&s).expect(&what);
+                        let props = secret_props(&s, &vault).expect(&what);
                         assert!(props.version.is_some() && s.value.is_some(), "{what}");
                     }
                     "get_secrets.json" | "get_secret_versions.json" => {
                         let list: azure_security_keyvault_secrets::models::ListSecretPropertiesResult =
                             serde_json::from_slice(&raw).expect(&what);
                         for item in &list.value {
-                            secret_item_props(item).expect(&what);
+                            secret_item_props(item, &vault).expect(&what);
                         }
                     }
                     "get_keys.json" | "get_key_versions.json" => {
                         let list: azure_security_keyvault_keys::models::ListKeyPropertiesResult =
                             serde_json::from_slice(&raw).expect(&what);
                         for item in &list.value {
-                            key_item_props(item).expect(&what);
+                            key_item_props(item, &vault).expect(&what);
                         }
                     }
                     "get_certificates.json" | "get_certificate_versions.json" => {
                         let list: azure_security_keyvault_certificates::models::ListCertificatePropertiesResult =
                             serde_json::from_slice(&raw).expect(&what);
                         for item in &list.value {
-                            certificate_item_props(item).expect(&what);
+                            certificate_item_props(item, &vault).expect(&what);
                         }
                     }
                     "get_key_rsa.json" | "get_key_ec.json" => {
@@ -1845,6 +2160,20 @@ mod tests {
             }
         }
         assert!(checked >= 35, "only {checked} examples checked");
+    }
+
+    /// The origin of the first id or kid in a recorded body (any URL if there is none).
+    fn recorded_vault(raw: &[u8]) -> url::Url {
+        let text = String::from_utf8_lossy(raw);
+        let origin = text
+            .find("https://")
+            .map(|at| {
+                let rest = &text[at..];
+                let end = rest[8..].find('/').map_or(rest.len(), |e| e + 8);
+                rest[..end].to_string()
+            })
+            .unwrap_or_else(|| VAULT_URL.to_string());
+        origin.parse().unwrap()
     }
 
     #[test]

@@ -6,8 +6,10 @@
 //! inodes or FUSE.
 
 pub mod azure;
+pub mod guard;
 pub mod memory;
 pub mod refusals;
+pub mod pages;
 
 use std::collections::BTreeMap;
 use std::time::SystemTime;
@@ -167,6 +169,37 @@ pub trait VaultClient: Send + Sync + 'static {
     ) -> Result<CertificateValue, VaultError>;
 }
 
+/// Key Vault refuses to store a secret value over 25 KiB (25,600 bytes), so an answer carrying
+/// a larger one is not the vault's: it is refused rather than cached and served.
+pub const MAX_SECRET_VALUE_BYTES: usize = 25_600;
+
+/// A listing with one entry per name, names compared case-insensitively as the vault compares
+/// them: two entries that differ only in case (which a real vault never lists, but a broken or
+/// hostile server can) would be two files for one object. The newest `updated` is kept, the
+/// first seen on a tie, in the first one's place. Returns the listing and the names dropped.
+pub fn one_per_name(items: Vec<ObjectProps>) -> (Vec<ObjectProps>, Vec<String>) {
+    let mut kept: Vec<ObjectProps> = Vec::with_capacity(items.len());
+    let mut index: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    let mut dropped = Vec::new();
+    for item in items {
+        match index.entry(item.name.to_ascii_lowercase()) {
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                slot.insert(kept.len());
+                kept.push(item);
+            }
+            std::collections::hash_map::Entry::Occupied(slot) => {
+                let held = &mut kept[*slot.get()];
+                if item.updated > held.updated {
+                    dropped.push(std::mem::replace(held, item).name);
+                } else {
+                    dropped.push(item.name);
+                }
+            }
+        }
+    }
+    (kept, dropped)
+}
+
 /// Key Vault object names: 1–127 of `[0-9A-Za-z-]`. Anything else cannot exist, so the
 /// filesystem answers it without asking the vault.
 pub fn valid_name(name: &str) -> bool {
@@ -195,6 +228,31 @@ mod tests {
         assert!(!valid_name(".."));
         assert!(valid_version("0123456789abcdef0123456789ABCDEF"));
         assert!(!valid_version("0123"));
+    }
+
+    #[test]
+    fn names_differing_only_in_case_are_listed_once() {
+        let at = |secs| Some(SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(secs));
+        let item = |name: &str, updated| ObjectProps {
+            name: name.into(),
+            updated,
+            ..Default::default()
+        };
+        let (kept, dropped) = one_per_name(vec![
+            item("db", at(10)),
+            item("api", at(5)),
+            item("DB", at(20)),
+            item("Api", at(5)),
+            item("dB", at(15)),
+            item("other", None),
+        ]);
+        let names: Vec<&str> = kept.iter().map(|p| p.name.as_str()).collect();
+        // The newest "db" in the first one's place; "api" ties, so the first seen stays.
+        assert_eq!(names, ["DB", "api", "other"]);
+        assert_eq!(dropped, ["db", "Api", "dB"]);
+        let (kept, dropped) = one_per_name(vec![item("a", None), item("b", None)]);
+        assert_eq!(kept.len(), 2);
+        assert!(dropped.is_empty());
     }
 
     #[test]

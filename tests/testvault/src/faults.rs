@@ -26,6 +26,41 @@ pub enum FaultAction {
     /// `Revoke`, answered with a continuous-access-evaluation claims challenge (`error`,
     /// `claims`, no `resource`) whatever the client declared.
     RevokeWithClaims,
+    /// Misbehaviour: answer normally, but with `nextLink` set to `url` (another port or host:
+    /// whoever follows it hands that origin the vault's token).
+    ForeignNextLink { url: String },
+    /// Misbehaviour: answer normally, but with `nextLink` naming the request's own URL.
+    SelfLink,
+    /// Misbehaviour: two pages linking to each other. The page asked for without
+    /// `$skiptoken=loop-b` links to the one with it, and that one back to the list's first page.
+    LinkLoop,
+    /// Misbehaviour: answer normally with the top-level `value` replaced by a string of `bytes`
+    /// bytes (a 50 MiB "secret"; Key Vault caps values at 25 KiB).
+    HugeValue { bytes: u64 },
+    /// Misbehaviour: send the headers (with the whole body's `Content-Length`) and the first half
+    /// of the body, then close the connection.
+    Truncate,
+    /// Misbehaviour: answer 200 with JSON of the wrong shape (an array where an object belongs).
+    WrongShape,
+    /// Misbehaviour: answer normally with every URL naming this vault rewritten to name `host`
+    /// (`host[:port]`) instead: ids, kids and next links of another vault.
+    ForeignId { host: String },
+}
+
+impl FaultAction {
+    /// Faults that change the operation's answer rather than replace it.
+    pub fn shapes_the_answer(&self) -> bool {
+        matches!(
+            self,
+            FaultAction::ForeignNextLink { .. }
+                | FaultAction::SelfLink
+                | FaultAction::LinkLoop
+                | FaultAction::HugeValue { .. }
+                | FaultAction::Truncate
+                | FaultAction::WrongShape
+                | FaultAction::ForeignId { .. }
+        )
+    }
 }
 
 /// A rule: which requests, what to do, how many times.
@@ -167,6 +202,13 @@ mod tests {
                 retry_after: Some(1)
             }
         );
+        let f: Fault = serde_json::from_str(
+            r#"{"op":"GetSecrets","kind":"foreign_next_link","url":"https://127.0.0.2:1/x"}"#,
+        )
+        .unwrap();
+        assert!(f.action.shapes_the_answer());
+        let f: Fault = serde_json::from_str(r#"{"kind":"huge_value","bytes":52428800}"#).unwrap();
+        assert_eq!(f.action, FaultAction::HugeValue { bytes: 52428800 });
         let d: Fault = serde_json::from_str(r#"{"kind":"drop"}"#).unwrap();
         assert_eq!(d.op, "*");
         assert_eq!(d.action, FaultAction::Drop);

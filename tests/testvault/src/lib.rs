@@ -15,6 +15,7 @@ pub mod entra;
 pub mod error;
 pub mod faults;
 pub mod identities;
+pub mod misbehave;
 pub mod observe;
 pub mod ops;
 pub mod paging;

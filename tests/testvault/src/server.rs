@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper::header::{HeaderMap, HeaderValue};
 use hyper::{Request, Response, StatusCode};
@@ -36,7 +36,56 @@ impl std::fmt::Display for DropConnection {
 
 impl std::error::Error for DropConnection {}
 
-type Reply = Result<Response<Full<Bytes>>, DropConnection>;
+type Reply = Result<Response<AnswerBody>, DropConnection>;
+
+/// An answer's body: all of it in one frame. Its length is announced to hyper, except for a
+/// truncated answer, whose `Content-Length` (set by the fault) claims more than it holds: hyper
+/// then sends what there is and closes the connection mid-body, as a broken server would.
+pub struct AnswerBody {
+    data: Option<Bytes>,
+    exact: bool,
+}
+
+impl AnswerBody {
+    fn sized(data: Bytes) -> Self {
+        AnswerBody {
+            data: Some(data),
+            exact: true,
+        }
+    }
+
+    fn length_unannounced(data: Bytes) -> Self {
+        AnswerBody {
+            data: Some(data),
+            exact: false,
+        }
+    }
+}
+
+impl hyper::body::Body for AnswerBody {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        let data = self.get_mut().data.take();
+        std::task::Poll::Ready(data.map(|d| Ok(hyper::body::Frame::data(d))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.data.is_none()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        match (&self.data, self.exact) {
+            (Some(d), true) => hyper::body::SizeHint::with_exact(d.len() as u64),
+            (None, _) => hyper::body::SizeHint::with_exact(0),
+            (Some(_), false) => hyper::body::SizeHint::default(),
+        }
+    }
+}
 
 /// Request bodies larger than this are refused (the largest real one, a PFX import, is far smaller).
 const BODY_LIMIT: usize = 4 * 1024 * 1024;
@@ -178,11 +227,11 @@ fn json_response(
     status: u16,
     body: Option<&Value>,
     request_headers: &HeaderMap,
-) -> Response<Full<Bytes>> {
+) -> Response<AnswerBody> {
     let bytes = body
         .map(|b| Bytes::from(serde_json::to_vec(b).expect("JSON serialises")))
         .unwrap_or_default();
-    let mut response = Response::new(Full::new(bytes));
+    let mut response = Response::new(AnswerBody::sized(bytes));
     *response.status_mut() =
         StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     vault_headers(response.headers_mut(), request_headers);
@@ -194,6 +243,26 @@ fn json_response(
         response
             .extensions_mut()
             .insert(hyper::ext::ReasonPhrase::from_static(b""));
+    }
+    response
+}
+
+/// A 200 whose body a misbehaviour fault has bent; `claimed_length` (when set) is sent as the
+/// `Content-Length` though fewer bytes follow, so the connection closes mid-body.
+fn bent_response(
+    bent: crate::misbehave::Bent,
+    request_headers: &HeaderMap,
+) -> Response<AnswerBody> {
+    let mut response = Response::new(if bent.claimed_length.is_some() {
+        AnswerBody::length_unannounced(Bytes::from(bent.body))
+    } else {
+        AnswerBody::sized(Bytes::from(bent.body))
+    });
+    vault_headers(response.headers_mut(), request_headers);
+    if let Some(length) = bent.claimed_length {
+        response
+            .headers_mut()
+            .insert(hyper::header::CONTENT_LENGTH, HeaderValue::from(length));
     }
     response
 }
@@ -319,7 +388,17 @@ async fn identity_endpoint(
 ) -> Reply {
     let mut pending = Pending::new(parts.method.as_str(), path, op.name());
     state.observed.lock().count(op.name());
-    if let Some(reply) = apply_fault(state, op, None, &mut pending, &parts.headers, None).await? {
+    if let Some(reply) = apply_fault(
+        state,
+        op,
+        None,
+        &mut pending,
+        &parts.headers,
+        None,
+        &mut None,
+    )
+    .await?
+    {
         return Ok(reply);
     }
     // Entra ID is HTTPS only; the managed-identity endpoints are plain HTTP in real life, and
@@ -365,6 +444,7 @@ async fn identity_endpoint(
 
 /// Apply the first matching fault, if any. `Ok(Some(reply))` answers instead of the operation.
 /// `caller` is the vault request's host and token claims (`None` for identity endpoints).
+/// A fault that bends the operation's answer instead goes to `bend_answer`.
 async fn apply_fault(
     state: &State,
     op: Op,
@@ -372,11 +452,17 @@ async fn apply_fault(
     pending: &mut Pending,
     request_headers: &HeaderMap,
     caller: Option<(&str, &crate::tokens::Claims)>,
-) -> Result<Option<Response<Full<Bytes>>>, DropConnection> {
+    bend_answer: &mut Option<FaultAction>,
+) -> Result<Option<Response<AnswerBody>>, DropConnection> {
     let action = state.faults.lock().take(op.name(), name);
     let Some(action) = action else {
         return Ok(None);
     };
+    if action.shapes_the_answer() {
+        pending.entry.fault = Some(format!("{action:?}").chars().take(80).collect());
+        *bend_answer = Some(action);
+        return Ok(None);
+    }
     match action {
         FaultAction::Delay { ms } => {
             pending.entry.fault = Some(format!("delay {ms}ms"));
@@ -409,6 +495,13 @@ async fn apply_fault(
             }
             Ok(Some(response))
         }
+        FaultAction::ForeignNextLink { .. }
+        | FaultAction::SelfLink
+        | FaultAction::LinkLoop
+        | FaultAction::HugeValue { .. }
+        | FaultAction::Truncate
+        | FaultAction::WrongShape
+        | FaultAction::ForeignId { .. } => unreachable!("answer-shaping faults return above"),
         FaultAction::Revoke | FaultAction::RevokeBare | FaultAction::RevokeWithClaims => {
             state.tokens.revoke_all();
             let host = caller.map_or("", |(host, _)| host);
@@ -441,7 +534,7 @@ fn challenge(
     problem: &TokenProblem,
     request_headers: &HeaderMap,
     pending: &mut Pending,
-) -> Response<Full<Bytes>> {
+) -> Response<AnswerBody> {
     let tenant = state.directory.read().tenant_id.clone();
     let resource = resource_for(host);
     let settings = state.settings.read();
@@ -537,6 +630,7 @@ async fn vault_request(
     state.observed.lock().count(route.op.name());
 
     // 2. Injected faults.
+    let mut bend_answer = None;
     if let Some(reply) = apply_fault(
         state,
         route.op,
@@ -544,11 +638,24 @@ async fn vault_request(
         &mut pending,
         headers,
         Some((host, &claims)),
+        &mut bend_answer,
     )
     .await?
     {
         return Ok(reply);
     }
+    // The second page of a link loop carries a skip token the paging code never issued.
+    let asked_query = query;
+    let query_for_op: Vec<(String, String)> = if crate::misbehave::is_loop_page(query) {
+        query
+            .iter()
+            .filter(|(k, _)| !k.eq_ignore_ascii_case("$skiptoken"))
+            .cloned()
+            .collect()
+    } else {
+        query.to_vec()
+    };
+    let query = &query_for_op[..];
 
     let answer = |pending: Pending, e: VaultError| {
         pending.finish(state, e.status);
@@ -624,7 +731,21 @@ async fn vault_request(
     match result {
         Ok(reply) => {
             pending.finish(state, reply.status);
-            let mut response = json_response(reply.status, reply.body.as_ref(), headers);
+            let mut response = match &bend_answer {
+                Some(action) if reply.status == 200 => bent_response(
+                    crate::misbehave::bend(
+                        action,
+                        reply.body.clone(),
+                        &crate::misbehave::Asked {
+                            base,
+                            path,
+                            query: asked_query,
+                        },
+                    ),
+                    headers,
+                ),
+                _ => json_response(reply.status, reply.body.as_ref(), headers),
+            };
             for (k, v) in reply.headers {
                 if let (Ok(k), Ok(v)) = (
                     hyper::header::HeaderName::from_bytes(k.as_bytes()),

@@ -11,6 +11,8 @@ pub mod daemon;
 pub mod fs;
 pub mod fuse;
 pub mod fusedev;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod invalidate;
 pub mod ipc;
 pub mod lifecycle;

@@ -219,7 +219,7 @@ pub struct MountSettings {
     pub hang_timeout: Duration,
 }
 
-fn vault_url(vault: &str, cloud: Cloud) -> Result<url::Url, String> {
+pub(crate) fn vault_url(vault: &str, cloud: Cloud) -> Result<url::Url, String> {
     if vault.contains("://") {
         let url =
             url::Url::parse(vault).map_err(|e| format!("invalid vault URL {vault:?}: {e}"))?;

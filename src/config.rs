@@ -80,7 +80,14 @@ pub fn parse_o(text: &str) -> Vec<MountOpt> {
     text.split(',')
         .map(str::trim)
         .filter(|s| !s.is_empty())
-        .filter(|s| !IGNORED.contains(s) && !s.starts_with("x-") && !s.starts_with("comment="))
+        // Compared also as normalised (`-` → `_`): `-netdev` must not become an option
+        // `_netdev` that printing and parsing again would drop.
+        .filter(|s| {
+            !IGNORED.contains(s)
+                && !IGNORED.contains(&s.replace('-', "_").as_str())
+                && !s.starts_with("x-")
+                && !s.starts_with("comment=")
+        })
         .map(|s| match s.split_once('=') {
             Some((k, v)) => MountOpt {
                 key: k.replace('-', "_"),

@@ -12,6 +12,8 @@ pub mod fs;
 pub mod fuse;
 pub mod fusedev;
 pub mod harden;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod invalidate;
 pub mod ipc;
 pub mod lifecycle;

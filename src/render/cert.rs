@@ -322,7 +322,7 @@ fn parse_pem(value: &str) -> Result<SecretParts, RenderError> {
 /// Orders the non-leaf certificates: the links from the leaf first, then the ones the links do
 /// not reach in the secret's order, then self-signed roots (the linked one first). Nothing is
 /// dropped: a certificate kvfs cannot place may still be one a client needs.
-fn order_chain(leaf: &X509Ref, mut remaining: Vec<X509>) -> Vec<X509> {
+pub(crate) fn order_chain(leaf: &X509Ref, mut remaining: Vec<X509>) -> Vec<X509> {
     let mut linked: Vec<X509> = Vec::new();
     let mut current: X509 = leaf.to_owned();
     // A self-signed certificate ends the path: its issuer is itself, and following the name
@@ -369,7 +369,7 @@ fn next_link(current: &X509Ref, candidates: &[X509]) -> Option<usize> {
 
 /// Self-issued with consistent key identifiers: a root. No signature check: this only decides
 /// where a certificate goes in the file, never whether it is trusted.
-fn is_self_signed(cert: &X509Ref) -> bool {
+pub(crate) fn is_self_signed(cert: &X509Ref) -> bool {
     if !names_equal(cert.subject_name(), cert.issuer_name()) {
         return false;
     }
@@ -380,7 +380,7 @@ fn is_self_signed(cert: &X509Ref) -> bool {
 }
 
 /// X509_NAME_cmp, which compares canonical encodings the way chain verification does.
-fn names_equal(a: &openssl::x509::X509NameRef, b: &openssl::x509::X509NameRef) -> bool {
+pub(crate) fn names_equal(a: &openssl::x509::X509NameRef, b: &openssl::x509::X509NameRef) -> bool {
     matches!(a.try_cmp(b), Ok(std::cmp::Ordering::Equal))
 }
 

@@ -744,7 +744,7 @@ macro_rules! meta {
     }};
 }
 
-fn secret_item_props(item: &SecretProperties, vault: &url::Url) -> Result<ObjectProps, String> {
+pub(crate) fn secret_item_props(item: &SecretProperties, vault: &url::Url) -> Result<ObjectProps, String> {
     to_props(
         vault,
         meta!(
@@ -757,7 +757,7 @@ fn secret_item_props(item: &SecretProperties, vault: &url::Url) -> Result<Object
     )
 }
 
-fn secret_props(secret: &SecretBundle, vault: &url::Url) -> Result<ObjectProps, String> {
+pub(crate) fn secret_props(secret: &SecretBundle, vault: &url::Url) -> Result<ObjectProps, String> {
     to_props(
         vault,
         meta!(
@@ -771,7 +771,7 @@ fn secret_props(secret: &SecretBundle, vault: &url::Url) -> Result<ObjectProps, 
 }
 
 /// Key list items name themselves by `kid`, not `id`.
-fn key_item_props(item: &KeyProperties, vault: &url::Url) -> Result<ObjectProps, String> {
+pub(crate) fn key_item_props(item: &KeyProperties, vault: &url::Url) -> Result<ObjectProps, String> {
     to_props(
         vault,
         meta!(
@@ -784,12 +784,12 @@ fn key_item_props(item: &KeyProperties, vault: &url::Url) -> Result<ObjectProps,
     )
 }
 
-fn key_props(key: &KeyBundle, vault: &url::Url) -> Result<ObjectProps, String> {
+pub(crate) fn key_props(key: &KeyBundle, vault: &url::Url) -> Result<ObjectProps, String> {
     let kid = key.key.as_ref().and_then(|k| k.kid.as_deref());
     to_props(vault, meta!(Collection::Keys, kid, key, key.managed, None))
 }
 
-fn certificate_props(cert: &CertificateBundle, vault: &url::Url) -> Result<ObjectProps, String> {
+pub(crate) fn certificate_props(cert: &CertificateBundle, vault: &url::Url) -> Result<ObjectProps, String> {
     to_props(
         vault,
         meta!(
@@ -831,7 +831,7 @@ fn check_identity(
     }
 }
 
-fn certificate_item_props(
+pub(crate) fn certificate_item_props(
     item: &CertificateProperties,
     vault: &url::Url,
 ) -> Result<ObjectProps, String> {
@@ -872,7 +872,10 @@ fn to_props(vault: &url::Url, meta: Meta<'_>) -> Result<ObjectProps, String> {
 /// Name and version of `{vault}/{collection}/{name}[/{version}]`. Parsed as a URL so an explicit
 /// `:443` (real `nextLink`s and some ids carry one) or a trailing slash changes nothing; the
 /// collection segment compares case-insensitively, like every Key Vault identifier.
-fn parse_id(id: &str, collection: Collection) -> Result<(String, Option<String>), String> {
+pub(crate) fn parse_id(
+    id: &str,
+    collection: Collection,
+) -> Result<(String, Option<String>), String> {
     let url = url::Url::parse(id).map_err(|e| format!("id {id:?} is not a URL: {e}"))?;
     let segments: Vec<&str> = url
         .path_segments()
@@ -882,7 +885,12 @@ fn parse_id(id: &str, collection: Collection) -> Result<(String, Option<String>)
         [coll, name, rest @ ..]
             if coll.eq_ignore_ascii_case(collection.as_str())
                 && rest.len() <= 1
-                && valid_name(name) =>
+                && valid_name(name)
+                // The version becomes a directory entry: a short run of letters and digits
+                // (the service's are 32 hex digits), never a name longer than a file name.
+                && rest.first().is_none_or(|v| {
+                    v.len() <= 64 && v.bytes().all(|b| b.is_ascii_alphanumeric())
+                }) =>
         {
             Ok((name.to_string(), rest.first().map(|v| v.to_string())))
         }

@@ -65,6 +65,39 @@ pub fn is_mounted(dir: &Path) -> bool {
         .any(|l| l.split(' ').nth(4) == Some(wanted.as_str()))
 }
 
+/// The directory in which every kvfs log of a test run is kept (scripts/test sets it, and
+/// scripts/audit-logs searches the logs there for the values and tokens the run used).
+pub const LOG_DIR_ENV: &str = "KVFS_TEST_LOG_DIR";
+
+/// A fresh path for a kvfs log: in `$KVFS_TEST_LOG_DIR` when set (kept after the test), else in
+/// a temporary directory that lives as long as the returned guard.
+pub fn log_file() -> (PathBuf, Option<tempfile::TempDir>) {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    match std::env::var_os(LOG_DIR_ENV) {
+        Some(dir) => {
+            let dir = PathBuf::from(dir);
+            std::fs::create_dir_all(&dir).expect("log directory");
+            // The test's name (libtest names the thread after it), so a finding names its test.
+            let test: String = std::thread::current()
+                .name()
+                .unwrap_or("test")
+                .chars()
+                .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+                .collect();
+            let n = NEXT.fetch_add(1, Ordering::Relaxed);
+            (
+                dir.join(format!("{test}-{}-{n}.log", std::process::id())),
+                None,
+            )
+        }
+        None => {
+            let logs = tempfile::tempdir().expect("tempdir");
+            (logs.path().join("kvfs.log"), Some(logs))
+        }
+    }
+}
+
 pub fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
     let start = Instant::now();
     while !f() {
@@ -100,7 +133,7 @@ pub struct Mount {
     pub dir: tempfile::TempDir,
     pub child: Option<Child>,
     pub log: PathBuf,
-    _logs: tempfile::TempDir,
+    _logs: Option<tempfile::TempDir>,
 }
 
 impl Mount {
@@ -121,8 +154,7 @@ impl Mount {
 
     fn spawn(vault: &TestVault, extra: &[&str], set_env: impl FnOnce(&mut Command)) -> Mount {
         let dir = tempfile::tempdir().expect("tempdir");
-        let logs = tempfile::tempdir().expect("tempdir");
-        let log = logs.path().join("kvfs.log");
+        let (log, logs) = log_file();
         let mut args = mount_args(vault, dir.path(), extra);
         args.push("--foreground".into());
         let mut command = Command::new(KVFS);

@@ -187,6 +187,7 @@ pub fn token(state: &State, authority: &str, tenant: &str, body: &[u8]) -> Token
     };
     if let Some(secret) = field(&fields, "client_secret") {
         return if app.client_secret.as_deref() == Some(secret) {
+            crate::audit::record(crate::audit::Kind::ClientSecret, secret);
             success(
                 state,
                 app,
@@ -213,6 +214,7 @@ pub fn token(state: &State, authority: &str, tenant: &str, body: &[u8]) -> Token
             "The request body must contain the following parameter: 'client_assertion' or 'client_secret'.",
         );
     };
+    crate::audit::record(crate::audit::Kind::Assertion, assertion);
     if !app.federations.is_empty() {
         let oidc_public = directory.oidc_key.public_spki_pem();
         return match check_federated(app, assertion, &oidc_public) {

@@ -9,6 +9,7 @@
 //! assert_eq!(vault.count("GetSecret"), 0);
 //! ```
 
+pub mod audit;
 pub mod control;
 pub mod crypto;
 pub mod entra;

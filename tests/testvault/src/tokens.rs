@@ -146,6 +146,7 @@ impl TokenIssuer {
             &EncodingKey::from_secret(&self.key),
         )
         .expect("HS256 encoding cannot fail");
+        crate::audit::record(crate::audit::Kind::Token, &token);
         (token, claims)
     }
 

@@ -144,6 +144,7 @@ pub fn handle(state: &State, req: &VaultRequest<'_>) -> Result<Reply, VaultError
             let (name, v) = store.get_secret(name, version)?;
             let out_ct = paging_query(req.query, "outContentType");
             let (value, ct) = convert_secret_value(&store, &name, &v, out_ct)?;
+            crate::audit::record(crate::audit::Kind::SecretValue, &value);
             Ok(Reply::ok(wire::secret_bundle(
                 base,
                 &name,

@@ -1,0 +1,4 @@
+//! `kvfs::fuzzing::chain_order`: see its documentation for the input format and the invariants.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| kvfs::fuzzing::chain_order(data));

@@ -11,9 +11,9 @@ pub mod daemon;
 pub mod fs;
 pub mod fuse;
 pub mod fusedev;
-pub mod harden;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod harden;
 pub mod invalidate;
 pub mod ipc;
 pub mod lifecycle;

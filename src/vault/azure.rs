@@ -744,7 +744,10 @@ macro_rules! meta {
     }};
 }
 
-pub(crate) fn secret_item_props(item: &SecretProperties, vault: &url::Url) -> Result<ObjectProps, String> {
+pub(crate) fn secret_item_props(
+    item: &SecretProperties,
+    vault: &url::Url,
+) -> Result<ObjectProps, String> {
     to_props(
         vault,
         meta!(
@@ -771,7 +774,10 @@ pub(crate) fn secret_props(secret: &SecretBundle, vault: &url::Url) -> Result<Ob
 }
 
 /// Key list items name themselves by `kid`, not `id`.
-pub(crate) fn key_item_props(item: &KeyProperties, vault: &url::Url) -> Result<ObjectProps, String> {
+pub(crate) fn key_item_props(
+    item: &KeyProperties,
+    vault: &url::Url,
+) -> Result<ObjectProps, String> {
     to_props(
         vault,
         meta!(
@@ -789,7 +795,10 @@ pub(crate) fn key_props(key: &KeyBundle, vault: &url::Url) -> Result<ObjectProps
     to_props(vault, meta!(Collection::Keys, kid, key, key.managed, None))
 }
 
-pub(crate) fn certificate_props(cert: &CertificateBundle, vault: &url::Url) -> Result<ObjectProps, String> {
+pub(crate) fn certificate_props(
+    cert: &CertificateBundle,
+    vault: &url::Url,
+) -> Result<ObjectProps, String> {
     to_props(
         vault,
         meta!(

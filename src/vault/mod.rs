@@ -8,8 +8,8 @@
 pub mod azure;
 pub mod guard;
 pub mod memory;
-pub mod refusals;
 pub mod pages;
+pub mod refusals;
 
 use std::collections::BTreeMap;
 use std::time::SystemTime;

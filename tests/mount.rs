@@ -490,8 +490,7 @@ fn a_missing_role_is_eacces_with_a_log_line_naming_it() {
         })
         .expect("identity added");
     let dir = tempfile::tempdir().unwrap();
-    let logs = tempfile::tempdir().unwrap();
-    let log = logs.path().join("kvfs.log");
+    let (log, _logs) = common::log_file();
     let mut env = kvfs_env(&vault);
     for (k, v) in env.iter_mut() {
         match k.as_str() {

@@ -1412,8 +1412,7 @@ fn a_dead_supervisor_fails_blocked_readers_and_a_new_mount_replaces_it() {
         !alive(worker)
     };
     vault.clear_faults();
-    let logs = tempfile::tempdir().unwrap();
-    let log2 = logs.path().join("kvfs.log");
+    let (log2, _logs) = common::log_file();
     let log2_arg = log2.display().to_string();
     let remount = Instant::now();
     mount_detached(&vault, &mnt, &["--log-file", &log2_arg], kvfs_env(&vault));
@@ -1524,8 +1523,7 @@ fn a_connection_nobody_serves_is_aborted_by_a_new_mount() {
         "{label}: the stat on a connection nobody serves answered"
     );
 
-    let logs = tempfile::tempdir().unwrap();
-    let log = logs.path().join("kvfs.log");
+    let (log, _logs) = common::log_file();
     let log_arg = log.display().to_string();
     let started = Instant::now();
     let out = Command::new(KVFS)

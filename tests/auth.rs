@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant, SystemTime};
 
-use common::{KVFS, Mount, errno, is_mounted, mount_args, start_vault, wait_until};
+use common::{KVFS, Mount, errno, is_mounted, mark, mount_args, since, start_vault, wait_until};
 use testvault::{Fault, LogEntry, TestVault};
 
 const API_KEY: &str = "sk_test_4eC39HqLyjWDarjtT1zdp7dc";
@@ -92,19 +92,6 @@ fn app_service_env(vault: &TestVault) -> Vec<(String, String)> {
 fn set_env(env: &mut Vec<(String, String)>, key: &str, value: impl Into<String>) {
     env.retain(|(k, _)| k != key);
     env.push(kv(key, value));
-}
-
-/// The last sequence number in the request log (entries after it are new).
-fn mark(vault: &TestVault) -> u64 {
-    vault.requests().last().map_or(0, |e| e.seq)
-}
-
-fn since(vault: &TestVault, mark: u64, op: &str) -> Vec<LogEntry> {
-    vault
-        .requests()
-        .into_iter()
-        .filter(|e| e.seq > mark && e.op == op)
-        .collect()
 }
 
 /// Read `secrets/api-key` through `m` and check that every authenticated GET the vault saw for

@@ -7,23 +7,11 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Mount, errno, kvfs_env, start_vault, wait_until};
-use testvault::{Fault, FaultAction, LogEntry, TestVault};
+use common::{Mount, errno, kvfs_env, mark, since, start_vault, wait_until};
+use testvault::{Fault, FaultAction, TestVault};
 
 /// Every vault operation a mount reading secrets makes (the token endpoints stay untouched).
 const SECRET_OPS: &[&str] = &["GetSecret", "GetSecrets", "GetSecretVersions"];
-
-fn mark(vault: &TestVault) -> u64 {
-    vault.requests().last().map_or(0, |e| e.seq)
-}
-
-fn since(vault: &TestVault, mark: u64, op: &str) -> Vec<LogEntry> {
-    vault
-        .requests()
-        .into_iter()
-        .filter(|e| e.seq > mark && e.op == op)
-        .collect()
-}
 
 /// Vault requests (any secret operation) after `mark` answered `status`.
 fn answered(vault: &TestVault, mark: u64, status: u16) -> usize {

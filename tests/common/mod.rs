@@ -278,3 +278,17 @@ pub fn mount_detached(vault: &TestVault, dir: &Path, extra: &[&str], env: Vec<(S
 pub fn unmount(dir: &Path) {
     succeed(Command::new(KVFS).arg("unmount").arg(dir));
 }
+
+/// The last sequence number in `vault`'s request log (entries after it are new).
+pub fn mark(vault: &TestVault) -> u64 {
+    vault.requests().last().map_or(0, |e| e.seq)
+}
+
+/// The requests for operation `op` that `vault` logged after `mark`.
+pub fn since(vault: &TestVault, mark: u64, op: &str) -> Vec<testvault::LogEntry> {
+    vault
+        .requests()
+        .into_iter()
+        .filter(|e| e.seq > mark && e.op == op)
+        .collect()
+}

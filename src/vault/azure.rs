@@ -937,7 +937,13 @@ fn convert_all<T>(
         .filter_map(|item| match convert(item, vault) {
             Ok(props) => Some(props),
             Err(e) => {
-                tracing::warn!("{op}: skipping an item the vault listed: {e}");
+                // Every refresh of the listing meets the same item again: a few lines a minute.
+                crate::log_limited!(
+                    global,
+                    "skipped list item",
+                    warn,
+                    "{op}: skipping an item the vault listed: {e}"
+                );
                 None
             }
         })

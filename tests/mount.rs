@@ -461,12 +461,19 @@ fn a_failed_mount_says_why_in_one_line() {
 fn mounting_over_a_stale_mount_recovers_it() {
     let vault = start_vault();
     let mut m = Mount::start(&vault, &[]);
+    // The mount shows before its INIT is answered, and a kill in that window fails the
+    // connection's start (ECONNREFUSED) instead of leaving a served mount behind: read first.
+    assert_eq!(
+        m.read("secrets/api-key").unwrap(),
+        "sk_test_4eC39HqLyjWDarjtT1zdp7dc"
+    );
     // Kill the daemon so the kernel keeps a mount nobody serves.
     let mut child = m.child.take().unwrap();
     child.kill().unwrap();
     child.wait().unwrap();
     // A request caught in flight fails with ECONNABORTED, later ones with ENOTCONN.
-    let e = std::fs::metadata(m.path("secrets")).unwrap_err();
+    // A name never looked up, so the kernel cannot answer from its caches.
+    let e = std::fs::metadata(m.path("keys/never-looked-up")).unwrap_err();
     assert!(
         [libc::ENOTCONN, libc::ECONNABORTED].contains(&errno(&e)),
         "{e}"

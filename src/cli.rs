@@ -430,7 +430,7 @@ mod tests {
     }
 
     #[test]
-    fn defaults_follow_product_md() {
+    fn defaults_follow_configuration_md() {
         let s = args("myvault").resolve(1000, 1000).unwrap();
         assert_eq!(s.vault_url.as_str(), "https://myvault.vault.azure.net/");
         assert_eq!(s.cache_ttl, Duration::from_secs(60));

@@ -70,7 +70,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn vault_errors_map_to_the_errno_of_product_md() {
+    fn vault_errors_map_to_the_errno_of_semantics_md() {
         assert_eq!(FsError::from(VaultError::NotFound).errno(), libc::ENOENT);
         assert_eq!(FsError::from(VaultError::Disabled).errno(), libc::ENOENT);
         assert_eq!(

@@ -8,6 +8,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::config::{self, MountOpt};
 use crate::fs::core::OpenMode;
+use crate::logging::{LineContext, LogFormat};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -95,6 +96,10 @@ pub struct MountArgs {
     /// Write logs to this file (appending) instead of stderr; a detached daemon has no stderr.
     #[arg(long, value_name = "PATH")]
     pub log_file: Option<PathBuf>,
+    /// text (default) | json: one JSON object per line with mount, vault, kind, op, errno and
+    /// cause fields, for log pipelines.
+    #[arg(long, value_name = "FORMAT")]
+    pub log_format: Option<String>,
 
     #[arg(long, value_name = "DURATION", help_heading = "Restarts and upgrades")]
     /// A request to kvfs that gets no answer for this long (kvfs stopped or stuck, and its
@@ -212,11 +217,25 @@ pub struct MountSettings {
     pub file_mode: u16,
     pub dir_mode: u16,
     pub log_file: Option<PathBuf>,
+    pub log_format: LogFormat,
     /// `None`: the default place for this mountpoint (see `lifecycle::paths`).
     pub control_socket: Option<PathBuf>,
     pub after_handoff: AfterHandoff,
     /// `--hang-timeout`: the kernel's limit on one request's wait (zero: none).
     pub hang_timeout: Duration,
+}
+
+impl MountSettings {
+    /// What every JSON log line of this mount says about where it comes from.
+    pub fn log_context(&self) -> LineContext {
+        LineContext {
+            mount: self.mountpoint.display().to_string(),
+            vault: match self.vault_url.port() {
+                Some(port) => format!("{}:{port}", self.vault_url.host_str().unwrap_or_default()),
+                None => self.vault_url.host_str().unwrap_or_default().to_owned(),
+            },
+        }
+    }
 }
 
 pub(crate) fn vault_url(vault: &str, cloud: Cloud) -> Result<url::Url, String> {
@@ -285,6 +304,7 @@ impl MountArgs {
             "dir_mode",
             "foreground",
             "log_file",
+            "log_format",
             "control_socket",
             "after_handoff",
             "hang_timeout",
@@ -407,6 +427,8 @@ impl MountArgs {
                 .log_file
                 .clone()
                 .or(value("log_file")?.map(PathBuf::from)),
+            log_format: pick(&self.log_format, "log_format")?
+                .map_or(Ok(LogFormat::Text), |f| LogFormat::parse(&f))?,
             control_socket: self
                 .control_socket
                 .clone()
@@ -440,6 +462,29 @@ mod tests {
         assert!(!s.allow_other && s.verify_challenge_resource && !s.foreground);
         assert_eq!(s.open_mode, OpenMode::Snapshot);
         assert_eq!(s.hang_timeout, Duration::from_secs(120));
+        assert_eq!(s.log_format, LogFormat::Text);
+    }
+
+    #[test]
+    fn log_format_from_flag_or_o_and_the_context_names_mount_and_vault() {
+        let mut a = args("https://127.0.0.1:8443");
+        a.options = vec!["log_format=json".into()];
+        let s = a.resolve(0, 0).unwrap();
+        assert_eq!(s.log_format, LogFormat::Json);
+        assert_eq!(
+            s.log_context(),
+            LineContext {
+                mount: "/mnt/kv".into(),
+                vault: "127.0.0.1:8443".into()
+            }
+        );
+        a.log_format = Some("yaml".into());
+        let e = a.resolve(0, 0).unwrap_err();
+        assert_eq!(e, "unknown --log-format \"yaml\": use text or json");
+        assert_eq!(
+            args("myvault").resolve(0, 0).unwrap().log_context().vault,
+            "myvault.vault.azure.net"
+        );
     }
 
     #[test]

@@ -155,8 +155,7 @@ fn propagation_of(mountinfo: &str, path: &Path) -> Option<String> {
     let wanted = path.display().to_string();
     mountinfo
         .lines()
-        .filter(|l| l.split(' ').nth(4) == Some(wanted.as_str()))
-        .last()
+        .rfind(|l| l.split(' ').nth(4) == Some(wanted.as_str()))
         .map(|l| {
             l.split(' ')
                 .skip(6)
@@ -164,6 +163,16 @@ fn propagation_of(mountinfo: &str, path: &Path) -> Option<String> {
                 .collect::<Vec<_>>()
                 .join(" ")
         })
+}
+
+/// The file system type of the topmost mount at `path` in `mountinfo`.
+fn fs_type_of(mountinfo: &str, path: &Path) -> Option<String> {
+    let wanted = path.display().to_string();
+    let line = mountinfo
+        .lines()
+        .rfind(|l| l.split(' ').nth(4) == Some(wanted.as_str()))?;
+    let (_, after) = line.split_once(" - ")?;
+    after.split(' ').next().map(str::to_string)
 }
 
 fn mount_ns(pid: &str) -> PathBuf {
@@ -187,10 +196,13 @@ fn a_node_mount_reaches_a_pod_started_before_it_and_nothing_flows_back() {
     std::fs::create_dir(&probe).unwrap();
     let bidirectional_probe = host_path.join("probe-bidirectional");
     std::fs::create_dir(&bidirectional_probe).unwrap();
-    // Where the pod's volume and its subPath file go (directories of the "node", as kubelet's).
+    // Where the pod's volumes and its subPath file go (directories of the "node", as kubelet's):
+    // the vault's directory (the consumers' hostPath /var/lib/kvfs/<vault>), and its parent.
     let pod_root = node.path().join("pod");
-    let pod_volume = pod_root.join("volume");
+    let pod_vault = pod_root.join("vault");
+    let pod_volume = pod_root.join("var-lib-kvfs");
     let pod_sub_path = pod_root.join("api-key");
+    std::fs::create_dir_all(&pod_vault).unwrap();
     std::fs::create_dir_all(&pod_volume).unwrap();
     std::fs::write(&pod_sub_path, "").unwrap();
     assert!(
@@ -205,25 +217,29 @@ fn a_node_mount_reaches_a_pod_started_before_it_and_nothing_flows_back() {
     // Declared before the pod so that it is dropped after it: the pod's copies go first.
     let _node_mount = NodeMount(vault_dir.clone());
 
-    // The pod, started before kvfs mounts; its runtime binds the hostPath in as rslave.
+    // The pod, started before kvfs mounts; its runtime binds the hostPaths in as rslave
+    // (HostToContainer): the vault's directory, still empty, and /var/lib/kvfs.
     let pod = Pod::start("slave");
     assert_ne!(
         mount_ns(&pod.pid().to_string()),
         mount_ns("self"),
         "the pod has a mount namespace of its own"
     );
-    pod.run("mount", &[Path::new("--rbind"), &host_path, &pod_volume]);
-    pod.run("mount", &[Path::new("--make-rslave"), &pod_volume]);
-    let pod_view = propagation_of(&pod.mountinfo(), &pod_volume)
-        .expect("the pod's volume is a mount point in the pod");
-    assert!(
-        pod_view.contains("master:") && !pod_view.contains("shared:"),
-        "the pod's volume is not a slave of the node's hostPath: `{pod_view}`"
-    );
-    assert!(
-        !is_mounted(&pod_volume),
-        "the pod's volume mount leaked to the node"
-    );
+    for (source, target) in [(&vault_dir, &pod_vault), (&host_path, &pod_volume)] {
+        pod.run("mount", &[Path::new("--rbind"), source, target]);
+        pod.run("mount", &[Path::new("--make-rslave"), target]);
+        let pod_view = propagation_of(&pod.mountinfo(), target)
+            .expect("the pod's volume is a mount point in the pod");
+        assert!(
+            pod_view.contains("master:") && !pod_view.contains("shared:"),
+            "the pod's {} is not a slave of the node's hostPath: `{pod_view}`",
+            target.display()
+        );
+        assert!(
+            !is_mounted(target),
+            "the pod's volume mount leaked to the node"
+        );
+    }
 
     // The node mounts the vault under the hostPath (as the DaemonSet's kvfs does).
     let (log, _logs) = common::log_file();
@@ -237,11 +253,20 @@ fn a_node_mount_reaches_a_pod_started_before_it_and_nothing_flows_back() {
     assert!(is_mounted(&vault_dir), "kvfs did not mount on the node");
     let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
 
-    // The pod sees it, under its own path, and reads through it.
-    let in_pod = pod_volume.join("myvault");
+    // The pod sees it, in both volumes, and reads through it.
     wait_until("the vault mount to reach the pod", WAIT, || {
-        propagation_of(&pod.mountinfo(), &in_pod).is_some()
+        let mounts = pod.mountinfo();
+        [&pod_vault, &pod_volume.join("myvault")]
+            .iter()
+            .all(|p| fs_type_of(&mounts, p).is_some_and(|t| t.starts_with("fuse")))
     });
+    let in_pod = pod_vault.clone();
+    assert_eq!(
+        pod.read(&pod_volume.join("myvault/secrets/api-key")),
+        Ok("sk_test_4eC39HqLyjWDarjtT1zdp7dc".to_string()),
+        "reading in the pod's /var/lib/kvfs: {}",
+        log_text()
+    );
     let listing = pod.run("ls", &[&in_pod.join("secrets")]);
     for name in ["db-password", "api-key", "connection-string"] {
         assert!(

@@ -13,6 +13,11 @@
 //! - nothing flows back: a mount made inside the pod, under its view of the hostPath, does not
 //!   appear on the node (that is what `rslave` means, and why consumers cannot disturb the node).
 //!
+//! The sidecar (packaging/kubernetes/sidecar) the same way: kvfs, in a "sidecar container"
+//! namespace whose copy of an emptyDir is in the node's peer group (Bidirectional), mounts on that
+//! emptyDir; the mount shows on the node, and an "app container" namespace that then binds the
+//! emptyDir in as rslave (HostToContainer) reads the vault through it.
+//!
 //! Real FUSE mounts of a testvault; needs root, /dev/fuse, `unshare` and `nsenter`, as CI has.
 
 mod common;
@@ -23,7 +28,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use common::{
-    KVFS, is_mounted, kvfs_env, kvfs_pids_for, mount_detached, start_vault, succeed, wait_until,
+    KVFS, is_mounted, kvfs_env, kvfs_pids_for, mount_args, mount_detached, start_vault, succeed,
+    wait_until,
 };
 
 /// The bounded wait for anything the test polls for.
@@ -364,5 +370,166 @@ fn a_node_mount_reaches_a_pod_started_before_it_and_nothing_flows_back() {
     wait_until("the node's mount to go", WAIT, || !is_mounted(&vault_dir));
     wait_until("the node's kvfs to exit", WAIT, || {
         kvfs_pids_for(&vault_dir).is_empty()
+    });
+}
+
+/// A kvfs in a mount namespace of its own (the sidecar container): SIGTERM on drop, SIGKILL if it
+/// does not exit within the bounded wait.
+struct Sidecar {
+    child: Option<Child>,
+    log: PathBuf,
+    _logs: Option<tempfile::TempDir>,
+}
+
+impl Sidecar {
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGTERM; the exit status, within the bounded wait.
+    fn stop(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("running");
+        // SAFETY: sending a signal to our own child process.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let mut status = None;
+        wait_until("the sidecar's kvfs to exit after SIGTERM", WAIT, || {
+            status = child.try_wait().expect("wait");
+            status.is_some()
+        });
+        status.expect("exited")
+    }
+}
+
+impl Drop for Sidecar {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // SAFETY: as above.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let start = std::time::Instant::now();
+            while child.try_wait().ok().flatten().is_none() && start.elapsed() < WAIT {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+#[test]
+fn a_sidecar_mount_on_an_empty_dir_reaches_the_app_container() {
+    let vault = start_vault();
+    let node = tempfile::tempdir().unwrap();
+
+    // The node: kubelet's directory is an rshared mount point (kubelet makes it so), and the
+    // pod's emptyDir a plain directory in it.
+    let kubelet = node.path().join("var-lib-kubelet");
+    std::fs::create_dir(&kubelet).unwrap();
+    let _kubelet_bind = SelfBind::new(&kubelet);
+    succeed(Command::new("mount").arg("--make-rshared").arg(&kubelet));
+    let empty_dir = kubelet.join("pods/0000/volumes/kubernetes.io~empty-dir/vault");
+    std::fs::create_dir_all(&empty_dir).unwrap();
+    // The containers' root file systems: private mount points, so that what the containers mount
+    // there stays in their namespaces, as in a container runtime.
+    let sidecar_root = node.path().join("sidecar-rootfs");
+    let app_root = node.path().join("app-rootfs");
+    let mut roots = Vec::new();
+    for root in [&sidecar_root, &app_root] {
+        std::fs::create_dir_all(root.join("vault")).unwrap();
+        roots.push(SelfBind::new(root));
+        succeed(Command::new("mount").arg("--make-private").arg(root));
+    }
+    let sidecar_vault = sidecar_root.join("vault");
+    let app_vault = app_root.join("vault");
+
+    // The sidecar container: its copies of the node's shared mounts stay in their peer groups
+    // (a runtime does this for a pod with a Bidirectional mount); it binds the emptyDir in,
+    // rshared, and kvfs mounts on it.
+    let (log, logs) = common::log_file();
+    let mut kvfs = vec![KVFS.to_string()];
+    kvfs.extend(mount_args(
+        &vault,
+        &sidecar_vault,
+        &["--cache-ttl", "1s", "--allow-other"],
+    ));
+    kvfs.push("--foreground".into());
+    let child = Command::new("unshare")
+        .args(["-m", "--propagation", "unchanged", "--", "sh", "-c"])
+        .arg(r#"mount --rbind "$1" "$2" && mount --make-rshared "$2" && shift 2 && exec "$@""#)
+        .arg("sidecar")
+        .arg(&empty_dir)
+        .arg(&sidecar_vault)
+        .args(&kvfs)
+        .envs(kvfs_env(&vault))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log file"))
+        .spawn()
+        .expect("unshare runs");
+    let mut sidecar = Sidecar {
+        child: Some(child),
+        log,
+        _logs: logs,
+    };
+
+    // Bidirectional: the mount shows on the node, at the emptyDir.
+    wait_until(
+        "the sidecar's mount to reach the node's emptyDir",
+        WAIT,
+        || {
+            if let Some(status) = sidecar
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!("the sidecar exited ({status}): {}", sidecar.log_text());
+            }
+            fs_type_of(
+                &std::fs::read_to_string("/proc/self/mountinfo").unwrap(),
+                &empty_dir,
+            )
+            .is_some_and(|t| t.starts_with("fuse"))
+        },
+    );
+    assert!(
+        !is_mounted(&sidecar_vault),
+        "the sidecar's own bind of the emptyDir leaked to the node"
+    );
+
+    // The app container, started once the sidecar serves (its startupProbe): HostToContainer.
+    let app = Pod::start("slave");
+    app.run("mount", &[Path::new("--rbind"), &empty_dir, &app_vault]);
+    app.run("mount", &[Path::new("--make-rslave"), &app_vault]);
+    assert!(
+        fs_type_of(&app.mountinfo(), &app_vault).is_some_and(|t| t.starts_with("fuse")),
+        "the app does not see the sidecar's mount: {:?}",
+        fs_type_of(&app.mountinfo(), &app_vault)
+    );
+    assert_eq!(
+        app.read(&app_vault.join("secrets/db-password")),
+        Ok("c0rrect-h0rse-battery-staple".to_string()),
+        "reading in the app: {}",
+        sidecar.log_text()
+    );
+    vault
+        .set_secret("db-password", "rotated-for-the-app")
+        .unwrap();
+    wait_until("the app to read the rotated secret", WAIT, || {
+        app.read(&app_vault.join("secrets/db-password")).as_deref() == Ok("rotated-for-the-app")
+    });
+
+    // The pod ends: the app goes, then the sidecar's SIGTERM unmounts, on the node too.
+    drop(app);
+    let status = sidecar.stop();
+    assert!(
+        status.success(),
+        "the sidecar's kvfs {status}: {}",
+        sidecar.log_text()
+    );
+    wait_until("the emptyDir's mount to go from the node", WAIT, || {
+        !fs_type_of(
+            &std::fs::read_to_string("/proc/self/mountinfo").unwrap(),
+            &empty_dir,
+        )
+        .is_some_and(|t| t.starts_with("fuse"))
     });
 }

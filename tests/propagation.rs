@@ -266,14 +266,13 @@ fn a_node_mount_reaches_a_pod_started_before_it_and_nothing_flows_back() {
             .iter()
             .all(|p| fs_type_of(&mounts, p).is_some_and(|t| t.starts_with("fuse")))
     });
-    let in_pod = pod_vault.clone();
     assert_eq!(
         pod.read(&pod_volume.join("myvault/secrets/api-key")),
         Ok("sk_test_4eC39HqLyjWDarjtT1zdp7dc".to_string()),
         "reading in the pod's /var/lib/kvfs: {}",
         log_text()
     );
-    let listing = pod.run("ls", &[&in_pod.join("secrets")]);
+    let listing = pod.run("ls", &[&pod_vault.join("secrets")]);
     for name in ["db-password", "api-key", "connection-string"] {
         assert!(
             listing.lines().any(|l| l == name),
@@ -282,7 +281,7 @@ fn a_node_mount_reaches_a_pod_started_before_it_and_nothing_flows_back() {
         );
     }
     assert_eq!(
-        pod.read(&in_pod.join("secrets/db-password")),
+        pod.read(&pod_vault.join("secrets/db-password")),
         Ok("c0rrect-h0rse-battery-staple".to_string()),
         "reading in the pod: {}",
         log_text()
@@ -293,7 +292,7 @@ fn a_node_mount_reaches_a_pod_started_before_it_and_nothing_flows_back() {
         "mount",
         &[
             Path::new("--bind"),
-            &in_pod.join("secrets/api-key"),
+            &pod_vault.join("secrets/api-key"),
             &pod_sub_path,
         ],
     );

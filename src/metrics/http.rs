@@ -1,0 +1,126 @@
+//! The HTTP endpoints (`--metrics-addr`): `/metrics`, `/healthz`, `/readyz`, on hyper's HTTP/1
+//! server, in the worker's tokio runtime.
+//!
+//! The listening socket is not the worker's: the supervisor binds it once, before mounting, and
+//! hands it to every worker it starts, and to a successor in a handoff (see
+//! `lifecycle::supervisor`). Connections that arrive while no worker accepts (between a crash
+//! and the replacement, or during a takeover) wait in the socket's backlog and are answered by
+//! the next worker. Nothing here runs on a FUSE session thread, and the request path of the
+//! filesystem never waits on anything here.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use prometheus_client::registry::Registry;
+
+use super::health::Health;
+
+/// At most this many connections are served at once; more wait in the backlog.
+const MAX_CONNECTIONS: usize = 32;
+/// A client must send its request headers within this (slow or idle peers hold no slot long).
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+struct Endpoints {
+    registry: Registry,
+    health: Health,
+}
+
+/// Serve the endpoints on `listener` (already bound and listening) for the life of the runtime.
+pub fn spawn(
+    listener: std::net::TcpListener,
+    registry: Registry,
+    health: Health,
+    runtime: &tokio::runtime::Handle,
+) -> std::io::Result<()> {
+    listener.set_nonblocking(true)?;
+    let _guard = runtime.enter();
+    let listener = tokio::net::TcpListener::from_std(listener)?;
+    let endpoints = Arc::new(Endpoints { registry, health });
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    runtime.spawn(async move {
+        loop {
+            let Ok(slot) = slots.clone().acquire_owned().await else {
+                return;
+            };
+            let stream = match listener.accept().await {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of descriptors, say: not a reason to stop serving for good (and
+                    // the scraper will see it, so no log line ten times a second).
+                    tracing::debug!("metrics endpoint: cannot accept: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let endpoints = endpoints.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |request| {
+                    let endpoints = endpoints.clone();
+                    async move { Ok::<_, Infallible>(endpoints.answer(request).await) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(HEADER_TIMEOUT)
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+                drop(slot);
+            });
+        }
+    });
+    Ok(())
+}
+
+fn text(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static(content_type),
+    );
+    response
+}
+
+const PLAIN: &str = "text/plain; charset=utf-8";
+
+/// 200 with `ok`, or 503 with the reason, one line each.
+fn verdict(result: Result<(), String>) -> Response<Full<Bytes>> {
+    match result {
+        Ok(()) => text(StatusCode::OK, PLAIN, "ok\n".into()),
+        Err(reason) => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            PLAIN,
+            format!("{reason}\n"),
+        ),
+    }
+}
+
+impl Endpoints {
+    async fn answer(&self, request: Request<Incoming>) -> Response<Full<Bytes>> {
+        let known = matches!(request.uri().path(), "/metrics" | "/healthz" | "/readyz");
+        if !known {
+            return text(StatusCode::NOT_FOUND, PLAIN, "not found\n".into());
+        }
+        if request.method() != Method::GET && request.method() != Method::HEAD {
+            let mut r = text(StatusCode::METHOD_NOT_ALLOWED, PLAIN, "use GET\n".into());
+            r.headers_mut().insert(
+                hyper::header::ALLOW,
+                hyper::header::HeaderValue::from_static("GET, HEAD"),
+            );
+            return r;
+        }
+        match request.uri().path() {
+            "/metrics" => text(
+                StatusCode::OK,
+                prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
+                super::render(&self.registry),
+            ),
+            "/healthz" => verdict(self.health.mount_answers().await),
+            _ => verdict(self.health.ready().await),
+        }
+    }
+}

@@ -1,0 +1,714 @@
+//! What a worker counts, and its Prometheus text (doc/METRICS.md lists every series).
+//!
+//! Recording is a relaxed atomic add into fixed arrays indexed by small enums: no lock, no
+//! allocation, no map lookup on the FUSE request path or in the vault client. Every label value
+//! comes from a closed set ([`FuseOp`], [`errno_name`], [`VaultOp`], [`status_index`]), so no
+//! object name, version, path or value can ever become a label.
+//!
+//! The counters live in one process-wide static ([`recorder`]) rather than in a handle passed
+//! down: the points that record (FUSE adapter, vault transport, token cache) sit in layers that
+//! know nothing of each other, a worker serves exactly one mount, and atomics nobody scrapes cost
+//! nothing. What already has counters of its own (the cache) is read at scrape time through
+//! [`Sources`], handed to the HTTP server by the worker.
+//!
+//! Encoding goes through the official `prometheus-client` crate: a [`Collector`] walks the
+//! arrays on each scrape and emits only the label sets that have been seen, so an idle mount
+//! exposes a few dozen lines, not every operation times every errno.
+
+pub mod health;
+pub mod http;
+
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::exemplar::Exemplar;
+use prometheus_client::registry::Registry;
+
+use crate::fs::cache::{Cache, CacheStats};
+
+/// Latency bucket bounds, in seconds: 100 µs (a warm answer) to 10 s (the vault client's
+/// per-attempt limit), roughly ×2.5 apart.
+const BUCKETS: [f64; 12] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 0.5, 2.5, 10.0,
+];
+
+/// A histogram of durations in plain atomics (prometheus-client's own takes a lock per
+/// observation). Counts are per bucket, not cumulative; the encoder sums them.
+pub struct AtomicHistogram {
+    buckets: [AtomicU64; BUCKETS.len() + 1],
+    count: AtomicU64,
+    sum_nanos: AtomicU64,
+}
+
+impl AtomicHistogram {
+    pub const fn new() -> Self {
+        AtomicHistogram {
+            buckets: [const { AtomicU64::new(0) }; BUCKETS.len() + 1],
+            count: AtomicU64::new(0),
+            sum_nanos: AtomicU64::new(0),
+        }
+    }
+
+    pub fn observe(&self, d: Duration) {
+        let seconds = d.as_secs_f64();
+        let i = BUCKETS
+            .iter()
+            .position(|&b| seconds <= b)
+            .unwrap_or(BUCKETS.len());
+        self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        self.sum_nanos.fetch_add(
+            u64::try_from(d.as_nanos()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+        self.count.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn count(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    fn encode(&self, mut encoder: prometheus_client::encoding::MetricEncoder) -> std::fmt::Result {
+        // Read the buckets first and derive the count from them, so that a scrape racing an
+        // observation never shows a count its buckets do not add up to.
+        let mut buckets = [(0.0, 0u64); BUCKETS.len() + 1];
+        for (i, slot) in buckets.iter_mut().enumerate() {
+            let bound = BUCKETS.get(i).copied().unwrap_or(f64::INFINITY);
+            *slot = (bound, self.buckets[i].load(Ordering::Relaxed));
+        }
+        let count = buckets.iter().map(|(_, n)| n).sum();
+        let sum = self.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
+        encoder.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
+    }
+}
+
+impl Default for AtomicHistogram {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Declares a closed enum of label values with its `as_str` and a list of all values.
+macro_rules! label_enum {
+    ($(#[$m:meta])* $name:ident { $($variant:ident => $text:literal,)* }) => {
+        $(#[$m])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        pub enum $name { $($variant,)* }
+        impl $name {
+            pub const ALL: &'static [$name] = &[$($name::$variant,)*];
+            pub const COUNT: usize = Self::ALL.len();
+            pub fn as_str(self) -> &'static str {
+                match self { $($name::$variant => $text,)* }
+            }
+        }
+    };
+}
+
+label_enum!(
+    /// The FUSE operations the adapter (src/fuse.rs) handles.
+    FuseOp {
+        Lookup => "lookup",
+        Forget => "forget",
+        Getattr => "getattr",
+        Setattr => "setattr",
+        Statfs => "statfs",
+        Open => "open",
+        Read => "read",
+        Write => "write",
+        Flush => "flush",
+        Release => "release",
+        Fsync => "fsync",
+        Opendir => "opendir",
+        Readdir => "readdir",
+        Releasedir => "releasedir",
+        Fsyncdir => "fsyncdir",
+        Getxattr => "getxattr",
+        Listxattr => "listxattr",
+        Setxattr => "setxattr",
+        Removexattr => "removexattr",
+        Ioctl => "ioctl",
+        Poll => "poll",
+        Lseek => "lseek",
+        Mknod => "mknod",
+        Mkdir => "mkdir",
+        Unlink => "unlink",
+        Rmdir => "rmdir",
+        Symlink => "symlink",
+        Rename => "rename",
+        Link => "link",
+        Create => "create",
+    }
+);
+
+/// The errnos kvfs answers with, by name; anything else is `other`.
+const ERRNOS: &[(i32, &str)] = &[
+    (libc::ENOENT, "ENOENT"),
+    (libc::EIO, "EIO"),
+    (libc::EACCES, "EACCES"),
+    (libc::EPERM, "EPERM"),
+    (libc::EROFS, "EROFS"),
+    (libc::ENOSYS, "ENOSYS"),
+    (libc::ENOTTY, "ENOTTY"),
+    (libc::ENODATA, "ENODATA"),
+    (libc::ERANGE, "ERANGE"),
+    (libc::ENAMETOOLONG, "ENAMETOOLONG"),
+    (libc::ENOTDIR, "ENOTDIR"),
+    (libc::EISDIR, "EISDIR"),
+    (libc::EOPNOTSUPP, "EOPNOTSUPP"),
+    (libc::EBADF, "EBADF"),
+    (libc::EINVAL, "EINVAL"),
+    (libc::EAGAIN, "EAGAIN"),
+    (libc::ETIMEDOUT, "ETIMEDOUT"),
+];
+const ERRNO_OTHER: usize = ERRNOS.len();
+
+fn errno_index(errno: i32) -> usize {
+    ERRNOS
+        .iter()
+        .position(|&(n, _)| n == errno)
+        .unwrap_or(ERRNO_OTHER)
+}
+
+/// The label value of an errno: its name, or `other`.
+pub fn errno_name(errno: i32) -> &'static str {
+    ERRNOS.get(errno_index(errno)).map_or("other", |&(_, s)| s)
+}
+
+label_enum!(
+    /// What a request to the vault was for, from its method and path (never its name or
+    /// version).
+    VaultOp {
+        GetSecret => "get_secret",
+        GetKey => "get_key",
+        GetCertificate => "get_certificate",
+        ListSecrets => "list_secrets",
+        ListKeys => "list_keys",
+        ListCertificates => "list_certificates",
+        ListSecretVersions => "list_secret_versions",
+        ListKeyVersions => "list_key_versions",
+        ListCertificateVersions => "list_certificate_versions",
+        Other => "other",
+    }
+);
+
+impl VaultOp {
+    /// Key Vault's REST paths: `/{collection}`, `/{collection}/{name}[/{version}]`,
+    /// `/{collection}/{name}/versions`. Only the shape is looked at.
+    pub fn classify(method: &str, path: &str) -> VaultOp {
+        if method != "GET" {
+            return VaultOp::Other;
+        }
+        let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+        let (get, list, versions) = match parts.first().copied() {
+            Some("secrets") => (
+                VaultOp::GetSecret,
+                VaultOp::ListSecrets,
+                VaultOp::ListSecretVersions,
+            ),
+            Some("keys") => (VaultOp::GetKey, VaultOp::ListKeys, VaultOp::ListKeyVersions),
+            Some("certificates") => (
+                VaultOp::GetCertificate,
+                VaultOp::ListCertificates,
+                VaultOp::ListCertificateVersions,
+            ),
+            _ => return VaultOp::Other,
+        };
+        match parts.as_slice() {
+            [_] => list,
+            [_, _, "versions"] => versions,
+            [_, _] | [_, _, _] => get,
+            _ => VaultOp::Other,
+        }
+    }
+}
+
+/// Status labels: the codes Key Vault is documented to answer, then classes for the rest, then
+/// `error` for a request that got no HTTP answer (connection, TLS, timeout).
+const STATUSES: &[&str] = &[
+    "200", "204", "400", "401", "403", "404", "409", "429", "500", "502", "503", "504", "1xx",
+    "2xx", "3xx", "4xx", "5xx", "error",
+];
+const STATUS_ERROR: usize = STATUSES.len() - 1;
+
+/// The codes of [`STATUSES`] that are labelled exactly.
+const EXACT: [u16; 12] = [200, 204, 400, 401, 403, 404, 409, 429, 500, 502, 503, 504];
+
+/// The index in [`STATUSES`] of an HTTP status (`None`: no answer). No allocation: it runs on
+/// every vault request.
+pub fn status_index(status: Option<u16>) -> usize {
+    match status {
+        None => STATUS_ERROR,
+        Some(code) => match EXACT.iter().position(|&c| c == code) {
+            Some(i) => i,
+            None if (100..600).contains(&code) => EXACT.len() + usize::from(code / 100) - 1,
+            None => STATUS_ERROR,
+        },
+    }
+}
+
+#[derive(Default)]
+struct FuseCounters {
+    requests: AtomicU64,
+    errors: [AtomicU64; ERRNOS.len() + 1],
+    latency: AtomicHistogram,
+}
+
+#[derive(Default)]
+struct VaultCounters {
+    by_status: [AtomicU64; STATUSES.len()],
+    latency: AtomicHistogram,
+}
+
+/// Every counter a worker records. One static instance: see [`recorder`].
+pub struct Recorder {
+    fuse: [FuseCounters; FuseOp::COUNT],
+    vault: [VaultCounters; VaultOp::COUNT],
+    token_ok: AtomicU64,
+    token_failed: AtomicU64,
+    open_handles: AtomicI64,
+    /// Milliseconds since [`EPOCH`] of the last vault answer that was an answer (2xx, 404),
+    /// and of the last failure (no answer, 5xx, 429): what `/readyz` judges the vault by.
+    vault_ok_at: AtomicU64,
+    vault_failed_at: AtomicU64,
+}
+
+static RECORDER: Recorder = Recorder {
+    fuse: [const {
+        FuseCounters {
+            requests: AtomicU64::new(0),
+            errors: [const { AtomicU64::new(0) }; ERRNOS.len() + 1],
+            latency: AtomicHistogram::new(),
+        }
+    }; FuseOp::COUNT],
+    vault: [const {
+        VaultCounters {
+            by_status: [const { AtomicU64::new(0) }; STATUSES.len()],
+            latency: AtomicHistogram::new(),
+        }
+    }; VaultOp::COUNT],
+    token_ok: AtomicU64::new(0),
+    token_failed: AtomicU64::new(0),
+    open_handles: AtomicI64::new(0),
+    vault_ok_at: AtomicU64::new(0),
+    vault_failed_at: AtomicU64::new(0),
+};
+
+static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+
+/// Milliseconds since the process's first use of the clock here, plus one (zero means never).
+fn now_ms() -> u64 {
+    let epoch = *EPOCH.get_or_init(Instant::now);
+    u64::try_from(epoch.elapsed().as_millis())
+        .unwrap_or(u64::MAX)
+        .saturating_add(1)
+}
+
+/// The process's counters.
+pub fn recorder() -> &'static Recorder {
+    &RECORDER
+}
+
+/// One FUSE request being answered: counted when started, its latency and outcome when dropped
+/// (success, unless [`FuseRequest::fail`] said otherwise).
+pub struct FuseRequest {
+    op: FuseOp,
+    started: Instant,
+    errno: i32,
+}
+
+impl FuseRequest {
+    /// The request failed with `errno`.
+    pub fn fail(mut self, errno: i32) {
+        self.errno = errno;
+    }
+}
+
+impl Drop for FuseRequest {
+    fn drop(&mut self) {
+        let c = &RECORDER.fuse[self.op as usize];
+        c.latency.observe(self.started.elapsed());
+        if self.errno != 0 {
+            c.errors[errno_index(self.errno)].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Start timing a FUSE request of kind `op`.
+pub fn fuse_request(op: FuseOp) -> FuseRequest {
+    RECORDER.fuse[op as usize]
+        .requests
+        .fetch_add(1, Ordering::Relaxed);
+    FuseRequest {
+        op,
+        started: Instant::now(),
+        errno: 0,
+    }
+}
+
+/// One HTTP request to the vault and its outcome (`None`: no HTTP answer).
+pub fn vault_request(op: VaultOp, status: Option<u16>, took: Duration) {
+    let c = &RECORDER.vault[op as usize];
+    c.by_status[status_index(status)].fetch_add(1, Ordering::Relaxed);
+    c.latency.observe(took);
+    // A 4xx other than throttling is the vault answering (a name that is not there, a token it
+    // refuses): it is reachable. Authentication trouble shows in its own series.
+    let reachable = matches!(status, Some(s) if s < 500 && s != 429);
+    let at = if reachable {
+        &RECORDER.vault_ok_at
+    } else {
+        &RECORDER.vault_failed_at
+    };
+    at.store(now_ms(), Ordering::Relaxed);
+}
+
+/// A token request to the identity provider (not one answered from the token cache).
+pub fn token_request(ok: bool) {
+    let c = if ok {
+        &RECORDER.token_ok
+    } else {
+        &RECORDER.token_failed
+    };
+    c.fetch_add(1, Ordering::Relaxed);
+}
+
+/// A file or directory handle given out (`+1`) or released (`-1`).
+pub fn handles(delta: i64) {
+    RECORDER.open_handles.fetch_add(delta, Ordering::Relaxed);
+}
+
+/// How the vault has been answering, for `/readyz`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VaultHealth {
+    /// Since the last answer, if any.
+    pub since_ok: Option<Duration>,
+    /// Since the last failure, if any.
+    pub since_failure: Option<Duration>,
+}
+
+pub fn vault_health() -> VaultHealth {
+    let now = now_ms();
+    let since = |a: &AtomicU64| match a.load(Ordering::Relaxed) {
+        0 => None,
+        t => Some(Duration::from_millis(now.saturating_sub(t))),
+    };
+    VaultHealth {
+        since_ok: since(&RECORDER.vault_ok_at),
+        since_failure: since(&RECORDER.vault_failed_at),
+    }
+}
+
+/// Why a worker came to serve, counted over the life of the mount (the supervisor keeps the
+/// counts and hands them to each worker, and a handoff passes them on), so they survive the
+/// worker restarts they count.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct WorkerStarts {
+    /// Workers started on the mount after one died (crash, kill, OOM).
+    pub replacements: u64,
+    /// Times a new `kvfs mount` took the live mount over from a running one.
+    pub takeovers: u64,
+}
+
+/// What a scrape reads besides the recorder: the worker's cache and how it came to serve.
+pub struct Sources {
+    pub cache: Option<Cache>,
+    pub starts: WorkerStarts,
+}
+
+/// The collector behind `/metrics`.
+struct Scrape {
+    sources: Sources,
+}
+
+impl std::fmt::Debug for Scrape {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Scrape").finish_non_exhaustive()
+    }
+}
+
+fn counter(encoder: &mut prometheus_client::encoding::MetricEncoder, v: u64) -> std::fmt::Result {
+    encoder.encode_counter::<NoLabelSet, u64, f64>(&v, None::<&Exemplar<NoLabelSet, f64>>)
+}
+
+/// `name` (a counter without its `_total`) with one sample per label set.
+fn counters<'a>(
+    out: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    samples: impl IntoIterator<Item = (Vec<(&'a str, &'a str)>, u64)>,
+) -> std::fmt::Result {
+    let mut metric = out.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for (labels, v) in samples {
+        counter(&mut metric.encode_family(&labels)?, v)?;
+    }
+    Ok(())
+}
+
+fn gauge(out: &mut DescriptorEncoder, name: &str, help: &str, v: i64) -> std::fmt::Result {
+    out.encode_descriptor(name, help, None, MetricType::Gauge)?
+        .encode_gauge(&v)
+}
+
+impl Collector for Scrape {
+    fn encode(&self, mut out: DescriptorEncoder) -> std::fmt::Result {
+        let r = &RECORDER;
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        // Build info: the version only.
+        let version = [("version", env!("CARGO_PKG_VERSION"))];
+        out.encode_descriptor(
+            "kvfs_build_info",
+            "The running kvfs build (always 1).",
+            None,
+            MetricType::Gauge,
+        )?
+        .encode_family(&version)?
+        .encode_gauge(&1i64)?;
+
+        let ops = || FuseOp::ALL.iter().map(|&op| (op, &r.fuse[op as usize]));
+        counters(
+            &mut out,
+            "kvfs_fuse_requests",
+            "FUSE requests received, by operation.",
+            ops()
+                .filter(|(_, c)| load(&c.requests) > 0)
+                .map(|(op, c)| (vec![("op", op.as_str())], load(&c.requests))),
+        )?;
+        let mut errors = Vec::new();
+        for (op, c) in ops() {
+            for (i, n) in c.errors.iter().enumerate() {
+                let n = load(n);
+                if n > 0 {
+                    let name = ERRNOS.get(i).map_or("other", |&(_, s)| s);
+                    errors.push((vec![("op", op.as_str()), ("errno", name)], n));
+                }
+            }
+        }
+        counters(
+            &mut out,
+            "kvfs_fuse_errors",
+            "FUSE requests answered with an error, by operation and errno.",
+            errors,
+        )?;
+        {
+            let mut metric = out.encode_descriptor(
+                "kvfs_fuse_request_duration_seconds",
+                "Time from receiving a FUSE request to answering it, by operation.",
+                None,
+                MetricType::Histogram,
+            )?;
+            for (op, c) in ops().filter(|(_, c)| c.latency.count() > 0) {
+                let labels = [("op", op.as_str())];
+                c.latency.encode(metric.encode_family(&labels)?)?;
+            }
+        }
+
+        let vops = || VaultOp::ALL.iter().map(|&op| (op, &r.vault[op as usize]));
+        let mut requests = Vec::new();
+        for (op, c) in vops() {
+            for (i, n) in c.by_status.iter().enumerate() {
+                let n = load(n);
+                if n > 0 {
+                    requests.push((vec![("op", op.as_str()), ("status", STATUSES[i])], n));
+                }
+            }
+        }
+        counters(
+            &mut out,
+            "kvfs_vault_requests",
+            "HTTP requests to the vault (each attempt), by operation and status (error: no answer).",
+            requests,
+        )?;
+        {
+            let mut metric = out.encode_descriptor(
+                "kvfs_vault_request_duration_seconds",
+                "Time from sending an HTTP request to the vault to its answer's headers.",
+                None,
+                MetricType::Histogram,
+            )?;
+            for (op, c) in vops().filter(|(_, c)| c.latency.count() > 0) {
+                let labels = [("op", op.as_str())];
+                c.latency.encode(metric.encode_family(&labels)?)?;
+            }
+        }
+
+        counters(
+            &mut out,
+            "kvfs_token_requests",
+            "Access token requests to the identity provider, by result.",
+            [
+                (vec![("result", "ok")], load(&r.token_ok)),
+                (vec![("result", "error")], load(&r.token_failed)),
+            ],
+        )?;
+        gauge(
+            &mut out,
+            "kvfs_open_handles",
+            "File and directory handles this worker gave out and the kernel holds.",
+            r.open_handles.load(Ordering::Relaxed).max(0),
+        )?;
+        let starts = self.sources.starts;
+        counters(
+            &mut out,
+            "kvfs_worker_starts",
+            "Workers started on a live mount over the life of the mount, by kind (replacement: after a worker died; takeover: a new kvfs took the mount over).",
+            [
+                (vec![("kind", "replacement")], starts.replacements),
+                (vec![("kind", "takeover")], starts.takeovers),
+            ],
+        )?;
+        if let Some(cache) = &self.sources.cache {
+            encode_cache(&mut out, &cache.stats())?;
+        }
+        Ok(())
+    }
+}
+
+fn encode_cache(out: &mut DescriptorEncoder, s: &CacheStats) -> std::fmt::Result {
+    let plain: [(&str, &str, u64); 7] = [
+        (
+            "kvfs_cache_hits",
+            "Reads answered from a fresh cache entry.",
+            s.hits,
+        ),
+        (
+            "kvfs_cache_misses",
+            "Reads that needed a vault call (including background refreshes).",
+            s.misses,
+        ),
+        (
+            "kvfs_cache_coalesced",
+            "Reads that waited for a vault call another read had started.",
+            s.coalesced,
+        ),
+        (
+            "kvfs_cache_stale_served",
+            "Reads answered with the last good value past its TTL because the vault was failing.",
+            s.stale_served,
+        ),
+        (
+            "kvfs_cache_revalidated",
+            "Entries made fresh again by a listing that showed them unchanged, without a GET.",
+            s.revalidated,
+        ),
+        (
+            "kvfs_cache_list_revalidations",
+            "Listings applied to the cached entries of their collection.",
+            s.list_revalidations,
+        ),
+        (
+            "kvfs_cache_background_refreshes",
+            "Vault calls made ahead of expiry by the background refresher.",
+            s.background_fetches,
+        ),
+    ];
+    for (name, help, v) in plain {
+        counters(out, name, help, [(Vec::new(), v)])?;
+    }
+    gauge(
+        out,
+        "kvfs_cache_objects",
+        "Entries held in the cache (values, listings, and remembered absences).",
+        i64::try_from(s.entries).unwrap_or(i64::MAX),
+    )?;
+    gauge(
+        out,
+        "kvfs_cache_bytes",
+        "Weighted size of the cache: value bytes plus a fixed overhead per entry.",
+        i64::try_from(s.bytes).unwrap_or(i64::MAX),
+    )
+}
+
+/// The body of `/metrics` (Prometheus text format 0.0.4).
+pub fn render(registry: &Registry) -> String {
+    let mut text = String::with_capacity(16 * 1024);
+    // Writing to a String cannot fail; a collector error would be ours, and the body says so.
+    if let Err(e) = prometheus_client::encoding::prometheus_text::encode(&mut text, registry) {
+        text = format!("# encoding failed: {e}\n");
+    }
+    text
+}
+
+/// The registry a worker serves: every series above, read at each scrape.
+pub fn registry(sources: Sources) -> Registry {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(Scrape { sources }));
+    registry
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vault_paths_are_classified_by_shape_only() {
+        let c = VaultOp::classify;
+        assert_eq!(c("GET", "/secrets"), VaultOp::ListSecrets);
+        assert_eq!(c("GET", "/secrets/"), VaultOp::ListSecrets);
+        assert_eq!(c("GET", "/secrets/db"), VaultOp::GetSecret);
+        assert_eq!(c("GET", "/secrets/db/0123abcd"), VaultOp::GetSecret);
+        assert_eq!(
+            c("GET", "/secrets/db/versions"),
+            VaultOp::ListSecretVersions
+        );
+        assert_eq!(c("GET", "/keys/k"), VaultOp::GetKey);
+        assert_eq!(c("GET", "/certificates"), VaultOp::ListCertificates);
+        assert_eq!(
+            c("GET", "/certificates/c/versions"),
+            VaultOp::ListCertificateVersions
+        );
+        assert_eq!(c("GET", "/secrets/a/b/c"), VaultOp::Other);
+        assert_eq!(c("POST", "/secrets/db"), VaultOp::Other);
+        assert_eq!(c("GET", "/"), VaultOp::Other);
+    }
+
+    #[test]
+    fn statuses_and_errnos_map_to_closed_sets() {
+        assert_eq!(STATUSES[status_index(Some(200))], "200");
+        assert_eq!(STATUSES[status_index(Some(418))], "4xx");
+        assert_eq!(STATUSES[status_index(Some(307))], "3xx");
+        assert_eq!(STATUSES[status_index(Some(999))], "error");
+        assert_eq!(STATUSES[status_index(None)], "error");
+        assert_eq!(errno_name(libc::ENOENT), "ENOENT");
+        assert_eq!(errno_name(12345), "other");
+    }
+
+    #[test]
+    fn histograms_put_each_duration_in_one_bucket() {
+        let h = AtomicHistogram::new();
+        h.observe(Duration::from_micros(50));
+        h.observe(Duration::from_millis(3));
+        h.observe(Duration::from_secs(60));
+        assert_eq!(h.count(), 3);
+        assert_eq!(h.buckets[0].load(Ordering::Relaxed), 1);
+        assert_eq!(h.buckets[BUCKETS.len()].load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn a_scrape_is_prometheus_text_with_recorded_series() {
+        drop(fuse_request(FuseOp::Lookup));
+        fuse_request(FuseOp::Lookup).fail(libc::ENOENT);
+        vault_request(VaultOp::GetSecret, Some(200), Duration::from_millis(2));
+        let text = render(&registry(Sources {
+            cache: None,
+            starts: WorkerStarts::default(),
+        }));
+        assert!(text.contains("kvfs_build_info{version=\""), "{text}");
+        assert!(
+            text.contains("# TYPE kvfs_fuse_requests_total counter"),
+            "{text}"
+        );
+        assert!(
+            text.contains("kvfs_fuse_errors_total{op=\"lookup\",errno=\"ENOENT\"}"),
+            "{text}"
+        );
+        assert!(
+            text.contains("kvfs_vault_requests_total{op=\"get_secret\",status=\"200\"}"),
+            "{text}"
+        );
+        assert!(
+            text.contains("kvfs_fuse_request_duration_seconds_bucket{op=\"lookup\",le=\"+Inf\"}"),
+            "{text}"
+        );
+    }
+}

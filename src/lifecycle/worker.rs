@@ -20,6 +20,7 @@ use crate::fuse::FuseAdapter;
 use crate::fusedev;
 use crate::invalidate::Invalidator;
 use crate::ipc::{Channel, Received};
+use crate::metrics;
 use crate::vault::azure::{self, AzureVault, AzureVaultOptions};
 
 /// The environment variable that tells a `kvfs mount` process it is a worker, and on which fd
@@ -102,8 +103,12 @@ fn serve(mut settings: MountSettings, control: &Channel) -> Result<i32, String> 
     let (Some(connection), Some(journal)) = (fds.next(), fds.next()) else {
         return Err("Serve came without the connection and journal descriptors".into());
     };
-    let readers: Vec<OwnedFd> = fds.take(serve.readers as usize).collect();
+    let readers: Vec<OwnedFd> = fds.by_ref().take(serve.readers as usize).collect();
+    let metrics = fds.next().filter(|_| serve.metrics);
     let running = start_serving(&settings, prepared, &serve, &connection, journal, readers)?;
+    if let Some(listener) = metrics {
+        serve_metrics(&settings, &serve, &running, listener);
+    }
     control
         .send(&FromWorker::Serving, &[])
         .map_err(|e| format!("cannot reach the supervisor: {e}"))?;
@@ -259,9 +264,9 @@ fn token_scope(settings: &MountSettings) -> String {
 }
 
 struct Running {
-    /// Held, never used again here: the tasks answering requests and refreshing the cache run
-    /// on it for as long as the worker lives.
-    _runtime: tokio::runtime::Runtime,
+    /// Held for as long as the worker lives: the tasks answering requests, refreshing the cache
+    /// and serving the metrics endpoint run on it.
+    runtime: tokio::runtime::Runtime,
     sessions: Vec<fuser::BackgroundSession>,
     gate: Arc<Gate>,
     core: Arc<FsCore>,
@@ -393,11 +398,25 @@ fn start_serving(
         "serving"
     );
     Ok(Running {
-        _runtime: runtime,
+        runtime,
         sessions,
         gate,
         core,
     })
+}
+
+/// The metrics and health endpoints, on the socket the supervisor bound (see `metrics::http`).
+/// A failure here is logged, not fatal: the mount matters more than its metrics.
+fn serve_metrics(settings: &MountSettings, serve: &Serve, running: &Running, listener: OwnedFd) {
+    let registry = metrics::registry(metrics::Sources {
+        cache: Some(running.core.cache().clone()),
+        starts: serve.starts,
+    });
+    let health = metrics::health::Health::new(settings.mountpoint.clone(), settings.max_stale);
+    let listener = std::net::TcpListener::from(listener);
+    if let Err(e) = metrics::http::spawn(listener, registry, health, running.runtime.handle()) {
+        tracing::warn!("cannot serve the metrics endpoint: {e}");
+    }
 }
 
 /// Serve until told to stop (drain, say so, exit 0), until the connection ends (exit 0), or

@@ -112,7 +112,7 @@ pub fn readiness(vault: VaultHealth, max_stale: Duration) -> Result<(), String> 
         (Some(ok), Some(failed)) if ok <= failed => Ok(()),
         (Some(ok), Some(_)) if ok <= max_stale => Ok(()),
         (Some(ok), Some(_)) => Err(format!(
-            "the vault is failing and its last answer was {} ago, past --max-stale ({})",
+            "the vault (or its token endpoint) is failing and its last answer was {} ago, past --max-stale ({})",
             secs(ok),
             secs(max_stale)
         )),

@@ -363,14 +363,15 @@ pub fn vault_request(op: VaultOp, status: Option<u16>, took: Duration) {
     at.store(now_ms(), Ordering::Relaxed);
 }
 
-/// A token request to the identity provider (not one answered from the token cache).
+/// A token request to the identity provider (not one answered from the token cache). A
+/// failure counts against readiness like a vault that does not answer: no read can reach it.
 pub fn token_request(ok: bool) {
-    let c = if ok {
-        &RECORDER.token_ok
+    if ok {
+        RECORDER.token_ok.fetch_add(1, Ordering::Relaxed);
     } else {
-        &RECORDER.token_failed
-    };
-    c.fetch_add(1, Ordering::Relaxed);
+        RECORDER.token_failed.fetch_add(1, Ordering::Relaxed);
+        RECORDER.vault_failed_at.store(now_ms(), Ordering::Relaxed);
+    }
 }
 
 /// A file or directory handle given out (`+1`) or released (`-1`).

@@ -38,6 +38,8 @@ pub fn session_threads() -> usize {
 /// How long a stopping worker waits for its answers before giving up (a vault call's own limit
 /// is 10 s per attempt).
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a stopping worker waits for the metrics requests it holds.
+const HTTP_STOP_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Run as the worker whose supervisor channel is `control`. Never returns.
 pub fn run(settings: MountSettings, control: Channel) -> ! {
@@ -106,13 +108,11 @@ fn serve(mut settings: MountSettings, control: &Channel) -> Result<i32, String> 
     let readers: Vec<OwnedFd> = fds.by_ref().take(serve.readers as usize).collect();
     let metrics = fds.next().filter(|_| serve.metrics);
     let running = start_serving(&settings, prepared, &serve, &connection, journal, readers)?;
-    if let Some(listener) = metrics {
-        serve_metrics(&settings, &serve, &running, listener);
-    }
+    let http = metrics.and_then(|listener| serve_metrics(&settings, &serve, &running, listener));
     control
         .send(&FromWorker::Serving, &[])
         .map_err(|e| format!("cannot reach the supervisor: {e}"))?;
-    Ok(wait_for_the_end(&settings, control, running))
+    Ok(wait_for_the_end(&settings, control, running, http))
 }
 
 fn apply_hints(settings: &mut MountSettings, hints: &Hints) {
@@ -407,29 +407,44 @@ fn start_serving(
 
 /// The metrics and health endpoints, on the socket the supervisor bound (see `metrics::http`).
 /// A failure here is logged, not fatal: the mount matters more than its metrics.
-fn serve_metrics(settings: &MountSettings, serve: &Serve, running: &Running, listener: OwnedFd) {
+fn serve_metrics(
+    settings: &MountSettings,
+    serve: &Serve,
+    running: &Running,
+    listener: OwnedFd,
+) -> Option<metrics::http::Server> {
     let registry = metrics::registry(metrics::Sources {
         cache: Some(running.core.cache().clone()),
         starts: serve.starts,
     });
     let health = metrics::health::Health::new(settings.mountpoint.clone(), settings.max_stale);
     let listener = std::net::TcpListener::from(listener);
-    if let Err(e) = metrics::http::spawn(listener, registry, health, running.runtime.handle()) {
-        tracing::warn!("cannot serve the metrics endpoint: {e}");
-    }
+    metrics::http::spawn(listener, registry, health, running.runtime.handle())
+        .inspect_err(|e| tracing::warn!("cannot serve the metrics endpoint: {e}"))
+        .ok()
 }
 
 /// Serve until told to stop (drain, say so, exit 0), until the connection ends (exit 0), or
 /// until the supervisor is gone (exit 1: nothing would restart us). The process then exits
 /// without tearing anything down: dropping the runtime or the session would answer requests
 /// still in hand with EIO, which a successor should answer instead (or the kernel fail).
-fn wait_for_the_end(settings: &MountSettings, control: &Channel, running: Running) -> i32 {
-    let code = serve_until_the_end(settings, control, &running);
+fn wait_for_the_end(
+    settings: &MountSettings,
+    control: &Channel,
+    running: Running,
+    http: Option<metrics::http::Server>,
+) -> i32 {
+    let code = serve_until_the_end(settings, control, &running, http.as_ref());
     std::mem::forget(running);
     code
 }
 
-fn serve_until_the_end(settings: &MountSettings, control: &Channel, running: &Running) -> i32 {
+fn serve_until_the_end(
+    settings: &MountSettings,
+    control: &Channel,
+    running: &Running,
+    http: Option<&metrics::http::Server>,
+) -> i32 {
     loop {
         if running.sessions.iter().any(|s| s.guard.is_finished()) {
             tracing::info!("the connection ended (unmounted)");
@@ -439,6 +454,12 @@ fn serve_until_the_end(settings: &MountSettings, control: &Channel, running: &Ru
         match control.recv::<ToWorker>(Some(Duration::from_millis(250))) {
             Ok(Received::TimedOut) => continue,
             Ok(Received::Message(ToWorker::Stop, _)) => {
+                // The endpoints first: new connections then queue for the successor, and
+                // what this worker holds is answered before it goes (at most a moment: no
+                // answer here waits on the mount once stopping).
+                if let Some(http) = http {
+                    http.stop(HTTP_STOP_TIMEOUT);
+                }
                 drain(settings, running);
                 let _ = control.send(&FromWorker::Drained, &[]);
                 return 0;

@@ -35,6 +35,8 @@ pub struct Health {
     probing: Arc<AtomicBool>,
     /// The last probe's answer, and when it came; held while a probe runs.
     last: Arc<tokio::sync::Mutex<Option<(Instant, Result<(), String>)>>>,
+    /// This worker is handing the mount over: its own probes would wait for its successor.
+    stopping: Arc<AtomicBool>,
 }
 
 impl Health {
@@ -44,12 +46,23 @@ impl Health {
             max_stale,
             probing: Arc::new(AtomicBool::new(false)),
             last: Arc::new(tokio::sync::Mutex::new(None)),
+            stopping: Arc::new(AtomicBool::new(false)),
         }
     }
 
     /// `Ok` when a statfs of the mountpoint is answered by a FUSE filesystem in time; else the
     /// reason in one line.
+    /// From now on every probe fails at once: this worker no longer serves the mount (its
+    /// session threads are parking), so a statfs would wait for the successor.
+    pub fn stopping(&self) {
+        self.stopping.store(true, Ordering::Release);
+    }
+
     pub async fn mount_answers(&self) -> Result<(), String> {
+        const GOING: &str = "this kvfs worker is handing the mount over";
+        if self.stopping.load(Ordering::Acquire) {
+            return Err(GOING.into());
+        }
         let deadline = tokio::time::Instant::now() + PROBE_TIMEOUT;
         let Ok(mut last) = tokio::time::timeout_at(deadline, self.last.lock()).await else {
             return Err(format!(
@@ -61,7 +74,14 @@ impl Health {
         {
             return result.clone();
         }
-        let result = self.probe(deadline).await;
+        let result = tokio::select! {
+            result = self.probe(deadline) => result,
+            _ = async {
+                while !self.stopping.load(Ordering::Acquire) {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            } => Err(GOING.into()),
+        };
         *last = Some((Instant::now(), result.clone()));
         result
     }

@@ -7,6 +7,11 @@
 //! and the replacement, or during a takeover) wait in the socket's backlog and are answered by
 //! the next worker. Nothing here runs on a FUSE session thread, and the request path of the
 //! filesystem never waits on anything here.
+//!
+//! A worker that is told to stop (a handoff) first stops accepting, so that new connections
+//! queue for its successor, and lets the requests it holds finish ([`Server::stop`]): a client
+//! sees an answer or a wait, never a reset. (A worker that crashes drops what it held; the
+//! scraper's next attempt reaches the replacement.)
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -30,24 +35,64 @@ struct Endpoints {
     health: Health,
 }
 
-/// Serve the endpoints on `listener` (already bound and listening) for the life of the runtime.
+/// The running endpoints, to stop before the worker exits.
+pub struct Server {
+    stopping: tokio::sync::watch::Sender<bool>,
+    slots: Arc<tokio::sync::Semaphore>,
+    health: Health,
+    runtime: tokio::runtime::Handle,
+}
+
+impl Server {
+    /// Stop accepting (connections wait in the backlog for the next worker), answer `/healthz`
+    /// and `/readyz` with 503 from now on (this worker is going), close idle connections, and
+    /// wait up to `timeout` for the requests in hand to be answered. Not to be called on a
+    /// runtime thread.
+    pub fn stop(&self, timeout: Duration) {
+        self.health.stopping();
+        self.stopping.send_replace(true);
+        let slots = self.slots.clone();
+        self.runtime.block_on(async move {
+            let all = u32::try_from(MAX_CONNECTIONS).unwrap_or(u32::MAX);
+            let _ = tokio::time::timeout(timeout, slots.acquire_many(all)).await;
+        });
+    }
+}
+
+/// Serve the endpoints on `listener` (already bound and listening) until [`Server::stop`].
 pub fn spawn(
     listener: std::net::TcpListener,
     registry: Registry,
     health: Health,
     runtime: &tokio::runtime::Handle,
-) -> std::io::Result<()> {
+) -> std::io::Result<Server> {
     listener.set_nonblocking(true)?;
     let _guard = runtime.enter();
     let listener = tokio::net::TcpListener::from_std(listener)?;
-    let endpoints = Arc::new(Endpoints { registry, health });
+    let endpoints = Arc::new(Endpoints {
+        registry,
+        health: health.clone(),
+    });
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let (stopping, stop) = tokio::sync::watch::channel(false);
+    let server = Server {
+        stopping,
+        slots: slots.clone(),
+        health,
+        runtime: runtime.clone(),
+    };
     runtime.spawn(async move {
+        let mut stop_accepting = stop.clone();
         loop {
             let Ok(slot) = slots.clone().acquire_owned().await else {
                 return;
             };
-            let stream = match listener.accept().await {
+            let accepted = tokio::select! {
+                biased;
+                _ = async { stop_accepting.wait_for(|s| *s).await.is_ok() } => return,
+                accepted = listener.accept() => accepted,
+            };
+            let stream = match accepted {
                 Ok((stream, _)) => stream,
                 Err(e) => {
                     // Out of descriptors, say: not a reason to stop serving for good (and
@@ -58,21 +103,30 @@ pub fn spawn(
                 }
             };
             let endpoints = endpoints.clone();
+            let mut stop = stop.clone();
             tokio::spawn(async move {
                 let service = hyper::service::service_fn(move |request| {
                     let endpoints = endpoints.clone();
                     async move { Ok::<_, Infallible>(endpoints.answer(request).await) }
                 });
-                let _ = hyper::server::conn::http1::Builder::new()
+                let connection = hyper::server::conn::http1::Builder::new()
                     .timer(TokioTimer::new())
                     .header_read_timeout(HEADER_TIMEOUT)
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
+                    .serve_connection(TokioIo::new(stream), service);
+                tokio::pin!(connection);
+                tokio::select! {
+                    _ = connection.as_mut() => {}
+                    _ = async { stop.wait_for(|s| *s).await.is_ok() } => {
+                        // Idle: closed now; a request in hand: answered, then closed.
+                        connection.as_mut().graceful_shutdown();
+                        let _ = connection.await;
+                    }
+                }
                 drop(slot);
             });
         }
     });
-    Ok(())
+    Ok(server)
 }
 
 fn text(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {

@@ -419,7 +419,8 @@ fn serve_metrics(
     });
     let health = metrics::health::Health::new(settings.mountpoint.clone(), settings.max_stale);
     let listener = std::net::TcpListener::from(listener);
-    metrics::http::spawn(listener, registry, health, running.runtime.handle())
+    let cache = Some(running.core.cache().clone());
+    metrics::http::spawn(listener, registry, health, cache, running.runtime.handle())
         .inspect_err(|e| tracing::warn!("cannot serve the metrics endpoint: {e}"))
         .ok()
 }

@@ -24,6 +24,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus_client::registry::Registry;
 
 use super::health::Health;
+use crate::fs::cache::Cache;
 
 /// At most this many connections are served at once; more wait in the backlog.
 const MAX_CONNECTIONS: usize = 32;
@@ -33,6 +34,8 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 struct Endpoints {
     registry: Registry,
     health: Health,
+    /// Settled before each scrape, so its entry and byte gauges are current.
+    cache: Option<Cache>,
 }
 
 /// The running endpoints, to stop before the worker exits.
@@ -64,6 +67,7 @@ pub fn spawn(
     listener: std::net::TcpListener,
     registry: Registry,
     health: Health,
+    cache: Option<Cache>,
     runtime: &tokio::runtime::Handle,
 ) -> std::io::Result<Server> {
     listener.set_nonblocking(true)?;
@@ -72,6 +76,7 @@ pub fn spawn(
     let endpoints = Arc::new(Endpoints {
         registry,
         health: health.clone(),
+        cache,
     });
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     let (stopping, stop) = tokio::sync::watch::channel(false);
@@ -168,11 +173,16 @@ impl Endpoints {
             return r;
         }
         match request.uri().path() {
-            "/metrics" => text(
-                StatusCode::OK,
-                prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
-                super::render(&self.registry),
-            ),
+            "/metrics" => {
+                if let Some(cache) = &self.cache {
+                    let _ = tokio::time::timeout(Duration::from_secs(1), cache.settle()).await;
+                }
+                text(
+                    StatusCode::OK,
+                    prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
+                    super::render(&self.registry),
+                )
+            }
             "/healthz" => verdict(self.health.mount_answers().await),
             _ => verdict(self.health.ready().await),
         }

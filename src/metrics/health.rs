@@ -27,6 +27,9 @@ const SHARED_FOR: Duration = Duration::from_millis(500);
 /// `FUSE_SUPER_MAGIC`: what statfs reports for a FUSE mount (anything else: not mounted).
 const FUSE_SUPER_MAGIC: i64 = 0x6573_5546;
 
+/// A probe's answer and when it came.
+type Probed = (Instant, Result<(), String>);
+
 #[derive(Clone)]
 pub struct Health {
     mountpoint: PathBuf,
@@ -34,7 +37,7 @@ pub struct Health {
     /// A probe thread is waiting for the mount.
     probing: Arc<AtomicBool>,
     /// The last probe's answer, and when it came; held while a probe runs.
-    last: Arc<tokio::sync::Mutex<Option<(Instant, Result<(), String>)>>>,
+    last: Arc<tokio::sync::Mutex<Option<Probed>>>,
     /// This worker is handing the mount over: its own probes would wait for its successor.
     stopping: Arc<AtomicBool>,
 }
@@ -98,6 +101,8 @@ impl Health {
             .spawn(move || {
                 let result = nix::sys::statfs::statfs(&path);
                 probing.store(false, Ordering::Release);
+                // `f_type`'s width differs between targets (i64 on x86_64).
+                #[allow(clippy::unnecessary_cast)]
                 let _ = tx.send(result.map(|s| s.filesystem_type().0 as i64));
             });
         if let Err(e) = spawned {

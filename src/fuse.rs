@@ -202,15 +202,11 @@ impl Filesystem for FuseAdapter {
             move |result| match result {
                 // An explicit version never changes: its pages may stay cached across opens.
                 Ok(o) if o.immutable => {
-                    metrics::handles(1);
                     reply.opened(FileHandle(o.fh), FopenFlags::FOPEN_KEEP_CACHE)
                 }
                 // Direct I/O: reads always come to the daemon, which serves the snapshot taken
                 // here, so a stale page cache or a stale size can never mix two versions.
-                Ok(o) => {
-                    metrics::handles(1);
-                    reply.opened(FileHandle(o.fh), FopenFlags::FOPEN_DIRECT_IO)
-                }
+                Ok(o) => reply.opened(FileHandle(o.fh), FopenFlags::FOPEN_DIRECT_IO),
                 Err(e) => reply.error(failed(m, errno(&e))),
             },
         );
@@ -267,7 +263,6 @@ impl Filesystem for FuseAdapter {
         let _turn = self.gate.turn();
         let _m = metrics::fuse_request(FuseOp::Release);
         self.core.release(ino.0, fh.0);
-        metrics::handles(-1);
         reply.ok();
     }
 
@@ -297,7 +292,6 @@ impl Filesystem for FuseAdapter {
             async move { core.opendir(ino.0).await },
             move |result| match result {
                 Ok(d) => {
-                    metrics::handles(1);
                     let mut flags = FopenFlags::FOPEN_CACHE_DIR;
                     if d.unchanged {
                         flags |= FopenFlags::FOPEN_KEEP_CACHE;
@@ -345,7 +339,6 @@ impl Filesystem for FuseAdapter {
         let _turn = self.gate.turn();
         let _m = metrics::fuse_request(FuseOp::Releasedir);
         self.core.releasedir(fh.0);
-        metrics::handles(-1);
         reply.ok();
     }
 

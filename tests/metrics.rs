@@ -193,6 +193,14 @@ fn reads_errors_and_cache_hits_show_in_the_series_and_no_name_or_value_does() {
     let all = scrape(addr);
     assert_no_names_or_values(&all);
 
+    // An open file is a handle until the kernel releases it (asynchronously, after close).
+    let held = std::fs::File::open(m.path("secrets/api-key")).unwrap();
+    assert!(sample(&scrape(addr), "kvfs_open_handles") >= 1.0);
+    drop(held);
+    wait_until("the handles to be released", WAIT, || {
+        sample(&scrape(addr), "kvfs_open_handles") == 0.0
+    });
+
     let health = get_ok(addr, "/healthz");
     assert_eq!((health.status, health.body.as_str()), (200, "ok\n"));
     let ready = get_ok(addr, "/readyz");

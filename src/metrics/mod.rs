@@ -374,7 +374,8 @@ pub fn token_request(ok: bool) {
     }
 }
 
-/// A file or directory handle given out (`+1`) or released (`-1`).
+/// A file or directory handle taken (`+1`) or released (`-1`) by the filesystem core, which
+/// counts only the handles it holds (see `FsCore::release`).
 pub fn handles(delta: i64) {
     RECORDER.open_handles.fetch_add(delta, Ordering::Relaxed);
 }

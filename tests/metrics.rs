@@ -411,6 +411,21 @@ fn a_port_that_is_taken_fails_the_mount_with_one_line() {
         "{stderr}"
     );
     assert!(!common::is_mounted(dir.path()));
+    // Detached, the same line comes back from the daemon to the command.
+    let out = Command::new(KVFS)
+        .args(mount_args(&vault, dir.path(), &["--metrics-addr", &addr]))
+        .envs(kvfs_env(&vault))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.starts_with("kvfs: cannot listen for metrics on ") && stderr.lines().count() == 1,
+        "{stderr}"
+    );
+    assert!(!common::is_mounted(dir.path()));
+    drop(taken);
 
     let out = Command::new(KVFS)
         .args(mount_args(

@@ -200,8 +200,8 @@ impl VaultOp {
         if method != "GET" {
             return VaultOp::Other;
         }
-        let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
-        let (get, list, versions) = match parts.first().copied() {
+        let mut parts = path.trim_matches('/').split('/');
+        let (get, list, versions) = match parts.next() {
             Some("secrets") => (
                 VaultOp::GetSecret,
                 VaultOp::ListSecrets,
@@ -215,10 +215,11 @@ impl VaultOp {
             ),
             _ => return VaultOp::Other,
         };
-        match parts.as_slice() {
-            [_] => list,
-            [_, _, "versions"] => versions,
-            [_, _] | [_, _, _] => get,
+        // Without collecting: this runs on every request to the vault.
+        match (parts.next(), parts.next(), parts.next()) {
+            (None, _, _) => list,
+            (Some(_), Some("versions"), None) => versions,
+            (Some(_), _, None) => get,
             _ => VaultOp::Other,
         }
     }

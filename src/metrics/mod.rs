@@ -5,29 +5,26 @@
 //! comes from a closed set ([`FuseOp`], [`errno_name`], [`VaultOp`], [`status_index`]), so no
 //! object name, version, path or value can ever become a label.
 //!
-//! The counters live in one process-wide static ([`recorder`]) rather than in a handle passed
+//! The counters live in one process-wide static (`RECORDER`) rather than in a handle passed
 //! down: the points that record (FUSE adapter, vault transport, token cache) sit in layers that
 //! know nothing of each other, a worker serves exactly one mount, and atomics nobody scrapes cost
 //! nothing. What already has counters of its own (the cache) is read at scrape time through
 //! [`Sources`], handed to the HTTP server by the worker.
 //!
-//! Encoding goes through the official `prometheus-client` crate: a [`Collector`] walks the
-//! arrays on each scrape and emits only the label sets that have been seen, so an idle mount
+//! Encoding goes through the official `prometheus-client` crate: a `Collector` (`scrape.rs`) walks
+//! the arrays on each scrape and emits only the label sets that have been seen, so an idle mount
 //! exposes a few dozen lines, not every operation times every errno.
 
 pub mod health;
 pub mod http;
+mod scrape;
+
+pub use scrape::{Sources, registry, render};
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
-use prometheus_client::metrics::MetricType;
-use prometheus_client::metrics::exemplar::Exemplar;
-use prometheus_client::registry::Registry;
-
-use crate::fs::cache::{Cache, CacheStats};
+use prometheus_client::encoding::NoLabelSet;
 
 /// Latency bucket bounds, in seconds: 100 µs (a warm answer) to 10 s (the vault client's
 /// per-attempt limit), roughly ×2.5 apart.
@@ -236,7 +233,7 @@ const STATUS_ERROR: usize = STATUSES.len() - 1;
 /// The codes of [`STATUSES`] that are labelled exactly.
 const EXACT: [u16; 12] = [200, 204, 400, 401, 403, 404, 409, 429, 500, 502, 503, 504];
 
-/// The index in [`STATUSES`] of an HTTP status (`None`: no answer). No allocation: it runs on
+/// The index in `STATUSES` of an HTTP status (`None`: no answer). No allocation: it runs on
 /// every vault request.
 pub fn status_index(status: Option<u16>) -> usize {
     match status {
@@ -262,7 +259,7 @@ struct VaultCounters {
     latency: AtomicHistogram,
 }
 
-/// Every counter a worker records. One static instance: see [`recorder`].
+/// Every counter a worker records. One static instance, `RECORDER` (see the module's docs).
 pub struct Recorder {
     fuse: [FuseCounters; FuseOp::COUNT],
     vault: [VaultCounters; VaultOp::COUNT],
@@ -304,11 +301,6 @@ fn now_ms() -> u64 {
     u64::try_from(epoch.elapsed().as_millis())
         .unwrap_or(u64::MAX)
         .saturating_add(1)
-}
-
-/// The process's counters.
-pub fn recorder() -> &'static Recorder {
-    &RECORDER
 }
 
 /// One FUSE request being answered: counted when started, its latency and outcome when dropped
@@ -411,232 +403,6 @@ pub struct WorkerStarts {
     pub replacements: u64,
     /// Times a new `kvfs mount` took the live mount over from a running one.
     pub takeovers: u64,
-}
-
-/// What a scrape reads besides the recorder: the worker's cache and how it came to serve.
-pub struct Sources {
-    pub cache: Option<Cache>,
-    pub starts: WorkerStarts,
-}
-
-/// The collector behind `/metrics`.
-struct Scrape {
-    sources: Sources,
-}
-
-impl std::fmt::Debug for Scrape {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Scrape").finish_non_exhaustive()
-    }
-}
-
-fn counter(encoder: &mut prometheus_client::encoding::MetricEncoder, v: u64) -> std::fmt::Result {
-    encoder.encode_counter::<NoLabelSet, u64, f64>(&v, None::<&Exemplar<NoLabelSet, f64>>)
-}
-
-/// `name` (a counter without its `_total`) with one sample per label set.
-fn counters<'a>(
-    out: &mut DescriptorEncoder,
-    name: &str,
-    help: &str,
-    samples: impl IntoIterator<Item = (Vec<(&'a str, &'a str)>, u64)>,
-) -> std::fmt::Result {
-    let mut metric = out.encode_descriptor(name, help, None, MetricType::Counter)?;
-    for (labels, v) in samples {
-        counter(&mut metric.encode_family(&labels)?, v)?;
-    }
-    Ok(())
-}
-
-fn gauge(out: &mut DescriptorEncoder, name: &str, help: &str, v: i64) -> std::fmt::Result {
-    out.encode_descriptor(name, help, None, MetricType::Gauge)?
-        .encode_gauge(&v)
-}
-
-impl Collector for Scrape {
-    fn encode(&self, mut out: DescriptorEncoder) -> std::fmt::Result {
-        let r = &RECORDER;
-        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        // Build info: the version only.
-        let version = [("version", env!("CARGO_PKG_VERSION"))];
-        out.encode_descriptor(
-            "kvfs_build_info",
-            "The running kvfs build (always 1).",
-            None,
-            MetricType::Gauge,
-        )?
-        .encode_family(&version)?
-        .encode_gauge(&1i64)?;
-
-        let ops = || FuseOp::ALL.iter().map(|&op| (op, &r.fuse[op as usize]));
-        counters(
-            &mut out,
-            "kvfs_fuse_requests",
-            "FUSE requests received, by operation.",
-            ops()
-                .filter(|(_, c)| load(&c.requests) > 0)
-                .map(|(op, c)| (vec![("op", op.as_str())], load(&c.requests))),
-        )?;
-        let mut errors = Vec::new();
-        for (op, c) in ops() {
-            for (i, n) in c.errors.iter().enumerate() {
-                let n = load(n);
-                if n > 0 {
-                    let name = ERRNOS.get(i).map_or("other", |&(_, s)| s);
-                    errors.push((vec![("op", op.as_str()), ("errno", name)], n));
-                }
-            }
-        }
-        counters(
-            &mut out,
-            "kvfs_fuse_errors",
-            "FUSE requests answered with an error, by operation and errno.",
-            errors,
-        )?;
-        {
-            let mut metric = out.encode_descriptor(
-                "kvfs_fuse_request_duration_seconds",
-                "Time from receiving a FUSE request to answering it, by operation.",
-                None,
-                MetricType::Histogram,
-            )?;
-            for (op, c) in ops().filter(|(_, c)| c.latency.count() > 0) {
-                let labels = [("op", op.as_str())];
-                c.latency.encode(metric.encode_family(&labels)?)?;
-            }
-        }
-
-        let vops = || VaultOp::ALL.iter().map(|&op| (op, &r.vault[op as usize]));
-        let mut requests = Vec::new();
-        for (op, c) in vops() {
-            for (i, n) in c.by_status.iter().enumerate() {
-                let n = load(n);
-                if n > 0 {
-                    requests.push((vec![("op", op.as_str()), ("status", STATUSES[i])], n));
-                }
-            }
-        }
-        counters(
-            &mut out,
-            "kvfs_vault_requests",
-            "HTTP requests to the vault (each attempt), by operation and status (error: no answer).",
-            requests,
-        )?;
-        {
-            let mut metric = out.encode_descriptor(
-                "kvfs_vault_request_duration_seconds",
-                "Time from sending an HTTP request to the vault to its answer's headers.",
-                None,
-                MetricType::Histogram,
-            )?;
-            for (op, c) in vops().filter(|(_, c)| c.latency.count() > 0) {
-                let labels = [("op", op.as_str())];
-                c.latency.encode(metric.encode_family(&labels)?)?;
-            }
-        }
-
-        counters(
-            &mut out,
-            "kvfs_token_requests",
-            "Access token requests to the identity provider, by result.",
-            [
-                (vec![("result", "ok")], load(&r.token_ok)),
-                (vec![("result", "error")], load(&r.token_failed)),
-            ],
-        )?;
-        gauge(
-            &mut out,
-            "kvfs_open_handles",
-            "File and directory handles this worker gave out and the kernel holds.",
-            r.open_handles.load(Ordering::Relaxed).max(0),
-        )?;
-        let starts = self.sources.starts;
-        counters(
-            &mut out,
-            "kvfs_worker_starts",
-            "Workers started on a live mount over the life of the mount, by kind (replacement: after a worker died; takeover: a new kvfs took the mount over).",
-            [
-                (vec![("kind", "replacement")], starts.replacements),
-                (vec![("kind", "takeover")], starts.takeovers),
-            ],
-        )?;
-        if let Some(cache) = &self.sources.cache {
-            encode_cache(&mut out, &cache.stats())?;
-        }
-        Ok(())
-    }
-}
-
-fn encode_cache(out: &mut DescriptorEncoder, s: &CacheStats) -> std::fmt::Result {
-    let plain: [(&str, &str, u64); 7] = [
-        (
-            "kvfs_cache_hits",
-            "Reads answered from a fresh cache entry.",
-            s.hits,
-        ),
-        (
-            "kvfs_cache_misses",
-            "Reads that needed a vault call (including background refreshes).",
-            s.misses,
-        ),
-        (
-            "kvfs_cache_coalesced",
-            "Reads that waited for a vault call another read had started.",
-            s.coalesced,
-        ),
-        (
-            "kvfs_cache_stale_served",
-            "Reads answered with the last good value past its TTL because the vault was failing.",
-            s.stale_served,
-        ),
-        (
-            "kvfs_cache_revalidated",
-            "Entries made fresh again by a listing that showed them unchanged, without a GET.",
-            s.revalidated,
-        ),
-        (
-            "kvfs_cache_list_revalidations",
-            "Listings applied to the cached entries of their collection.",
-            s.list_revalidations,
-        ),
-        (
-            "kvfs_cache_background_refreshes",
-            "Vault calls made ahead of expiry by the background refresher.",
-            s.background_fetches,
-        ),
-    ];
-    for (name, help, v) in plain {
-        counters(out, name, help, [(Vec::new(), v)])?;
-    }
-    gauge(
-        out,
-        "kvfs_cache_objects",
-        "Entries held in the cache (values, listings, and remembered absences).",
-        i64::try_from(s.entries).unwrap_or(i64::MAX),
-    )?;
-    gauge(
-        out,
-        "kvfs_cache_bytes",
-        "Weighted size of the cache: value bytes plus a fixed overhead per entry.",
-        i64::try_from(s.bytes).unwrap_or(i64::MAX),
-    )
-}
-
-/// The body of `/metrics` (Prometheus text format 0.0.4).
-pub fn render(registry: &Registry) -> String {
-    let mut text = String::with_capacity(16 * 1024);
-    // Writing to a String cannot fail; a collector error would be ours, and the body says so.
-    if let Err(e) = prometheus_client::encoding::prometheus_text::encode(&mut text, registry) {
-        text = format!("# encoding failed: {e}\n");
-    }
-    text
-}
-
-/// The registry a worker serves: every series above, read at each scrape.
-pub fn registry(sources: Sources) -> Registry {
-    let mut registry = Registry::default();
-    registry.register_collector(Box::new(Scrape { sources }));
-    registry
 }
 
 #[cfg(test)]

@@ -30,6 +30,8 @@ use crate::fs::cache::Cache;
 const MAX_CONNECTIONS: usize = 32;
 /// A client must send its request headers within this (slow or idle peers hold no slot long).
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a stopping worker's connections may still take a request before they close.
+const STOP_GRACE: Duration = Duration::from_millis(200);
 
 struct Endpoints {
     registry: Registry,
@@ -122,9 +124,13 @@ pub fn spawn(
                 tokio::select! {
                     _ = connection.as_mut() => {}
                     _ = async { stop.wait_for(|s| *s).await.is_ok() } => {
-                        // Idle: closed now; a request in hand: answered, then closed.
-                        connection.as_mut().graceful_shutdown();
-                        let _ = connection.await;
+                        // A request that is on its way (accepted just as the stop came) still
+                        // gets its answer; then an idle connection is closed, and one with a
+                        // request in hand closes after answering it.
+                        if tokio::time::timeout(STOP_GRACE, connection.as_mut()).await.is_err() {
+                            connection.as_mut().graceful_shutdown();
+                            let _ = connection.await;
+                        }
                     }
                 }
                 drop(slot);

@@ -53,14 +53,14 @@ impl Health {
         }
     }
 
-    /// `Ok` when a statfs of the mountpoint is answered by a FUSE filesystem in time; else the
-    /// reason in one line.
     /// From now on every probe fails at once: this worker no longer serves the mount (its
     /// session threads are parking), so a statfs would wait for the successor.
     pub fn stopping(&self) {
         self.stopping.store(true, Ordering::Release);
     }
 
+    /// `Ok` when a statfs of the mountpoint (looked up by its path, in this process's mount
+    /// namespace) is answered by a FUSE filesystem in time; else the reason in one line.
     pub async fn mount_answers(&self) -> Result<(), String> {
         const GOING: &str = "this kvfs worker is handing the mount over";
         if self.stopping.load(Ordering::Acquire) {

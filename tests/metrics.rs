@@ -337,7 +337,13 @@ fn the_port_answers_throughout_a_takeover() {
         .spawn()
         .unwrap();
     let _stop = StopOnDrop(&mut successor);
-    common::wait_for_log(&log, "the takeover", |t| t.contains("took the mount over"));
+    let text = common::wait_for_log(&log, "the takeover", |t| t.contains("took the mount over"));
+    let pause = text
+        .lines()
+        .find(|l| l.contains("took the mount over"))
+        .and_then(|l| l.split("pause_ms=").nth(1))
+        .unwrap_or("?");
+    println!("takeover: readers paused for {pause} ms");
     let mut first = m.child.take().unwrap();
     wait_until("the first kvfs to exit", WAIT, || {
         first.try_wait().unwrap().is_some()

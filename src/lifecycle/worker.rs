@@ -455,13 +455,16 @@ fn serve_until_the_end(
         match control.recv::<ToWorker>(Some(Duration::from_millis(250))) {
             Ok(Received::TimedOut) => continue,
             Ok(Received::Message(ToWorker::Stop, _)) => {
-                // The endpoints first: new connections then queue for the successor, and
-                // what this worker holds is answered before it goes (at most a moment: no
-                // answer here waits on the mount once stopping).
+                // The endpoints stop accepting first, so new connections queue for the
+                // successor; what they hold is answered while the FUSE requests drain (no
+                // answer there waits on the mount once stopping), and waited for after.
                 if let Some(http) = http {
-                    http.stop(HTTP_STOP_TIMEOUT);
+                    http.stop();
                 }
                 drain(settings, running);
+                if let Some(http) = http {
+                    http.finish(HTTP_STOP_TIMEOUT);
+                }
                 let _ = control.send(&FromWorker::Drained, &[]);
                 return 0;
             }

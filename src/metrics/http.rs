@@ -50,12 +50,16 @@ pub struct Server {
 
 impl Server {
     /// Stop accepting (connections wait in the backlog for the next worker), answer `/healthz`
-    /// and `/readyz` with 503 from now on (this worker is going), close idle connections, and
-    /// wait up to `timeout` for the requests in hand to be answered. Not to be called on a
-    /// runtime thread.
-    pub fn stop(&self, timeout: Duration) {
+    /// and `/readyz` with 503 from now on (this worker is going), and close connections once
+    /// they have answered what they hold. Returns at once; [`Server::finish`] waits.
+    pub fn stop(&self) {
         self.health.stopping();
         self.stopping.send_replace(true);
+    }
+
+    /// Wait up to `timeout` for the connections to close after [`Server::stop`]. Not to be
+    /// called on a runtime thread.
+    pub fn finish(&self, timeout: Duration) {
         let slots = self.slots.clone();
         self.runtime.block_on(async move {
             let all = u32::try_from(MAX_CONNECTIONS).unwrap_or(u32::MAX);

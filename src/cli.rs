@@ -118,6 +118,11 @@ pub struct MountArgs {
     /// which would otherwise be restarted).
     pub after_handoff: Option<String>,
 
+    #[arg(long, value_name = "ADDR", help_heading = "Monitoring")]
+    /// Serve /metrics (Prometheus), /healthz and /readyz on this IP:PORT, e.g. 127.0.0.1:9464
+    /// (default: off). The port keeps answering across worker restarts and upgrades.
+    pub metrics_addr: Option<String>,
+
     /// The same options in mount(8) form: -o allow_other,cache_ttl=30s,uid=1000
     #[arg(short = 'o', value_name = "OPTIONS")]
     pub options: Vec<String>,
@@ -223,6 +228,8 @@ pub struct MountSettings {
     pub after_handoff: AfterHandoff,
     /// `--hang-timeout`: the kernel's limit on one request's wait (zero: none).
     pub hang_timeout: Duration,
+    /// `--metrics-addr`: where the metrics and health endpoints listen (`None`: off).
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 impl MountSettings {
@@ -308,6 +315,7 @@ impl MountArgs {
             "control_socket",
             "after_handoff",
             "hang_timeout",
+            "metrics_addr",
         ];
         if let Some(bad) = o.iter().find(|x| !KNOWN.contains(&x.key.as_str())) {
             return Err(format!("unknown mount option {:?}", bad.key));
@@ -353,6 +361,9 @@ impl MountArgs {
         let cache_ttl = duration(&self.cache_ttl, "cache_ttl", Duration::from_secs(60))?;
         let max_stale = duration(&self.max_stale, "max_stale", Duration::from_secs(86_400))?;
         let hang_timeout = duration(&self.hang_timeout, "hang_timeout", Duration::from_secs(120))?;
+        let metrics_addr = pick(&self.metrics_addr, "metrics_addr")?
+            .map(|a| config::parse_listen_addr(&a).map_err(|e| format!("--metrics-addr: {e}")))
+            .transpose()?;
         let open_mode = match pick(&self.open_mode, "open_mode")?.as_deref() {
             None | Some("snapshot") => OpenMode::Snapshot,
             Some("cached") => OpenMode::Cached,
@@ -435,6 +446,7 @@ impl MountArgs {
                 .or(value("control_socket")?.map(PathBuf::from)),
             after_handoff,
             hang_timeout,
+            metrics_addr,
         })
     }
 }
@@ -499,6 +511,23 @@ mod tests {
         assert_eq!(a.resolve(0, 0).unwrap().hang_timeout, Duration::ZERO);
         a.hang_timeout = Some("soon".into());
         assert!(a.resolve(0, 0).unwrap_err().starts_with("--hang-timeout: "));
+    }
+
+    #[test]
+    fn metrics_addr_from_flag_or_o_is_off_by_default_and_checked() {
+        let mut a = args("myvault");
+        assert_eq!(a.resolve(0, 0).unwrap().metrics_addr, None);
+        a.options = vec!["metrics_addr=127.0.0.1:9464".into()];
+        assert_eq!(
+            a.resolve(0, 0).unwrap().metrics_addr,
+            Some("127.0.0.1:9464".parse().unwrap())
+        );
+        a.metrics_addr = Some("[::1]:9100".into());
+        assert_eq!(a.resolve(0, 0).unwrap().metrics_addr.unwrap().port(), 9100);
+        a.metrics_addr = Some("localhost".into());
+        let e = a.resolve(0, 0).unwrap_err();
+        assert!(e.starts_with("--metrics-addr: invalid address"), "{e}");
+        assert!(!e.contains('\n'));
     }
 
     #[test]

@@ -394,6 +394,12 @@ impl Cache {
             .await
     }
 
+    /// Let the cache finish its pending bookkeeping, so that [`Cache::stats`]'s entry count and
+    /// size are current (moka settles them lazily, on later operations). For a metrics scrape.
+    pub async fn settle(&self) {
+        self.inner.slots.run_pending_tasks().await;
+    }
+
     pub fn stats(&self) -> CacheStats {
         let c = &self.inner.counters;
         let n = |a: &AtomicU64| a.load(Ordering::Relaxed);

@@ -591,3 +591,131 @@ fn promtool_finds_the_exposition_clean_and_prometheus_scrapes_it() {
     let up = query("up");
     assert!(up.contains("\"1\"]"), "{up}");
 }
+
+/// A thread in a network namespace of its own (loopback up), which runs what it is sent:
+/// sockets it binds and processes it starts are in that namespace, like a second pod's.
+struct NetNs {
+    jobs: std::sync::mpsc::Sender<Box<dyn FnOnce() + Send>>,
+}
+
+impl NetNs {
+    fn new() -> NetNs {
+        let (jobs, inbox) = std::sync::mpsc::channel::<Box<dyn FnOnce() + Send>>();
+        let (ready, started) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            // SAFETY: unshare affects this thread only (a network namespace is per task).
+            let unshared = unsafe { libc::unshare(libc::CLONE_NEWNET) };
+            let up = Command::new("ip")
+                .args(["link", "set", "lo", "up"])
+                .status();
+            let _ = ready.send(unshared == 0 && up.is_ok_and(|s| s.success()));
+            for job in inbox {
+                job();
+            }
+        });
+        assert!(
+            started.recv().unwrap(),
+            "cannot make a network namespace (unshare CLONE_NEWNET, ip link set lo up)"
+        );
+        NetNs { jobs }
+    }
+
+    fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.jobs
+            .send(Box::new(move || {
+                let _ = tx.send(f());
+            }))
+            .unwrap();
+        rx.recv().unwrap()
+    }
+
+    /// Connections to `port` on this namespace's loopback reach `port` on the test's own.
+    fn forward(&self, port: u16) {
+        let listener = self
+            .run(move || std::net::TcpListener::bind(("127.0.0.1", port)))
+            .unwrap();
+        std::thread::spawn(move || {
+            for inside in listener.incoming().flatten() {
+                let Ok(outside) = TcpStream::connect(("127.0.0.1", port)) else {
+                    continue;
+                };
+                let pipe = |mut from: TcpStream, mut to: TcpStream| {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Write);
+                    })
+                };
+                pipe(inside.try_clone().unwrap(), outside.try_clone().unwrap());
+                pipe(outside, inside);
+            }
+        });
+    }
+}
+
+#[test]
+fn a_successor_in_another_network_namespace_binds_its_own_port_and_the_idle_one_stays_alive() {
+    // The rolling update of a DaemonSet: the new pod (another network namespace) takes the mount
+    // over from the old one, which waits for SIGTERM. The new pod's probes must reach the new
+    // kvfs on its own address, and the old pod's liveness probe must keep passing, or the
+    // kubelet would restart it and the restarted kvfs take the mount back.
+    let vault = start_vault();
+    let port = free_port();
+    let metrics = format!("127.0.0.1:{port}");
+    let mut m2 = Mount::start(
+        &vault,
+        &["--metrics-addr", &metrics, "--after-handoff", "wait"],
+    );
+    m2.read("secrets/api-key").unwrap();
+    let old = SocketAddr::from(([127, 0, 0, 1], port));
+    assert_eq!(get_ok(old, "/readyz").status, 200);
+
+    let pod = NetNs::new();
+    let vault_port = url::Url::parse(&vault.info().vault_url)
+        .unwrap()
+        .port()
+        .unwrap();
+    pod.forward(vault_port);
+    let logs = tempfile::tempdir().unwrap();
+    let log = logs.path().join("successor.log");
+    let mut args = mount_args(&vault, m2.dir.path(), &["--metrics-addr", &metrics]);
+    args.push("--foreground".into());
+    let (env, log_file) = (kvfs_env(&vault), std::fs::File::create(&log).unwrap());
+    let mut successor = pod
+        .run(move || {
+            Command::new(KVFS)
+                .args(&args)
+                .envs(env)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(log_file)
+                .spawn()
+        })
+        .unwrap();
+    let _stop = StopOnDrop(&mut successor);
+    let text = common::wait_for_log(&log, "the takeover", |t| t.contains("took the mount over"));
+    assert!(
+        !text.contains("serving on the socket taken over"),
+        "the successor took a socket of another network namespace:\n{text}"
+    );
+    // The old kvfs: alive, not ready, and still waiting (not exited, not restarted).
+    let health = get_ok(old, "/healthz");
+    assert_eq!(health.status, 200, "{health:?}");
+    let ready = get(old, "/readyz").unwrap();
+    assert_eq!(ready.status, 503, "{ready:?}");
+    assert!(ready.body.contains("handed the mount over"), "{ready:?}");
+    assert!(m2.child.as_mut().unwrap().try_wait().unwrap().is_none());
+    // The new kvfs answers on the same address in its own namespace, and serves the mount.
+    let inside = pod.run(move || get(old, "/readyz")).unwrap();
+    assert_eq!(inside.status, 200, "{inside:?}");
+    let body = pod.run(move || scrape(old));
+    assert_eq!(
+        sample(&body, "kvfs_worker_starts_total{kind=\"takeover\"}"),
+        1.0,
+        "{body}"
+    );
+    assert_eq!(
+        m2.read("secrets/api-key").unwrap(),
+        "sk_test_4eC39HqLyjWDarjtT1zdp7dc"
+    );
+}

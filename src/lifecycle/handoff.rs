@@ -3,8 +3,8 @@
 //!
 //! ```text
 //! successor                                incumbent (its worker serves throughout)
-//!   Hello {version, vault}          ---->  checks the peer (SO_PEERCRED) and the vault
-//!                                   <----  Offer {INIT, ...} + /dev/fuse and journal fds
+//!   Hello {version, vault, netns}   ---->  checks the peer (SO_PEERCRED) and the vault
+//!                                   <----  Offer {INIT, ...} + /dev/fuse, journal (+ metrics socket, same netns)
 //!   starts a worker, which prepares
 //!   (credential, vault client)
 //!   Ready                           ---->  stops its worker: no more reads, answers in flight
@@ -96,6 +96,7 @@ pub(super) fn ask(
     let hello = Handoff::Hello {
         version: env!("CARGO_PKG_VERSION").into(),
         vault_url: settings.vault_url.to_string(),
+        netns: network_namespace(),
     };
     if incumbent.send(&hello, &[]).is_err() {
         return Ok(None);
@@ -229,6 +230,13 @@ pub(super) fn take_over(
     Ok(supervisor)
 }
 
+/// This process's network namespace, as the kernel names it (`net:[4026531840]`).
+fn network_namespace() -> Option<String> {
+    std::fs::read_link("/proc/self/ns/net")
+        .ok()
+        .map(|p| p.display().to_string())
+}
+
 /// The metrics socket a successor serves on: the incumbent's when it listens where we are told
 /// to (the same socket, so the port never stops answering), a new one when the address changed,
 /// none when metrics are off.
@@ -277,7 +285,12 @@ impl Supervisor {
     fn hand_over(&mut self, successor: &Channel) -> Result<bool, String> {
         let peer = trusted_peer(successor).map_err(|e| format!("refused a connection: {e}"))?;
         let (hello, _) = expect(successor, HELLO_TIMEOUT)?;
-        let Handoff::Hello { version, vault_url } = hello else {
+        let Handoff::Hello {
+            version,
+            vault_url,
+            netns,
+        } = hello
+        else {
             return Err(format!("unexpected {hello:?}"));
         };
         if vault_url != self.settings.vault_url.as_str() {
@@ -294,16 +307,26 @@ impl Supervisor {
             version,
             "a successor asks for the mount; offering it"
         );
+        // The metrics socket goes along only to a successor in our network namespace. One in
+        // another (the new pod of a DaemonSet's rolling update) would answer on our pod's
+        // address, and nothing on its own: its probes would fail and the update never end. It
+        // binds its own, and we keep ours to say we are alive while we wait (`after_handoff`).
+        let metrics = self
+            .conn
+            .metrics
+            .as_ref()
+            .filter(|_| netns.is_some() && netns == network_namespace());
         let offer = Handoff::Offer {
             init: self.conn.init.clone(),
             resend: self.conn.resend,
             generation: self.conn.generation,
             hints: self.conn.hints.clone(),
-            metrics: self.conn.metrics.is_some(),
+            metrics: metrics.is_some(),
             starts: self.conn.starts,
         };
+        let metrics_passed = metrics.is_some();
         let mut fds = vec![self.conn.fuse.as_fd(), self.conn.journal.as_fd()];
-        fds.extend(self.conn.metrics.as_ref().map(|l| l.as_fd()));
+        fds.extend(metrics.map(|l| l.as_fd()));
         successor
             .send(&offer, &fds)
             .map_err(|e| format!("cannot send the offer: {e}"))?;
@@ -324,8 +347,12 @@ impl Supervisor {
             Ok((other, _)) => return self.take_back(&format!("unexpected {other:?}")),
             Err(e) => return self.take_back(&e),
         }
-        // Free the control socket for the successor, then let go.
+        // Free the control socket for the successor, then let go; a metrics socket that went
+        // along is the successor's alone now.
         self.listener = None;
+        if metrics_passed {
+            self.conn.metrics = None;
+        }
         let _ = successor.send(&Handoff::Bye, &[]);
         tracing::info!("handed the mount over to a successor");
         Ok(true)

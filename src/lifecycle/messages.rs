@@ -88,7 +88,14 @@ pub enum FromWorker {
 #[serde(tag = "msg", rename_all = "snake_case")]
 pub enum Handoff {
     /// Successor: who I am and what I would serve.
-    Hello { version: String, vault_url: String },
+    Hello {
+        version: String,
+        vault_url: String,
+        /// My network namespace (`net:[4026531840]`): only a successor in the incumbent's own
+        /// can serve on the incumbent's metrics socket. Absent from older versions.
+        #[serde(default)]
+        netns: Option<String>,
+    },
     /// Incumbent: no (another vault, say).
     Refused { reason: String },
     /// Incumbent: the connection (fds: `/dev/fuse`, the journal, then the metrics listener

@@ -660,12 +660,18 @@ impl Supervisor {
 
     /// A successor took the mount over: exit without unmounting, or idle until told to stop.
     fn after_handoff(mut self) -> Result<(), String> {
-        // The successor has its own copy; an idle incumbent must not keep the port open with
-        // nobody accepting if the successor chose to serve no metrics.
-        self.conn.metrics = None;
+        // Still ours only when the successor is in another network namespace (see
+        // `hand_over`): while we wait, it says we are alive and not ready, so that a liveness
+        // probe does not restart us (a restarted kvfs would take the mount back).
+        let metrics = self.conn.metrics.take();
         if self.settings.after_handoff == AfterHandoff::Wait {
             tracing::info!("handed over; waiting for SIGTERM (which will not unmount)");
             self.listener = None;
+            let _endpoints = metrics.and_then(|listener| {
+                crate::metrics::http::serve_handed_over(listener, self.conn.starts)
+                    .inspect_err(|e| tracing::warn!("cannot serve the metrics endpoint: {e}"))
+                    .ok()
+            });
             loop {
                 if let Event::Stop(_) = self.wait(None) {
                     break;

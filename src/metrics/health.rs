@@ -40,6 +40,9 @@ pub struct Health {
     last: Arc<tokio::sync::Mutex<Option<Probed>>>,
     /// This worker is handing the mount over: its own probes would wait for its successor.
     stopping: Arc<AtomicBool>,
+    /// An idle predecessor (`--after-handoff wait`) whose successor serves the mount from
+    /// another network namespace: alive, never ready.
+    handed_over: bool,
 }
 
 impl Health {
@@ -50,6 +53,17 @@ impl Health {
             probing: Arc::new(AtomicBool::new(false)),
             last: Arc::new(tokio::sync::Mutex::new(None)),
             stopping: Arc::new(AtomicBool::new(false)),
+            handed_over: false,
+        }
+    }
+
+    /// The answers of a kvfs that handed its mount over and waits for SIGTERM: `/healthz` 200
+    /// (the process is fine; restarting it would only take the mount back from its successor),
+    /// `/readyz` 503 (it serves nothing).
+    pub fn handed_over() -> Health {
+        Health {
+            handed_over: true,
+            ..Health::new(PathBuf::new(), Duration::ZERO)
         }
     }
 
@@ -63,6 +77,9 @@ impl Health {
     /// namespace) is answered by a FUSE filesystem in time; else the reason in one line.
     pub async fn mount_answers(&self) -> Result<(), String> {
         const GOING: &str = "this kvfs worker is handing the mount over";
+        if self.handed_over {
+            return Ok(());
+        }
         if self.stopping.load(Ordering::Acquire) {
             return Err(GOING.into());
         }
@@ -122,6 +139,11 @@ impl Health {
 
     /// `Ok` when the mount answers and the vault is usable (see [`readiness`]).
     pub async fn ready(&self) -> Result<(), String> {
+        if self.handed_over {
+            return Err(
+                "this kvfs handed the mount over to a successor and waits for SIGTERM".into(),
+            );
+        }
         self.mount_answers().await?;
         readiness(super::vault_health(), self.max_stale)
     }

@@ -198,3 +198,41 @@ impl Endpoints {
         }
     }
 }
+
+/// The endpoints of a kvfs that handed its mount over to a successor in another network
+/// namespace and idles until SIGTERM (`--after-handoff wait`): `/healthz` 200, `/readyz` 503,
+/// `/metrics` its build and start counts. Served on a small runtime of its own (the supervisor
+/// has none), which lives as long as the returned value.
+pub fn serve_handed_over(
+    listener: std::net::TcpListener,
+    starts: super::WorkerStarts,
+) -> Result<HandedOver, String> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("kvfs-metrics")
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the metrics runtime: {e}"))?;
+    let registry = super::registry(super::Sources {
+        cache: None,
+        starts,
+    });
+    let server = spawn(
+        listener,
+        registry,
+        Health::handed_over(),
+        None,
+        runtime.handle(),
+    )
+    .map_err(|e| format!("cannot serve the metrics endpoint: {e}"))?;
+    Ok(HandedOver {
+        _server: server,
+        _runtime: runtime,
+    })
+}
+
+/// Keeps a handed-over kvfs's endpoints running (see [`serve_handed_over`]).
+pub struct HandedOver {
+    _server: Server,
+    _runtime: tokio::runtime::Runtime,
+}

@@ -1,0 +1,121 @@
+"""The .deb: its metadata, and the installed package mounting through mount(8)'s helper.
+
+The install test changes the machine (dpkg -i, then dpkg -r at the end): CI's machines and the
+developers' are disposable, and it refuses to run where a kvfs package was installed before it.
+"""
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from conftest import kvfs_mounted, log_path, mounts_at, read_or_none, wait_until
+
+UNITS = ["/lib/systemd/system/kvfs@.service",
+         "/usr/share/doc/kvfs/examples/var-lib-kvfs-myvault.mount"]
+
+
+def deb_field(deb: Path, field: str) -> str:
+    return subprocess.run(["dpkg-deb", "-f", str(deb), field], check=True, capture_output=True,
+                          text=True).stdout.strip()
+
+
+def test_deb_metadata_and_files(packages):
+    assert deb_field(packages.deb, "Package") == "kvfs"
+    assert deb_field(packages.deb, "Version").startswith(packages.version + "-")
+    depends = deb_field(packages.deb, "Depends")
+    names = {d.strip().split()[0] for d in depends.split(",")}
+    # dpkg-shlibdeps' answer for the binary: glibc, OpenSSL 3, libgcc. Root mounts through
+    # /dev/fuse itself, so fuse3 (fusermount3, for other users' mounts) is only suggested.
+    assert {"libc6", "libssl3"} <= names, depends
+    assert "fuse3" not in names and "fuse" not in names, depends
+    listing = subprocess.run(["dpkg-deb", "-c", str(packages.deb)], check=True,
+                             capture_output=True, text=True).stdout
+    entries = {}
+    for line in listing.splitlines():
+        parts = line.split()
+        # mode owner size date time path [-> target]
+        if "->" in parts:
+            entries[parts[parts.index("->") - 1]] = ("link", parts[-1])
+        else:
+            entries[parts[5]] = (parts[0], None)
+    assert entries["./usr/bin/kvfs"][0] == "-rwxr-xr-x"
+    assert entries["./sbin/mount.fuse.kvfs"] == ("link", "/usr/bin/kvfs")
+    assert entries["./sbin/mount.kvfs"] == ("link", "/usr/bin/kvfs")
+    assert entries["./lib/systemd/system/kvfs@.service"][0] == "-rw-r--r--"
+    for doc in ["examples/kvfs.env.example", "examples/var-lib-kvfs-myvault.mount",
+                "examples/fstab.example", "OPERATIONS.md", "CONFIGURATION.md"]:
+        assert f"./usr/share/doc/kvfs/{doc}" in entries, doc
+
+
+@pytest.fixture
+def installed(packages):
+    if subprocess.run(["dpkg", "-s", "kvfs"], capture_output=True).returncode == 0:
+        pytest.fail("a kvfs package is already installed: this test installs and removes its own")
+    subprocess.run(["dpkg", "-i", str(packages.deb)], check=True, capture_output=True)
+    try:
+        yield
+    finally:
+        subprocess.run(["dpkg", "-r", "kvfs"], check=True, capture_output=True)
+        assert not Path("/usr/bin/kvfs").exists()
+        assert not os.path.lexists("/sbin/mount.fuse.kvfs")
+
+
+def kvfs_processes_on(mountpoint: Path) -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            args = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if args and args[0].endswith(b"kvfs") and str(mountpoint).encode() in args:
+            pids.append(int(entry.name))
+    return pids
+
+
+def test_installed_deb_mounts_with_mount_t_fuse_kvfs(installed, vault, workdir):
+    assert os.path.realpath("/sbin/mount.fuse.kvfs") == "/usr/bin/kvfs"
+    mnt = workdir / "kv"
+    mnt.mkdir()
+    log, log_tmp = log_path("mount-helper")
+    try:
+        # mount(8), run by root, hands its environment to /sbin/mount.fuse.kvfs: the credentials
+        # travel there, never on the command line.
+        env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "KVFS_LOG": "kvfs=debug,warn",
+               **vault.env()}
+        options = ",".join([
+            "auth=client-secret", f"ca_file={vault.ca_file}", "no_verify_challenge_resource",
+            "cache_ttl=1s", f"log_file={log}", "nofail", "_netdev"])
+        done = subprocess.run(["mount", "-t", "fuse.kvfs", vault.url, str(mnt), "-o", options],
+                              env=env, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, f"{done.stderr}\n{read_or_none(log)}"
+        # The helper detaches once the mount answers: it is there when mount(8) returns.
+        assert kvfs_mounted(mnt), mounts_at(mnt)
+        assert (mnt / "secrets" / "db-password").read_text() == vault.secret_value("db-password")
+        assert (mnt / "secrets" / "api-key").read_text() == vault.secret_value("api-key")
+
+        done = subprocess.run(["umount", str(mnt)], capture_output=True, text=True, timeout=30)
+        assert done.returncode == 0, done.stderr
+        assert not kvfs_mounted(mnt)
+        wait_until("the detached kvfs to exit after umount", 15,
+                   lambda: not kvfs_processes_on(mnt))
+        assert vault.info["client_secret"] not in (read_or_none(log) or "")
+    finally:
+        for pid in kvfs_processes_on(mnt):
+            try:
+                os.kill(pid, 9)
+            except ProcessLookupError:
+                pass
+        if log_tmp is not None:
+            shutil.rmtree(log_tmp, ignore_errors=True)
+
+
+def test_installed_units_pass_systemd_analyze_verify(installed):
+    done = subprocess.run(["systemd-analyze", "verify", *UNITS], capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0 and not (done.stdout + done.stderr).strip(), done.stdout + \
+        done.stderr

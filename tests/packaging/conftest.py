@@ -199,3 +199,31 @@ def workdir():
             unmount_all(Path(m))
         unmount_all(d)
         shutil.rmtree(d, ignore_errors=True)
+
+
+def kvfs_processes_on(mountpoint: Path) -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            args = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if args and args[0].endswith(b"kvfs") and str(mountpoint).encode() in args:
+            pids.append(int(entry.name))
+    return pids
+
+
+@pytest.fixture(scope="session")
+def installed(packages):
+    """The .deb installed with dpkg -i for the session, removed (dpkg -r) at its end."""
+    if subprocess.run(["dpkg", "-s", "kvfs"], capture_output=True).returncode == 0:
+        pytest.fail("a kvfs package is already installed: this test installs and removes its own")
+    subprocess.run(["dpkg", "-i", str(packages.deb)], check=True, capture_output=True)
+    try:
+        yield
+    finally:
+        subprocess.run(["dpkg", "-r", "kvfs"], check=True, capture_output=True)
+        assert not Path("/usr/bin/kvfs").exists()
+        assert not os.path.lexists("/sbin/mount.fuse.kvfs")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import kvfs_mounted, log_path, mounts_at, read_or_none, wait_until
+from conftest import kvfs_mounted, kvfs_processes_on, log_path, mounts_at, read_or_none, wait_until
 
 UNITS = ["/lib/systemd/system/kvfs@.service",
          "/usr/share/doc/kvfs/examples/var-lib-kvfs-myvault.mount"]
@@ -50,34 +50,8 @@ def test_deb_metadata_and_files(packages):
         assert f"./usr/share/doc/kvfs/{doc}" in entries, doc
 
 
-@pytest.fixture
-def installed(packages):
-    if subprocess.run(["dpkg", "-s", "kvfs"], capture_output=True).returncode == 0:
-        pytest.fail("a kvfs package is already installed: this test installs and removes its own")
-    subprocess.run(["dpkg", "-i", str(packages.deb)], check=True, capture_output=True)
-    try:
-        yield
-    finally:
-        subprocess.run(["dpkg", "-r", "kvfs"], check=True, capture_output=True)
-        assert not Path("/usr/bin/kvfs").exists()
-        assert not os.path.lexists("/sbin/mount.fuse.kvfs")
-
-
-def kvfs_processes_on(mountpoint: Path) -> list[int]:
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            args = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if args and args[0].endswith(b"kvfs") and str(mountpoint).encode() in args:
-            pids.append(int(entry.name))
-    return pids
-
-
-def test_installed_deb_mounts_with_mount_t_fuse_kvfs(installed, vault, workdir):
+@pytest.mark.parametrize("form", ["mount -t fuse.kvfs", "mount -t kvfs", "fstab"])
+def test_installed_deb_mounts_through_the_mount_helper(installed, vault, workdir, form):
     assert os.path.realpath("/sbin/mount.fuse.kvfs") == "/usr/bin/kvfs"
     mnt = workdir / "kv"
     mnt.mkdir()
@@ -87,16 +61,27 @@ def test_installed_deb_mounts_with_mount_t_fuse_kvfs(installed, vault, workdir):
         # travel there, never on the command line.
         env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "KVFS_LOG": "kvfs=debug,warn",
                **vault.env()}
+        # The options of packaging/systemd/fstab.example, and what points kvfs at testvault.
         options = ",".join([
+            "allow_other", "uid=1000", "gid=1000", "cache_ttl=1s", "_netdev", "nofail",
             "auth=client-secret", f"ca_file={vault.ca_file}", "no_verify_challenge_resource",
-            "cache_ttl=1s", f"log_file={log}", "nofail", "_netdev"])
-        done = subprocess.run(["mount", "-t", "fuse.kvfs", vault.url, str(mnt), "-o", options],
-                              env=env, capture_output=True, text=True, timeout=60)
+            f"log_file={log}"])
+        if form == "fstab":
+            # An fstab line of the example's shape, in a file of its own (mount -T), so the
+            # machine's /etc/fstab is left alone.
+            fstab = workdir / "fstab"
+            fstab.write_text(f"{vault.url}  {mnt}  fuse.kvfs  {options}  0 0\n")
+            command = ["mount", "-T", str(fstab), str(mnt)]
+        else:
+            command = form.split() + [vault.url, str(mnt), "-o", options]
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
         assert done.returncode == 0, f"{done.stderr}\n{read_or_none(log)}"
         # The helper detaches once the mount answers: it is there when mount(8) returns.
         assert kvfs_mounted(mnt), mounts_at(mnt)
-        assert (mnt / "secrets" / "db-password").read_text() == vault.secret_value("db-password")
-        assert (mnt / "secrets" / "api-key").read_text() == vault.secret_value("api-key")
+        secret = mnt / "secrets" / "db-password"
+        assert secret.read_text() == vault.secret_value("db-password")
+        st = secret.stat()
+        assert (st.st_uid, st.st_gid, st.st_mode & 0o777) == (1000, 1000, 0o400)
 
         done = subprocess.run(["umount", str(mnt)], capture_output=True, text=True, timeout=30)
         assert done.returncode == 0, done.stderr

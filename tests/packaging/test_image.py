@@ -7,7 +7,6 @@ that mount, sees a rotation, and after the container's SIGTERM the mount is gone
 """
 
 import json
-import os
 import shutil
 import subprocess
 import tarfile

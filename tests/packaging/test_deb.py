@@ -52,7 +52,7 @@ def test_installed_deb_mounts_through_the_mount_helper(installed, vault, workdir
     assert os.path.realpath("/sbin/mount.fuse.kvfs") == "/usr/bin/kvfs"
     mnt = workdir / "kv"
     mnt.mkdir()
-    log, log_tmp = log_path("mount-helper")
+    log, log_tmp = log_path("mount-helper-" + form.replace(" ", "_").replace(".", "_"))
     try:
         # mount(8), run by root, hands its environment to /sbin/mount.fuse.kvfs: the credentials
         # travel there, never on the command line.

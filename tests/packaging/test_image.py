@@ -20,6 +20,7 @@ from conftest import kvfs_mounted, log_path, mounts_at, read_or_none, wait_until
 
 MOUNT_IN_CONTAINER = "/mnt/kv"
 CA_IN_CONTAINER = "/etc/kvfs/testvault-ca.pem"
+SYSTEM_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 
 
 def blob(layout: Path, descriptor: dict) -> Path:
@@ -78,9 +79,10 @@ def test_image_is_the_binary_its_libraries_and_the_ca_bundle(packages):
     assert f"./blobs/sha256/{manifest['layers'][0]['digest'].split(':')[1]}" in names
 
 
-def runtime_spec(spec: dict, vault, host_dir: Path, args: list[str]) -> dict:
+def runtime_spec(spec: dict, vault, host_dir: Path, args: list[str], ca_at: str) -> dict:
     """Turn umoci's generated runtime config into a privileged kvfs container: CAP_SYS_ADMIN,
-    /dev/fuse, the host's network, the CA file and the shared mount directory bound in."""
+    /dev/fuse, the host's network, the CA file (at `ca_at`) and the shared mount directory
+    bound in."""
     process = spec["process"]
     process["terminal"] = False
     process["args"] = args
@@ -107,7 +109,7 @@ def runtime_spec(spec: dict, vault, host_dir: Path, args: list[str]) -> dict:
     spec["mounts"] += [
         {"destination": MOUNT_IN_CONTAINER, "type": "bind", "source": str(host_dir),
          "options": ["rbind", "rshared", "rw"]},
-        {"destination": CA_IN_CONTAINER, "type": "bind", "source": vault.ca_file,
+        {"destination": ca_at, "type": "bind", "source": vault.ca_file,
          "options": ["bind", "ro"]},
     ]
     return spec
@@ -122,8 +124,18 @@ def bundle(packages, workdir):
     return path
 
 
+# How kvfs in the container trusts testvault's CA: --ca-file naming a bound file, or that CA bound
+# over the image's system bundle (which shows that kvfs reads the bundle where the image has it).
+TRUST = {
+    "ca-file": (CA_IN_CONTAINER, ["--ca-file", CA_IN_CONTAINER]),
+    "system-bundle": (SYSTEM_BUNDLE, []),
+}
+
+
+@pytest.mark.parametrize("trust", sorted(TRUST))
 def test_runc_runs_the_image_and_the_host_reads_through_its_mount(packages, vault, bundle,
-                                                                  workdir):
+                                                                  workdir, trust):
+    ca_at, ca_args = TRUST[trust]
     if shutil.which("runc") is None:
         pytest.fail("runc is not installed (apt-get install runc)")
     host_dir = workdir / "kv"
@@ -134,14 +146,14 @@ def test_runc_runs_the_image_and_the_host_reads_through_its_mount(packages, vaul
     subprocess.run(["mount", "--make-shared", str(host_dir)], check=True)
 
     args = ["/usr/bin/kvfs", "mount", vault.url, MOUNT_IN_CONTAINER, "--foreground",
-            "--auth", "client-secret", "--ca-file", CA_IN_CONTAINER,
+            "--auth", "client-secret", *ca_args,
             "--no-verify-challenge-resource", "--cache-ttl", "1s"]
     config = bundle / "config.json"
     config.write_text(json.dumps(runtime_spec(json.loads(config.read_text()), vault, host_dir,
-                                              args)))
+                                              args, ca_at)))
 
     name = f"kvfs-test-{uuid.uuid4().hex[:12]}"
-    log, log_tmp = log_path("container")
+    log, log_tmp = log_path(f"container-{trust}")
     runc = ["runc"]
     with open(log, "wb") as out:
         proc = subprocess.Popen(runc + ["run", "--bundle", str(bundle), name],

@@ -106,6 +106,15 @@ def runtime_spec(spec: dict, vault, host_dir: Path, args: list[str], ca_at: str)
         {"allow": True, "type": "c", "major": 10, "minor": 229, "access": "rwm"})
     # What Docker and Kubernetes (mountPropagation: Bidirectional) do for an rshared volume.
     linux["rootfsPropagation"] = "rshared"
+    # A read-only root filesystem (Kubernetes' readOnlyRootFilesystem): kvfs writes only its
+    # control socket, under /run/kvfs, and nothing to /tmp; each gets a tmpfs.
+    spec["root"]["readonly"] = True
+    spec["mounts"] += [
+        {"destination": "/run/kvfs", "type": "tmpfs", "source": "tmpfs",
+         "options": ["nosuid", "nodev", "noexec", "mode=0700"]},
+        {"destination": "/tmp", "type": "tmpfs", "source": "tmpfs",
+         "options": ["nosuid", "nodev", "mode=1777"]},
+    ]
     spec["mounts"] += [
         {"destination": MOUNT_IN_CONTAINER, "type": "bind", "source": str(host_dir),
          "options": ["rbind", "rshared", "rw"]},

@@ -47,6 +47,9 @@ def test_image_is_the_binary_its_libraries_and_the_ca_bundle(packages):
     assert labels["org.opencontainers.image.title"] == "kvfs"
     assert labels["org.opencontainers.image.licenses"] == "MIT"
     assert labels["org.opencontainers.image.description"]
+    shipped = dict(p.split("=", 1) for p in labels["kvfs.debian-packages"].split())
+    assert {"libc6", "libssl3", "ca-certificates"} <= set(shipped), shipped
+    assert "unknown" not in shipped.values(), shipped
     assert config["config"]["Entrypoint"] == ["/usr/bin/kvfs"]
     assert config["config"]["StopSignal"] == "SIGTERM"
     assert (config["os"], config["architecture"]) == ("linux", "amd64")

@@ -5,7 +5,9 @@ checked: the units verify (as written in the repository, and as installed by the
 the installed kvfs@.service's ExecStartPre/ExecStart/ExecReload lines, expanded the way systemd
 expands them (specifiers, Environment= then EnvironmentFile=, ${VAR} and $VAR), run with a
 NOTIFY_SOCKET that this test reads: READY=1 from the main process, MAINPID= from a reload's
-successor, and the unit's KillSignal ending the mount. The hardening options are not exercised.
+successor, and the unit's KillSignal ending the mount. Of the hardening, CapabilityBoundingSet=
+and NoNewPrivileges= are applied (setpriv); the others (seccomp, device and address-family
+filters) need systemd itself and are not exercised.
 """
 
 import os
@@ -108,6 +110,17 @@ class NotifySocket:
         self.sock.close()
 
 
+def confinement(unit: dict) -> list[str]:
+    """The unit's CapabilityBoundingSet= and NoNewPrivileges=, applied as systemd applies them
+    (setpriv, util-linux): kvfs runs with CAP_SYS_ADMIN as its only capability."""
+    caps = [c.lower().removeprefix("cap_") for c in unit["CapabilityBoundingSet"][0].split()]
+    command = ["setpriv", "--bounding-set", "-all," + ",".join("+" + c for c in caps),
+               "--inh-caps=-all"]
+    if unit.get("NoNewPrivileges") == ["yes"]:
+        command.append("--no-new-privs")
+    return command
+
+
 def alive(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
@@ -150,8 +163,9 @@ def test_service_commands_start_notify_reload_and_stop(installed, vault, workdir
         assert mountpoint.is_dir()
         start = expand(unit["ExecStart"][0], env)
         assert start[:2] == ["/usr/bin/kvfs", "mount"] and "--foreground" in start
-        main = subprocess.Popen(start, env=process_env, stdin=subprocess.DEVNULL,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        main = subprocess.Popen(confinement(unit) + start, env=process_env,
+                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
         ready = notify.wait_for("READY=1 from the service's main process", 30,
                                 lambda m: m.get("READY") == "1")
         assert ready.get("MAINPID", str(main.pid)) == str(main.pid)
@@ -161,8 +175,8 @@ def test_service_commands_start_notify_reload_and_stop(installed, vault, workdir
 
         # systemctl reload: the new kvfs takes the mount over and names itself the main process.
         reload_command = expand(unit["ExecReload"][0], env)
-        done = subprocess.run(reload_command, env=process_env, stdin=subprocess.DEVNULL,
-                              capture_output=True, timeout=60)
+        done = subprocess.run(confinement(unit) + reload_command, env=process_env,
+                              stdin=subprocess.DEVNULL, capture_output=True, timeout=60)
         assert done.returncode == 0, read_or_none(log)
         handed = notify.wait_for("MAINPID= from the successor", 30,
                                  lambda m: m.get("MAINPID") not in (None, str(main.pid)))

@@ -1,4 +1,4 @@
-"""The systemd units: `systemd-analyze verify`, and kvfs@.service's commands run as systemd runs them.
+"""The systemd units: `systemd-analyze verify`, and kvfs@.service's commands run as systemd would.
 
 systemd is not PID 1 on the test machines, so no unit can be started. What can be checked is
 checked: the units verify (as written in the repository, and as installed by the .deb), and

@@ -1,7 +1,7 @@
 """The .deb: its metadata, and the installed package mounting through mount(8)'s helper.
 
-The install test changes the machine (dpkg -i, then dpkg -r at the end): CI's machines and the
-developers' are disposable, and it refuses to run where a kvfs package was installed before it.
+The install tests change the machine (dpkg -i, then dpkg -r at the end; a kvfs package already
+installed is removed first): CI's machines and the developers' are disposable.
 """
 
 import os

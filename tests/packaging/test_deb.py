@@ -47,38 +47,51 @@ def test_deb_metadata_and_files(packages):
         assert f"./usr/share/doc/kvfs/{doc}" in entries, doc
 
 
-@pytest.mark.parametrize("form", ["mount -t fuse.kvfs", "mount -t kvfs", "fstab"])
+# Where each form's kvfs logs go: a log file (-o log_file=), or the journal as under a systemd mount
+# unit, which connects mount(8)'s stderr to the journal and names it in $JOURNAL_STREAM.
+FORMS = {"mount -t fuse.kvfs": "journal", "mount -t kvfs": "log_file", "fstab": "log_file"}
+
+
+@pytest.mark.parametrize("form", sorted(FORMS))
 def test_installed_deb_mounts_through_the_mount_helper(installed, vault, workdir, form):
     assert os.path.realpath("/sbin/mount.fuse.kvfs") == "/usr/bin/kvfs"
     mnt = workdir / "kv"
     mnt.mkdir()
     log, log_tmp = log_path("mount-helper-" + form.replace(" ", "_").replace(".", "_"))
+    journal = open(log, "ab")
     try:
         # mount(8), run by root, hands its environment to /sbin/mount.fuse.kvfs: the credentials
         # travel there, never on the command line.
         env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "KVFS_LOG": "kvfs=debug,warn",
                **vault.env()}
         # The options of packaging/systemd/fstab.example, and what points kvfs at testvault.
-        options = ",".join([
-            "allow_other", "uid=1000", "gid=1000", "cache_ttl=1s", "_netdev", "nofail",
-            "auth=client-secret", f"ca_file={vault.ca_file}", "no_verify_challenge_resource",
-            f"log_file={log}"])
+        options = ["allow_other", "uid=1000", "gid=1000", "cache_ttl=1s", "_netdev", "nofail",
+                   "auth=client-secret", f"ca_file={vault.ca_file}",
+                   "no_verify_challenge_resource"]
+        if FORMS[form] == "journal":
+            st = os.fstat(journal.fileno())
+            env["JOURNAL_STREAM"] = f"{st.st_dev}:{st.st_ino}"
+        else:
+            options.append(f"log_file={log}")
         if form == "fstab":
             # An fstab line of the example's shape, in a file of its own (mount -T), so the
             # machine's /etc/fstab is left alone.
             fstab = workdir / "fstab"
-            fstab.write_text(f"{vault.url}  {mnt}  fuse.kvfs  {options}  0 0\n")
+            fstab.write_text(f"{vault.url}  {mnt}  fuse.kvfs  {','.join(options)}  0 0\n")
             command = ["mount", "-T", str(fstab), str(mnt)]
         else:
-            command = form.split() + [vault.url, str(mnt), "-o", options]
-        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
-        assert done.returncode == 0, f"{done.stderr}\n{read_or_none(log)}"
+            command = form.split() + [vault.url, str(mnt), "-o", ",".join(options)]
+        done = subprocess.run(command, env=env, stdout=journal, stderr=journal, timeout=60)
+        assert done.returncode == 0, read_or_none(log)
         # The helper detaches once the mount answers: it is there when mount(8) returns.
         assert kvfs_mounted(mnt), mounts_at(mnt)
         secret = mnt / "secrets" / "db-password"
         assert secret.read_text() == vault.secret_value("db-password")
         st = secret.stat()
         assert (st.st_uid, st.st_gid, st.st_mode & 0o777) == (1000, 1000, 0o400)
+        # The detached kvfs's lines reach the log file or the journal.
+        wait_until("the detached kvfs's log lines", 10,
+                   lambda: "kvfs::lifecycle::worker: serving" in (read_or_none(log) or ""))
 
         done = subprocess.run(["umount", str(mnt)], capture_output=True, text=True, timeout=30)
         assert done.returncode == 0, done.stderr
@@ -87,6 +100,7 @@ def test_installed_deb_mounts_through_the_mount_helper(installed, vault, workdir
                    lambda: not kvfs_processes_on(mnt))
         assert vault.info["client_secret"] not in (read_or_none(log) or "")
     finally:
+        journal.close()
         for pid in kvfs_processes_on(mnt):
             try:
                 os.kill(pid, 9)

@@ -137,7 +137,12 @@ def test_service_commands_start_notify_reload_and_stop(installed, vault, workdir
     assert unit["EnvironmentFile"] == ["/etc/kvfs/%i.env"]
     instance = "testvault"
     mountpoint = workdir / "mnt" / instance
+    # The journal: systemd connects a service's stderr to it and names the stream in
+    # $JOURNAL_STREAM (DEVICE:INODE). Here a file stands in for it.
     log, log_tmp = log_path("service")
+    journal = open(log, "ab")
+    st = os.fstat(journal.fileno())
+    journal_stream = f"{st.st_dev}:{st.st_ino}"
     # What an operator puts in /etc/kvfs/testvault.env (here in the test's directory, so that
     # the machine's /etc is left alone).
     env_file = workdir / f"{instance}.env"
@@ -145,7 +150,7 @@ def test_service_commands_start_notify_reload_and_stop(installed, vault, workdir
         f"KVFS_VAULT={vault.url}",
         f"KVFS_MOUNTPOINT={mountpoint}",
         "KVFS_OPTIONS=--auth client-secret --ca-file " + vault.ca_file +
-        f" --no-verify-challenge-resource --cache-ttl 1s --log-file {log}",
+        " --no-verify-challenge-resource --cache-ttl 1s",
         "KVFS_LOG=kvfs=debug,warn",
     ]
     env_file.write_text("\n".join(env_lines) + "\n")
@@ -153,7 +158,7 @@ def test_service_commands_start_notify_reload_and_stop(installed, vault, workdir
     assert env["KVFS_MOUNTPOINT"] == str(mountpoint)
     notify = NotifySocket(workdir / "notify.sock")
     process_env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "NOTIFY_SOCKET": str(notify.path),
-                   **env}
+                   "JOURNAL_STREAM": journal_stream, **env}
     main = None
     successor = None
     try:
@@ -164,8 +169,7 @@ def test_service_commands_start_notify_reload_and_stop(installed, vault, workdir
         start = expand(unit["ExecStart"][0], env)
         assert start[:2] == ["/usr/bin/kvfs", "mount"] and "--foreground" in start
         main = subprocess.Popen(confinement(unit) + start, env=process_env,
-                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
+                                stdin=subprocess.DEVNULL, stdout=journal, stderr=journal)
         ready = notify.wait_for("READY=1 from the service's main process", 30,
                                 lambda m: m.get("READY") == "1")
         assert ready.get("MAINPID", str(main.pid)) == str(main.pid)
@@ -176,7 +180,8 @@ def test_service_commands_start_notify_reload_and_stop(installed, vault, workdir
         # systemctl reload: the new kvfs takes the mount over and names itself the main process.
         reload_command = expand(unit["ExecReload"][0], env)
         done = subprocess.run(confinement(unit) + reload_command, env=process_env,
-                              stdin=subprocess.DEVNULL, capture_output=True, timeout=60)
+                              stdin=subprocess.DEVNULL, stdout=journal, stderr=journal,
+                              timeout=60)
         assert done.returncode == 0, read_or_none(log)
         handed = notify.wait_for("MAINPID= from the successor", 30,
                                  lambda m: m.get("MAINPID") not in (None, str(main.pid)))
@@ -186,6 +191,10 @@ def test_service_commands_start_notify_reload_and_stop(installed, vault, workdir
         assert main.returncode == 0, read_or_none(log)
         assert kvfs_mounted(mountpoint)
         assert secret.read_text() == vault.secret_value("db-password")
+        # The successor, detached from ExecReload's process, still logs to the journal.
+        wait_until("the successor's lines in the journal", 10,
+                   lambda: (read_or_none(log) or "").count("kvfs::lifecycle::worker: serving")
+                   >= 2)
 
         # systemctl stop: KillSignal to the main process (KillMode=mixed), which unmounts.
         os.kill(successor, getattr(signal, unit["KillSignal"][0]))
@@ -204,5 +213,6 @@ def test_service_commands_start_notify_reload_and_stop(installed, vault, workdir
             main.kill()
             main.wait(timeout=10)
         notify.close()
+        journal.close()
         if log_tmp is not None:
             shutil.rmtree(log_tmp, ignore_errors=True)

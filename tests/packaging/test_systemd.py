@@ -162,14 +162,18 @@ def test_service_commands_start_notify_reload_and_stop(installed, vault, workdir
     main = None
     successor = None
     try:
+        umask = int(unit.get("UMask", ["0022"])[0], 8)
         for pre in unit["ExecStartPre"]:
-            subprocess.run(expand(pre.lstrip("-"), env), env=process_env, check=False,
-                           timeout=10)
+            subprocess.run(confinement(unit) + expand(pre.lstrip("-"), env), env=process_env,
+                           check=False, timeout=10, preexec_fn=lambda: os.umask(umask))
+        # Created, with a parent that other users (an --allow-other mount's readers) can search.
         assert mountpoint.is_dir()
+        assert mountpoint.parent.stat().st_mode & 0o777 == 0o755
         start = expand(unit["ExecStart"][0], env)
         assert start[:2] == ["/usr/bin/kvfs", "mount"] and "--foreground" in start
         main = subprocess.Popen(confinement(unit) + start, env=process_env,
-                                stdin=subprocess.DEVNULL, stdout=journal, stderr=journal)
+                                stdin=subprocess.DEVNULL, stdout=journal, stderr=journal,
+                                preexec_fn=lambda: os.umask(umask))
         ready = notify.wait_for("READY=1 from the service's main process", 30,
                                 lambda m: m.get("READY") == "1")
         assert ready.get("MAINPID", str(main.pid)) == str(main.pid)
@@ -181,7 +185,7 @@ def test_service_commands_start_notify_reload_and_stop(installed, vault, workdir
         reload_command = expand(unit["ExecReload"][0], env)
         done = subprocess.run(confinement(unit) + reload_command, env=process_env,
                               stdin=subprocess.DEVNULL, stdout=journal, stderr=journal,
-                              timeout=60)
+                              timeout=60, preexec_fn=lambda: os.umask(umask))
         assert done.returncode == 0, read_or_none(log)
         handed = notify.wait_for("MAINPID= from the successor", 30,
                                  lambda m: m.get("MAINPID") not in (None, str(main.pid)))

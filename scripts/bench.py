@@ -809,7 +809,7 @@ def machine() -> dict:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description="kvfs benchmark suite (issue 6)")
+    ap = argparse.ArgumentParser(description="kvfs benchmark suite (doc/BENCHMARKING.md)")
     ap.add_argument("--smoke", action="store_true")
     ap.add_argument("--bin-dir", required=True)
     ap.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")

@@ -1430,7 +1430,9 @@ impl TokenCredential for CachedCredential {
             self.rebuild_inner(now)?;
         }
         let inner = self.inner.lock().clone();
-        match inner.get_token(scopes, options).await {
+        let got = inner.get_token(scopes, options).await;
+        crate::metrics::token_request(got.is_ok());
+        match got {
             Ok(token) => {
                 let now = (self.clock)();
                 if refused.as_deref() == Some(token.token.secret()) {

@@ -8,6 +8,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::config::{self, MountOpt};
 use crate::fs::core::OpenMode;
+use crate::logging::{LineContext, LogFormat};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -95,6 +96,10 @@ pub struct MountArgs {
     /// Write logs to this file (appending) instead of stderr; a detached daemon has no stderr.
     #[arg(long, value_name = "PATH")]
     pub log_file: Option<PathBuf>,
+    /// text (default) | json: one JSON object per line with mount, vault, kind, op, errno and
+    /// cause fields, for log pipelines.
+    #[arg(long, value_name = "FORMAT")]
+    pub log_format: Option<String>,
 
     #[arg(long, value_name = "DURATION", help_heading = "Restarts and upgrades")]
     /// A request to kvfs that gets no answer for this long (kvfs stopped or stuck, and its
@@ -112,6 +117,11 @@ pub struct MountArgs {
     /// wait: stay idle until SIGTERM, then exit 0 without unmounting (a DaemonSet container,
     /// which would otherwise be restarted).
     pub after_handoff: Option<String>,
+
+    #[arg(long, value_name = "ADDR", help_heading = "Monitoring")]
+    /// Serve /metrics (Prometheus), /healthz and /readyz on this IP:PORT, e.g. 127.0.0.1:9464
+    /// (default: off). The port keeps answering across worker restarts and upgrades.
+    pub metrics_addr: Option<String>,
 
     /// The same options in mount(8) form: -o allow_other,cache_ttl=30s,uid=1000
     #[arg(short = 'o', value_name = "OPTIONS")]
@@ -212,11 +222,27 @@ pub struct MountSettings {
     pub file_mode: u16,
     pub dir_mode: u16,
     pub log_file: Option<PathBuf>,
+    pub log_format: LogFormat,
     /// `None`: the default place for this mountpoint (see `lifecycle::paths`).
     pub control_socket: Option<PathBuf>,
     pub after_handoff: AfterHandoff,
     /// `--hang-timeout`: the kernel's limit on one request's wait (zero: none).
     pub hang_timeout: Duration,
+    /// `--metrics-addr`: where the metrics and health endpoints listen (`None`: off).
+    pub metrics_addr: Option<std::net::SocketAddr>,
+}
+
+impl MountSettings {
+    /// What every JSON log line of this mount says about where it comes from.
+    pub fn log_context(&self) -> LineContext {
+        LineContext {
+            mount: self.mountpoint.display().to_string(),
+            vault: match self.vault_url.port() {
+                Some(port) => format!("{}:{port}", self.vault_url.host_str().unwrap_or_default()),
+                None => self.vault_url.host_str().unwrap_or_default().to_owned(),
+            },
+        }
+    }
 }
 
 pub(crate) fn vault_url(vault: &str, cloud: Cloud) -> Result<url::Url, String> {
@@ -285,9 +311,11 @@ impl MountArgs {
             "dir_mode",
             "foreground",
             "log_file",
+            "log_format",
             "control_socket",
             "after_handoff",
             "hang_timeout",
+            "metrics_addr",
         ];
         if let Some(bad) = o.iter().find(|x| !KNOWN.contains(&x.key.as_str())) {
             return Err(format!("unknown mount option {:?}", bad.key));
@@ -333,6 +361,9 @@ impl MountArgs {
         let cache_ttl = duration(&self.cache_ttl, "cache_ttl", Duration::from_secs(60))?;
         let max_stale = duration(&self.max_stale, "max_stale", Duration::from_secs(86_400))?;
         let hang_timeout = duration(&self.hang_timeout, "hang_timeout", Duration::from_secs(120))?;
+        let metrics_addr = pick(&self.metrics_addr, "metrics_addr")?
+            .map(|a| config::parse_listen_addr(&a).map_err(|e| format!("--metrics-addr: {e}")))
+            .transpose()?;
         let open_mode = match pick(&self.open_mode, "open_mode")?.as_deref() {
             None | Some("snapshot") => OpenMode::Snapshot,
             Some("cached") => OpenMode::Cached,
@@ -407,12 +438,15 @@ impl MountArgs {
                 .log_file
                 .clone()
                 .or(value("log_file")?.map(PathBuf::from)),
+            log_format: pick(&self.log_format, "log_format")?
+                .map_or(Ok(LogFormat::Text), |f| LogFormat::parse(&f))?,
             control_socket: self
                 .control_socket
                 .clone()
                 .or(value("control_socket")?.map(PathBuf::from)),
             after_handoff,
             hang_timeout,
+            metrics_addr,
         })
     }
 }
@@ -430,7 +464,7 @@ mod tests {
     }
 
     #[test]
-    fn defaults_follow_product_md() {
+    fn defaults_follow_configuration_md() {
         let s = args("myvault").resolve(1000, 1000).unwrap();
         assert_eq!(s.vault_url.as_str(), "https://myvault.vault.azure.net/");
         assert_eq!(s.cache_ttl, Duration::from_secs(60));
@@ -440,6 +474,29 @@ mod tests {
         assert!(!s.allow_other && s.verify_challenge_resource && !s.foreground);
         assert_eq!(s.open_mode, OpenMode::Snapshot);
         assert_eq!(s.hang_timeout, Duration::from_secs(120));
+        assert_eq!(s.log_format, LogFormat::Text);
+    }
+
+    #[test]
+    fn log_format_from_flag_or_o_and_the_context_names_mount_and_vault() {
+        let mut a = args("https://127.0.0.1:8443");
+        a.options = vec!["log_format=json".into()];
+        let s = a.resolve(0, 0).unwrap();
+        assert_eq!(s.log_format, LogFormat::Json);
+        assert_eq!(
+            s.log_context(),
+            LineContext {
+                mount: "/mnt/kv".into(),
+                vault: "127.0.0.1:8443".into()
+            }
+        );
+        a.log_format = Some("yaml".into());
+        let e = a.resolve(0, 0).unwrap_err();
+        assert_eq!(e, "unknown --log-format \"yaml\": use text or json");
+        assert_eq!(
+            args("myvault").resolve(0, 0).unwrap().log_context().vault,
+            "myvault.vault.azure.net"
+        );
     }
 
     #[test]
@@ -454,6 +511,23 @@ mod tests {
         assert_eq!(a.resolve(0, 0).unwrap().hang_timeout, Duration::ZERO);
         a.hang_timeout = Some("soon".into());
         assert!(a.resolve(0, 0).unwrap_err().starts_with("--hang-timeout: "));
+    }
+
+    #[test]
+    fn metrics_addr_from_flag_or_o_is_off_by_default_and_checked() {
+        let mut a = args("myvault");
+        assert_eq!(a.resolve(0, 0).unwrap().metrics_addr, None);
+        a.options = vec!["metrics_addr=127.0.0.1:9464".into()];
+        assert_eq!(
+            a.resolve(0, 0).unwrap().metrics_addr,
+            Some("127.0.0.1:9464".parse().unwrap())
+        );
+        a.metrics_addr = Some("[::1]:9100".into());
+        assert_eq!(a.resolve(0, 0).unwrap().metrics_addr.unwrap().port(), 9100);
+        a.metrics_addr = Some("localhost".into());
+        let e = a.resolve(0, 0).unwrap_err();
+        assert!(e.starts_with("--metrics-addr: invalid address"), "{e}");
+        assert!(!e.contains('\n'));
     }
 
     #[test]

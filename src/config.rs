@@ -44,6 +44,14 @@ pub fn parse_mode(text: &str) -> Result<u16, String> {
     Ok(mode)
 }
 
+/// A listening address: `IP:PORT`, IPv6 in brackets (`127.0.0.1:9464`, `[::]:9464`). No host
+/// names: what a name resolves to is not something to learn at mount time.
+pub fn parse_listen_addr(text: &str) -> Result<std::net::SocketAddr, String> {
+    text.trim().parse().map_err(|_| {
+        format!("invalid address {text:?}: expected IP:PORT, e.g. 127.0.0.1:9464 or [::]:9464")
+    })
+}
+
 /// One `-o` option: a flag (`allow_other`) or `key=value`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MountOpt {
@@ -115,6 +123,25 @@ mod tests {
         assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
         for bad in ["", "s", "5x", "-1s", "1e999s", "abc"] {
             assert!(parse_duration(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn listen_addresses() {
+        assert_eq!(
+            parse_listen_addr("127.0.0.1:9464").unwrap().to_string(),
+            "127.0.0.1:9464"
+        );
+        assert_eq!(parse_listen_addr("[::]:9464").unwrap().port(), 9464);
+        for bad in [
+            "",
+            "9464",
+            ":9464",
+            "localhost:9464",
+            "127.0.0.1",
+            "1.2.3.4:99999",
+        ] {
+            assert!(parse_listen_addr(bad).is_err(), "{bad:?}");
         }
     }
 

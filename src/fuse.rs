@@ -20,6 +20,7 @@ use futures::FutureExt;
 use crate::fs::core::{Attr, FsCore, Kind, MAX_NAME_LEN, OpenMode, check_name_length};
 use crate::fs::error::FsError;
 use crate::lifecycle::gate::Gate;
+use crate::metrics::{self, FuseOp, FuseRequest};
 
 pub struct FuseAdapter {
     core: Arc<FsCore>,
@@ -60,6 +61,12 @@ impl FuseAdapter {
             }
         }
     }
+}
+
+/// Count `m` as failed with `e`, and give `e` back for the reply.
+fn failed(m: FuseRequest, e: Errno) -> Errno {
+    m.fail(e.code());
+    e
 }
 
 fn errno(e: &FsError) -> Errno {
@@ -134,19 +141,20 @@ impl Filesystem for FuseAdapter {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let _turn = self.gate.turn();
+        let m = metrics::fuse_request(FuseOp::Lookup);
         // Before anything else: a name no vault object can have costs no request.
         if let Err(e) = check_name_length(name.as_bytes()) {
-            return reply.error(errno(&e));
+            return reply.error(failed(m, errno(&e)));
         }
         let Some(name) = utf8(name) else {
-            return reply.error(Errno::ENOENT);
+            return reply.error(failed(m, Errno::ENOENT));
         };
         let core = self.core.clone();
         self.answer(
             async move { core.lookup(parent.0, &name).await },
             move |result| match result {
                 Ok(e) => reply.entry(&e.ttl, &file_attr(&e.attr), Generation(0)),
-                Err(e) => reply.error(errno(&e)),
+                Err(e) => reply.error(failed(m, errno(&e))),
             },
         );
     }
@@ -155,32 +163,36 @@ impl Filesystem for FuseAdapter {
     /// so tools that ask (`pathconf(_PC_NAME_MAX)`) learn the real limit.
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: fuser::ReplyStatfs) {
         let _turn = self.gate.turn();
+        let _m = metrics::fuse_request(FuseOp::Statfs);
         reply.statfs(0, 0, 0, 0, 0, 512, MAX_NAME_LEN as u32, 0);
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
         let _turn = self.gate.turn();
+        let _m = metrics::fuse_request(FuseOp::Forget);
         self.core.forget(ino.0, nlookup);
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         let _turn = self.gate.turn();
+        let m = metrics::fuse_request(FuseOp::Getattr);
         let core = self.core.clone();
         self.answer(
             async move { core.getattr(ino.0).await },
             move |result| match result {
                 Ok(e) => reply.attr(&e.ttl, &file_attr(&e.attr)),
-                Err(e) => reply.error(errno(&e)),
+                Err(e) => reply.error(failed(m, errno(&e))),
             },
         );
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let _turn = self.gate.turn();
+        let m = metrics::fuse_request(FuseOp::Open);
         if self.core.open_mode() == OpenMode::Cached {
             // "Not implemented" makes the kernel stop sending OPEN and RELEASE for good: files
             // then read through its page cache, which is what cached mode is for.
-            return reply.error(Errno::ENOSYS);
+            return reply.error(failed(m, Errno::ENOSYS));
         }
         let write = flags.acc_mode() != OpenAccMode::O_RDONLY
             || flags.0 & (libc::O_TRUNC | libc::O_APPEND | libc::O_CREAT) != 0;
@@ -195,7 +207,7 @@ impl Filesystem for FuseAdapter {
                 // Direct I/O: reads always come to the daemon, which serves the snapshot taken
                 // here, so a stale page cache or a stale size can never mix two versions.
                 Ok(o) => reply.opened(FileHandle(o.fh), FopenFlags::FOPEN_DIRECT_IO),
-                Err(e) => reply.error(errno(&e)),
+                Err(e) => reply.error(failed(m, errno(&e))),
             },
         );
     }
@@ -212,6 +224,7 @@ impl Filesystem for FuseAdapter {
         reply: ReplyData,
     ) {
         let _turn = self.gate.turn();
+        let m = metrics::fuse_request(FuseOp::Read);
         // Handle 0: the kernel did not open the file (cached mode); read the inode as it is now.
         if fh.0 == 0 {
             let core = self.core.clone();
@@ -219,7 +232,7 @@ impl Filesystem for FuseAdapter {
                 async move { core.read_inode(ino.0, offset, size).await },
                 move |result| match result {
                     Ok(bytes) => reply.data(&bytes),
-                    Err(e) => reply.error(errno(&e)),
+                    Err(e) => reply.error(failed(m, errno(&e))),
                 },
             );
         }
@@ -232,7 +245,7 @@ impl Filesystem for FuseAdapter {
             async move { core.read_reopened(ino.0, fh.0, offset, size).await },
             move |result| match result {
                 Ok(bytes) => reply.data(&bytes),
-                Err(e) => reply.error(errno(&e)),
+                Err(e) => reply.error(failed(m, errno(&e))),
             },
         );
     }
@@ -248,6 +261,7 @@ impl Filesystem for FuseAdapter {
         reply: ReplyEmpty,
     ) {
         let _turn = self.gate.turn();
+        let _m = metrics::fuse_request(FuseOp::Release);
         self.core.release(ino.0, fh.0);
         reply.ok();
     }
@@ -263,7 +277,8 @@ impl Filesystem for FuseAdapter {
         reply: ReplyEmpty,
     ) {
         let _turn = self.gate.turn();
-        reply.error(Errno::ENOSYS);
+        let m = metrics::fuse_request(FuseOp::Flush);
+        reply.error(failed(m, Errno::ENOSYS));
     }
 
     /// Directories are listed once per open. The kernel may cache the listing
@@ -271,6 +286,7 @@ impl Filesystem for FuseAdapter {
     /// time; otherwise it drops it, so a created or deleted object shows at the next `ls`.
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         let _turn = self.gate.turn();
+        let m = metrics::fuse_request(FuseOp::Opendir);
         let core = self.core.clone();
         self.answer(
             async move { core.opendir(ino.0).await },
@@ -282,7 +298,7 @@ impl Filesystem for FuseAdapter {
                     }
                     reply.opened(FileHandle(d.fh), flags)
                 }
-                Err(e) => reply.error(errno(&e)),
+                Err(e) => reply.error(failed(m, errno(&e))),
             },
         );
     }
@@ -296,6 +312,7 @@ impl Filesystem for FuseAdapter {
         reply: ReplyDirectory,
     ) {
         let _turn = self.gate.turn();
+        let m = metrics::fuse_request(FuseOp::Readdir);
         // Every directory is opened through `opendir`, which holds its entries.
         if let Some(entries) = self.core.dir_entries(fh.0) {
             return fill_dir(reply, &entries, offset);
@@ -306,7 +323,7 @@ impl Filesystem for FuseAdapter {
             async move { core.reopen_dir(ino.0, fh.0).await },
             move |result| match result {
                 Ok(entries) => fill_dir(reply, &entries, offset),
-                Err(e) => reply.error(errno(&e)),
+                Err(e) => reply.error(failed(m, errno(&e))),
             },
         );
     }
@@ -320,27 +337,30 @@ impl Filesystem for FuseAdapter {
         reply: ReplyEmpty,
     ) {
         let _turn = self.gate.turn();
+        let _m = metrics::fuse_request(FuseOp::Releasedir);
         self.core.releasedir(fh.0);
         reply.ok();
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
         let _turn = self.gate.turn();
+        let m = metrics::fuse_request(FuseOp::Getxattr);
         let Some(name) = utf8(name) else {
-            return reply.error(Errno::from_i32(libc::ENODATA));
+            return reply.error(failed(m, Errno::from_i32(libc::ENODATA)));
         };
         let core = self.core.clone();
         self.answer(
             async move { core.getxattr(ino.0, &name).await },
             move |result| match result {
                 Ok(value) => reply_xattr(reply, size, &value),
-                Err(e) => reply.error(errno(&e)),
+                Err(e) => reply.error(failed(m, errno(&e))),
             },
         );
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
         let _turn = self.gate.turn();
+        let m = metrics::fuse_request(FuseOp::Listxattr);
         let core = self.core.clone();
         let gate = self.gate.clone();
         self.runtime.spawn(async move {
@@ -354,7 +374,7 @@ impl Filesystem for FuseAdapter {
                     }
                     reply_xattr(reply, size, &buf);
                 }
-                Err(e) => reply.error(errno(&e)),
+                Err(e) => reply.error(failed(m, errno(&e))),
             }
         });
     }
@@ -375,7 +395,8 @@ impl Filesystem for FuseAdapter {
         reply: fuser::ReplyIoctl,
     ) {
         let _turn = self.gate.turn();
-        reply.error(Errno::ENOTTY);
+        let m = metrics::fuse_request(FuseOp::Ioctl);
+        reply.error(failed(m, Errno::ENOTTY));
     }
 
     fn poll(
@@ -389,8 +410,9 @@ impl Filesystem for FuseAdapter {
         reply: fuser::ReplyPoll,
     ) {
         let _turn = self.gate.turn();
+        let m = metrics::fuse_request(FuseOp::Poll);
         // "Not implemented": the kernel then treats files as always ready, and stops asking.
-        reply.error(Errno::ENOSYS);
+        reply.error(failed(m, Errno::ENOSYS));
     }
 
     fn lseek(
@@ -403,8 +425,9 @@ impl Filesystem for FuseAdapter {
         reply: fuser::ReplyLseek,
     ) {
         let _turn = self.gate.turn();
+        let m = metrics::fuse_request(FuseOp::Lseek);
         // SEEK_DATA/SEEK_HOLE: "not implemented" lets the kernel answer from the file size.
-        reply.error(Errno::ENOSYS);
+        reply.error(failed(m, Errno::ENOSYS));
     }
 
     fn fsync(
@@ -416,8 +439,9 @@ impl Filesystem for FuseAdapter {
         reply: ReplyEmpty,
     ) {
         let _turn = self.gate.turn();
+        let m = metrics::fuse_request(FuseOp::Fsync);
         // Nothing is ever written; "not implemented" makes the kernel succeed without asking.
-        reply.error(Errno::ENOSYS);
+        reply.error(failed(m, Errno::ENOSYS));
     }
 
     fn fsyncdir(
@@ -429,7 +453,8 @@ impl Filesystem for FuseAdapter {
         reply: ReplyEmpty,
     ) {
         let _turn = self.gate.turn();
-        reply.error(Errno::ENOSYS);
+        let m = metrics::fuse_request(FuseOp::Fsyncdir);
+        reply.error(failed(m, Errno::ENOSYS));
     }
 
     // Every mutation is refused. The mount is also `ro`, so the kernel usually answers these
@@ -454,7 +479,8 @@ impl Filesystem for FuseAdapter {
         reply: ReplyAttr,
     ) {
         let _turn = self.gate.turn();
-        reply.error(Errno::EROFS);
+        let m = metrics::fuse_request(FuseOp::Setattr);
+        reply.error(failed(m, Errno::EROFS));
     }
 
     fn mknod(
@@ -468,7 +494,8 @@ impl Filesystem for FuseAdapter {
         reply: ReplyEntry,
     ) {
         let _turn = self.gate.turn();
-        reply.error(Errno::EROFS);
+        let m = metrics::fuse_request(FuseOp::Mknod);
+        reply.error(failed(m, Errno::EROFS));
     }
 
     fn mkdir(
@@ -481,17 +508,20 @@ impl Filesystem for FuseAdapter {
         reply: ReplyEntry,
     ) {
         let _turn = self.gate.turn();
-        reply.error(Errno::EROFS);
+        let m = metrics::fuse_request(FuseOp::Mkdir);
+        reply.error(failed(m, Errno::EROFS));
     }
 
     fn unlink(&self, _req: &Request, _parent: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
         let _turn = self.gate.turn();
-        reply.error(Errno::EROFS);
+        let m = metrics::fuse_request(FuseOp::Unlink);
+        reply.error(failed(m, Errno::EROFS));
     }
 
     fn rmdir(&self, _req: &Request, _parent: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
         let _turn = self.gate.turn();
-        reply.error(Errno::EROFS);
+        let m = metrics::fuse_request(FuseOp::Rmdir);
+        reply.error(failed(m, Errno::EROFS));
     }
 
     fn symlink(
@@ -503,7 +533,8 @@ impl Filesystem for FuseAdapter {
         reply: ReplyEntry,
     ) {
         let _turn = self.gate.turn();
-        reply.error(Errno::EROFS);
+        let m = metrics::fuse_request(FuseOp::Symlink);
+        reply.error(failed(m, Errno::EROFS));
     }
 
     fn rename(
@@ -517,7 +548,8 @@ impl Filesystem for FuseAdapter {
         reply: ReplyEmpty,
     ) {
         let _turn = self.gate.turn();
-        reply.error(Errno::EROFS);
+        let m = metrics::fuse_request(FuseOp::Rename);
+        reply.error(failed(m, Errno::EROFS));
     }
 
     fn link(
@@ -529,7 +561,8 @@ impl Filesystem for FuseAdapter {
         reply: ReplyEntry,
     ) {
         let _turn = self.gate.turn();
-        reply.error(Errno::EROFS);
+        let m = metrics::fuse_request(FuseOp::Link);
+        reply.error(failed(m, Errno::EROFS));
     }
 
     fn write(
@@ -545,7 +578,8 @@ impl Filesystem for FuseAdapter {
         reply: ReplyWrite,
     ) {
         let _turn = self.gate.turn();
-        reply.error(Errno::EROFS);
+        let m = metrics::fuse_request(FuseOp::Write);
+        reply.error(failed(m, Errno::EROFS));
     }
 
     fn create(
@@ -559,7 +593,8 @@ impl Filesystem for FuseAdapter {
         reply: ReplyCreate,
     ) {
         let _turn = self.gate.turn();
-        reply.error(Errno::EROFS);
+        let m = metrics::fuse_request(FuseOp::Create);
+        reply.error(failed(m, Errno::EROFS));
     }
 
     fn setxattr(
@@ -573,12 +608,14 @@ impl Filesystem for FuseAdapter {
         reply: ReplyEmpty,
     ) {
         let _turn = self.gate.turn();
-        reply.error(Errno::EROFS);
+        let m = metrics::fuse_request(FuseOp::Setxattr);
+        reply.error(failed(m, Errno::EROFS));
     }
 
     fn removexattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
         let _turn = self.gate.turn();
-        reply.error(Errno::EROFS);
+        let m = metrics::fuse_request(FuseOp::Removexattr);
+        reply.error(failed(m, Errno::EROFS));
     }
 }
 

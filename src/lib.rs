@@ -18,6 +18,7 @@ pub mod invalidate;
 pub mod ipc;
 pub mod lifecycle;
 pub mod logging;
+pub mod metrics;
 pub mod mount;
 pub mod render;
 pub mod vault;

@@ -9,6 +9,7 @@
 //!   number of repeats left out.
 //! - `--log-file` is created 0600 (it names the vault's objects and the identity's tenant), and
 //!   colour codes go only to a terminal.
+//! - `--log-format json` writes one JSON object per line instead of text ([`json`]).
 //! - [`flush`] before the process ends: lines still queued are written (bounded by a second or
 //!   so, so a stuck sink cannot hold up an exit).
 
@@ -23,6 +24,27 @@ use parking_lot::Mutex;
 use tracing_appender::non_blocking::{ErrorCounter, NonBlocking, NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::fmt::time::{FormatTime, SystemTime};
 
+pub mod json;
+pub use json::LineContext;
+
+/// How lines are written: text for people, JSON for log pipelines (`--log-format`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+impl LogFormat {
+    pub fn parse(name: &str) -> Result<LogFormat, String> {
+        match name {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            other => Err(format!("unknown --log-format {other:?}: use text or json")),
+        }
+    }
+}
+
 /// Lines queued for the sink before new ones are dropped. Enough for any burst a healthy sink
 /// falls behind on; small enough that a dead sink costs at most a few MiB.
 const QUEUE_LINES: usize = 8192;
@@ -34,21 +56,36 @@ pub const WINDOW: Duration = Duration::from_secs(60);
 /// The background writer's guard: dropping it writes what is queued and stops the thread.
 static GUARD: Mutex<Option<WorkerGuard>> = Mutex::new(None);
 
-/// Install the process's logger: the filter from `KVFS_LOG` (default `kvfs=info,warn`), lines to
-/// `file` if given (created 0600), else to stderr.
+/// Install a text logger on stderr (or `file`); see [`init_with`].
 pub fn init(file: Option<&Path>) -> Result<(), String> {
+    init_with(file, LogFormat::Text, LineContext::default())
+}
+
+/// Install the process's logger: the filter from `KVFS_LOG` (default `kvfs=info,warn`), lines to
+/// `file` if given (created 0600), else to stderr, in `format`; JSON lines carry `context`.
+pub fn init_with(
+    file: Option<&Path>,
+    format: LogFormat,
+    context: LineContext,
+) -> Result<(), String> {
     let filter = tracing_subscriber::EnvFilter::try_from_env("KVFS_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("kvfs=info,warn"));
     let (sink, ansi): (Box<dyn Write + Send>, bool) = match file {
         Some(path) => (Box::new(open_log_file(path)?), false),
         None => (Box::new(std::io::stderr()), std::io::stderr().is_terminal()),
     };
-    let writer = spawn_writer(sink)?;
-    tracing_subscriber::fmt()
+    let json = (format == LogFormat::Json).then(|| context.clone());
+    let writer = spawn_writer(sink, json)?;
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(ansi)
-        .with_writer(writer)
-        .init();
+        .with_writer(writer);
+    match format {
+        LogFormat::Text => builder.with_ansi(ansi).init(),
+        LogFormat::Json => builder
+            .with_ansi(false)
+            .event_format(json::JsonLines { context })
+            .init(),
+    }
     Ok(())
 }
 
@@ -73,7 +110,10 @@ fn open_log_file(path: &Path) -> Result<std::fs::File, String> {
 /// Start the background writer with every signal blocked, so that it never receives one: the
 /// supervisor blocks its stop signals and reads them from a signalfd, and a thread that left
 /// them unblocked would take a SIGTERM with its default action and end the process mid-step.
-fn spawn_writer(sink: Box<dyn Write + Send>) -> Result<NonBlocking, String> {
+fn spawn_writer(
+    sink: Box<dyn Write + Send>,
+    json: Option<LineContext>,
+) -> Result<NonBlocking, String> {
     let all = nix::sys::signal::SigSet::all();
     let mut previous = nix::sys::signal::SigSet::empty();
     nix::sys::signal::pthread_sigmask(
@@ -91,6 +131,7 @@ fn spawn_writer(sink: Box<dyn Write + Send>) -> Result<NonBlocking, String> {
             sink,
             dropped: dropped.clone(),
             reported: 0,
+            json,
         });
     let _ = dropped.set(writer.error_counter());
     let _ = nix::sys::signal::pthread_sigmask(
@@ -110,6 +151,8 @@ struct ReportingDrops {
     /// The queue's drop counter (set once the queue exists, which is after this sink).
     dropped: Arc<OnceLock<ErrorCounter>>,
     reported: usize,
+    /// `Some` with `--log-format json`: the report is a JSON line too.
+    json: Option<LineContext>,
 }
 
 impl ReportingDrops {
@@ -119,14 +162,19 @@ impl ReportingDrops {
         if dropped <= self.reported {
             return None;
         }
+        let lost = dropped - self.reported;
+        self.reported = dropped;
+        let message = format!("{lost} log lines dropped: the log's reader did not keep up");
+        if let Some(context) = &self.json {
+            let mut fields = serde_json::Map::new();
+            fields.insert("message".into(), message.into());
+            fields.insert("dropped_lines".into(), lost.into());
+            return Some(json::line(context, "WARN", "kvfs::logging", fields) + "\n");
+        }
         let mut line = String::new();
         let _ =
             SystemTime.format_time(&mut tracing_subscriber::fmt::format::Writer::new(&mut line));
-        line.push_str(&format!(
-            "  WARN kvfs::logging: {} log lines dropped: the log's reader did not keep up\n",
-            dropped - self.reported
-        ));
-        self.reported = dropped;
+        line.push_str(&format!("  WARN kvfs::logging: {message}\n"));
         Some(line)
     }
 }
@@ -287,6 +335,7 @@ mod tests {
                 sink: Box::new(sink.clone()),
                 dropped: dropped.clone(),
                 reported: 0,
+                json: None,
             });
         let counter = writer.error_counter();
         let _ = dropped.set(writer.error_counter());

@@ -1,11 +1,9 @@
 //! `kvfs mount` / `kvfs unmount`. Failures print one line on stderr and exit non-zero.
 
-use std::path::Path;
-
 use std::os::fd::{FromRawFd, OwnedFd};
 
 use clap::Parser;
-use kvfs::cli::{Cli, Command};
+use kvfs::cli::{Cli, Command, MountSettings};
 use kvfs::ipc::Channel;
 use kvfs::lifecycle::worker::{self, WORKER_FD_ENV};
 use kvfs::{daemon, harden, logging, mount};
@@ -17,8 +15,12 @@ static ALLOCATOR: kvfs::harden::ZeroizingAlloc = kvfs::harden::ZeroizingAlloc(st
 /// Logs go to stderr, or to `--log-file` (a detached daemon's stderr is /dev/null). A process
 /// that holds secrets (the supervisor's environment may carry the credential; the worker holds
 /// tokens and values) is made non-dumpable as soon as its logger can say if that failed.
-fn init_serving_process(log_file: Option<&Path>) -> Result<(), String> {
-    logging::init(log_file)?;
+fn init_serving_process(settings: &MountSettings) -> Result<(), String> {
+    logging::init_with(
+        settings.log_file.as_deref(),
+        settings.log_format,
+        settings.log_context(),
+    )?;
     harden::process();
     Ok(())
 }
@@ -34,13 +36,13 @@ fn run(cli: Cli, readiness: mount::Readiness) -> Result<(), String> {
             let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
             let settings = args.resolve(uid, gid)?;
             if let Some(control) = worker_channel() {
-                init_serving_process(settings.log_file.as_deref())?;
+                init_serving_process(&settings)?;
                 worker::run(settings, control);
             }
             if !settings.foreground {
                 return daemon::detach_and_wait();
             }
-            init_serving_process(settings.log_file.as_deref())?;
+            init_serving_process(&settings)?;
             mount::run(settings, readiness)
         }
     }

@@ -1,4 +1,4 @@
-//! What the fast path must keep (issue 6): after a change, the next read past the TTL sees the new
+//! What the fast path must keep: after a change, the next read past the TTL sees the new
 //! value even when the kernel's caches are warm — through the mount and through a single-file
 //! bind mount, in both `--open-mode`s — and an open descriptor reads one consistent value.
 //! Real FUSE mounts of a testvault; needs root and /dev/fuse, as CI has.

@@ -362,3 +362,48 @@ fn the_log_file_is_owner_only_and_plain_text() {
     );
     assert!(!text.contains(API_KEY), "a value in the log");
 }
+
+#[test]
+fn json_log_lines_name_mount_vault_kind_op_errno_and_cause() {
+    let vault = start_vault();
+    let mut m = Mount::start_with_env(
+        &vault,
+        &["--log-format", "json", "--cache-ttl", "1s"],
+        &default_level_env(&vault),
+    );
+    assert_eq!(m.read("secrets/api-key").unwrap(), API_KEY);
+    let _outage = vault.add_fault(testvault::Fault::status("*", 503, None));
+    let e = m.read("secrets/app-config").unwrap_err();
+    assert_eq!(common::errno(&e), libc::EIO, "{e}");
+    let text = m.wait_for_log("the failure's JSON line", |t| {
+        t.contains("\"errno\":\"EIO\"")
+    });
+    m.stop();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let mount = m.dir.path().display().to_string();
+    let host = url::Url::parse(&vault.info().vault_url).unwrap();
+    let vault_host = format!("{}:{}", host.host_str().unwrap(), host.port().unwrap());
+    for line in &lines {
+        assert_eq!(line["mount"], mount.as_str(), "{line}");
+        assert_eq!(line["vault"], vault_host.as_str(), "{line}");
+        assert!(
+            line["timestamp"].is_string() && line["level"].is_string(),
+            "{line}"
+        );
+    }
+    let failure = lines
+        .iter()
+        .find(|l| l["errno"] == "EIO")
+        .expect("a failure line");
+    assert_eq!(failure["kind"], "secrets", "{failure}");
+    assert_eq!(failure["object"], "secrets/app-config", "{failure}");
+    assert_eq!(failure["op"], "get", "{failure}");
+    assert!(
+        failure["cause"].as_str().unwrap().contains("503"),
+        "{failure}"
+    );
+    assert!(!text.contains(API_KEY), "a value in the log");
+}

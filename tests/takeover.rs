@@ -16,7 +16,10 @@ use std::sync::{Arc, Mutex, mpsc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use common::{KVFS, Mount, is_mounted, kvfs_env, mount_args, mount_detached, start_vault, succeed};
+use common::{
+    KVFS, Mount, is_mounted, kvfs_env, kvfs_pids_for, mount_args, mount_detached, start_vault,
+    succeed,
+};
 use testvault::{Fault, FaultAction, TestVault};
 
 /// Secrets the load tests read: `s00` … `s19`.
@@ -138,30 +141,6 @@ fn children(pid: i32) -> Vec<i32> {
 fn signal(pid: i32, sig: i32) {
     // SAFETY: sending a signal has no memory-safety preconditions.
     unsafe { libc::kill(pid, sig) };
-}
-
-/// `kvfs` processes (supervisors and workers) whose arguments name `dir`.
-fn kvfs_pids_for(dir: &Path) -> Vec<i32> {
-    let wanted = dir.display().to_string();
-    let mut pids = Vec::new();
-    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
-            continue;
-        };
-        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-        let is_kvfs = args.iter().any(|a| a.ends_with(b"kvfs"));
-        if is_kvfs && args.contains(&wanted.as_bytes()) && pid != std::process::id() as i32 {
-            pids.push(pid);
-        }
-    }
-    pids
 }
 
 /// Wait up to `timeout` for `child`; SIGKILL it if it does not exit.

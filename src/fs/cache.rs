@@ -137,6 +137,7 @@ use moka::policy::EvictionPolicy;
 use parking_lot::Mutex;
 use tokio::time::Instant;
 
+use super::error::FsError;
 use super::refresh::Refresher;
 use crate::vault::{
     CertificateValue, Collection, KeyValue, ObjectProps, SecretValue, VaultClient, VaultError,
@@ -391,6 +392,12 @@ impl Cache {
         }
         self.props(Request::Versions(collection, name.to_owned()))
             .await
+    }
+
+    /// Let the cache finish its pending bookkeeping, so that [`Cache::stats`]'s entry count and
+    /// size are current (moka settles them lazily, on later operations). For a metrics scrape.
+    pub async fn settle(&self) {
+        self.inner.slots.run_pending_tasks().await;
     }
 
     pub fn stats(&self) -> CacheStats {
@@ -1151,7 +1158,14 @@ impl Inner {
                     // Access revoked (401/403) or an answer we do not understand: what we hold
                     // may no longer be served, so drop it.
                     if new_condition {
-                        crate::log_limited!(self.log_limits, "vault refused", error, object = %object, error = %error, "vault refused the request; not serving a cached value for it");
+                        crate::log_limited!(self.log_limits, "vault refused", error,
+                            kind = object.collection().as_str(),
+                            object = %object,
+                            op = "get",
+                            errno = FsError::from(error.clone()).errno_name(),
+                            cause = %error,
+                            "vault refused the request; not serving a cached value for it"
+                        );
                     }
                     let slot = Slot {
                         known: None,
@@ -1170,8 +1184,10 @@ impl Inner {
                     {
                         if new_condition {
                             crate::log_limited!(self.log_limits, "vault failing, served stale", warn,
+                                kind = object.collection().as_str(),
                                 object = %object,
-                                error = %error,
+                                op = "get",
+                                cause = %error,
                                 age = ?now.saturating_duration_since(k.fetched_at),
                                 retry_in = ?backoff,
                                 "vault failing; serving the last good answer until it recovers or --max-stale passes"
@@ -1185,8 +1201,11 @@ impl Inner {
                     Some(_) => {
                         if !outage.expiry_logged {
                             crate::log_limited!(self.log_limits, "vault failing, too stale", warn,
+                                kind = object.collection().as_str(),
                                 object = %object,
-                                error = %error,
+                                op = "get",
+                                errno = FsError::from(error.clone()).errno_name(),
+                                cause = %error,
                                 "vault failing and the last good answer is older than --max-stale; reads fail until it recovers"
                             );
                             outage.expiry_logged = true;
@@ -1196,8 +1215,11 @@ impl Inner {
                     None => {
                         if new_condition {
                             crate::log_limited!(self.log_limits, "vault failing, nothing cached", warn,
+                                kind = object.collection().as_str(),
                                 object = %object,
-                                error = %error,
+                                op = "get",
+                                errno = FsError::from(error.clone()).errno_name(),
+                                cause = %error,
                                 "vault failing and nothing cached for this object; reads fail (EIO) until it recovers"
                             );
                         }

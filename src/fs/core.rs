@@ -13,6 +13,7 @@ use super::cache::Cache;
 use super::error::FsError;
 use super::inodes::Inodes;
 use super::node::{CERT_FILES, Node};
+use crate::metrics;
 use crate::render::RenderError;
 use crate::render::cert::{self, CertFiles};
 use crate::render::key;
@@ -613,6 +614,9 @@ impl FsCore {
         let unchanged = self.dir_digests.lock().insert(ino, digest) == Some(digest);
         let fh = self.next_handle.fetch_add(1, Ordering::Relaxed);
         self.dir_handles.lock().insert(fh, Arc::new(entries));
+        // The open-handles gauge follows what this process holds (handles a predecessor gave
+        // out count once this one takes them up, and never go below zero).
+        metrics::handles(1);
         Ok(OpenedDir { fh, unchanged })
     }
 
@@ -625,11 +629,17 @@ impl FsCore {
     /// directory is listed again, under the same handle.
     pub async fn reopen_dir(&self, ino: u64, fh: u64) -> Result<Arc<Vec<DirEntry>>, FsError> {
         let entries = Arc::new(self.readdir(ino).await?);
-        Ok(self.dir_handles.lock().entry(fh).or_insert(entries).clone())
+        let mut handles = self.dir_handles.lock();
+        if !handles.contains_key(&fh) {
+            metrics::handles(1);
+        }
+        Ok(handles.entry(fh).or_insert(entries).clone())
     }
 
     pub fn releasedir(&self, fh: u64) {
-        self.dir_handles.lock().remove(&fh);
+        if self.dir_handles.lock().remove(&fh).is_some() {
+            metrics::handles(-1);
+        }
     }
 
     /// Open a file for reading: the handle holds the bytes as they are now, so a rotation while
@@ -654,6 +664,7 @@ impl FsCore {
             .entry((ino, fh))
             .and_modify(|f| f.opens += 1)
             .or_insert(OpenFile { content, opens: 1 });
+        metrics::handles(1);
         Ok(Opened {
             fh,
             immutable: node.version().is_some(),
@@ -678,10 +689,10 @@ impl FsCore {
     ) -> Result<Vec<u8>, FsError> {
         let content = self.reopen(ino, fh).await?;
         let bytes = slice(&content.bytes, offset, size).to_vec();
-        self.handles
-            .lock()
-            .entry((ino, fh))
-            .or_insert(OpenFile { content, opens: 1 });
+        if let std::collections::hash_map::Entry::Vacant(v) = self.handles.lock().entry((ino, fh)) {
+            v.insert(OpenFile { content, opens: 1 });
+            metrics::handles(1);
+        }
         Ok(bytes)
     }
 
@@ -737,6 +748,7 @@ impl FsCore {
     pub fn release(&self, ino: u64, fh: u64) {
         let mut handles = self.handles.lock();
         if let Some(file) = handles.get_mut(&(ino, fh)) {
+            metrics::handles(-1);
             file.opens -= 1;
             if file.opens == 0 {
                 handles.remove(&(ino, fh));

@@ -51,6 +51,22 @@ impl FsError {
             FsError::BadHandle => libc::EBADF,
         }
     }
+
+    /// The errno's symbolic name (`EIO`), for log fields an operator filters on.
+    pub fn errno_name(&self) -> &'static str {
+        match self {
+            FsError::NotFound => "ENOENT",
+            FsError::AccessDenied => "EACCES",
+            FsError::Io => "EIO",
+            FsError::ReadOnly => "EROFS",
+            FsError::NotDir => "ENOTDIR",
+            FsError::IsDir => "EISDIR",
+            FsError::NoAttribute => "ENODATA",
+            FsError::NotSupported => "EOPNOTSUPP",
+            FsError::NameTooLong => "ENAMETOOLONG",
+            FsError::BadHandle => "EBADF",
+        }
+    }
 }
 
 impl From<VaultError> for FsError {
@@ -70,7 +86,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn vault_errors_map_to_the_errno_of_product_md() {
+    fn vault_errors_map_to_the_errno_of_semantics_md() {
         assert_eq!(FsError::from(VaultError::NotFound).errno(), libc::ENOENT);
         assert_eq!(FsError::from(VaultError::Disabled).errno(), libc::ENOENT);
         assert_eq!(

@@ -260,7 +260,7 @@ mod tests {
     }
 
     #[test]
-    fn the_tree_of_product_md() {
+    fn the_tree_of_semantics_md() {
         let root = Node::Root;
         let names: Vec<String> = root.fixed_children().into_iter().map(|c| c.0).collect();
         assert_eq!(names, ["secrets", "keys", "certs", "versions"]);

@@ -111,13 +111,15 @@ pub(super) fn ask(
         }
         Err(e) => return Err(refusal(settings, e)),
     };
-    let (init, resend, generation, hints) = match message {
+    let (init, resend, generation, hints, metrics, starts) = match message {
         Handoff::Offer {
             init,
             resend,
             generation,
             hints,
-        } => (init, resend, generation, hints),
+            metrics,
+            starts,
+        } => (init, resend, generation, hints, metrics, starts),
         Handoff::Refused { reason } => return Err(refusal(settings, reason)),
         other => return Err(refusal(settings, format!("unexpected {other:?}"))),
     };
@@ -125,6 +127,10 @@ pub(super) fn ask(
     let (Some(fuse), Some(journal)) = (fds.next(), fds.next()) else {
         return Err(refusal(settings, "the offer came without its descriptors"));
     };
+    let metrics = fds
+        .next()
+        .filter(|_| metrics)
+        .map(std::net::TcpListener::from);
     let conn = Connection {
         fuse,
         init,
@@ -134,6 +140,8 @@ pub(super) fn ask(
         readers: Vec::new(),
         generation,
         hints,
+        metrics,
+        starts,
     };
     Ok(Some(Offer { incumbent, conn }))
 }
@@ -151,6 +159,14 @@ pub(super) fn take_over(
         mut conn,
     } = offer;
     tracing::info!(mountpoint, "taking the mount over from the kvfs serving it");
+    conn.metrics = match metrics_listener(&settings, conn.metrics.take()) {
+        Ok(l) => l,
+        Err(reason) => {
+            abort(&incumbent, &reason);
+            return Err(reason);
+        }
+    };
+    conn.starts.takeovers += 1;
 
     let (pid, control) = spawn_worker()?;
     let mut worker = Worker {
@@ -213,6 +229,27 @@ pub(super) fn take_over(
     Ok(supervisor)
 }
 
+/// The metrics socket a successor serves on: the incumbent's when it listens where we are told
+/// to (the same socket, so the port never stops answering), a new one when the address changed,
+/// none when metrics are off.
+fn metrics_listener(
+    settings: &MountSettings,
+    inherited: Option<std::net::TcpListener>,
+) -> Result<Option<std::net::TcpListener>, String> {
+    let Some(wanted) = settings.metrics_addr else {
+        return Ok(None);
+    };
+    if let Some(l) = inherited
+        && let Ok(have) = l.local_addr()
+        && have.ip() == wanted.ip()
+        && (have.port() == wanted.port() || wanted.port() == 0)
+    {
+        tracing::info!(addr = %have, "metrics and health endpoints: serving on the socket taken over");
+        return Ok(Some(l));
+    }
+    super::supervisor::bind_metrics(wanted).map(Some)
+}
+
 impl Supervisor {
     /// The incumbent's side, when someone connects to the control socket. True when the mount
     /// now belongs to a successor.
@@ -262,8 +299,11 @@ impl Supervisor {
             resend: self.conn.resend,
             generation: self.conn.generation,
             hints: self.conn.hints.clone(),
+            metrics: self.conn.metrics.is_some(),
+            starts: self.conn.starts,
         };
-        let fds = [self.conn.fuse.as_fd(), self.conn.journal.as_fd()];
+        let mut fds = vec![self.conn.fuse.as_fd(), self.conn.journal.as_fd()];
+        fds.extend(self.conn.metrics.as_ref().map(|l| l.as_fd()));
         successor
             .send(&offer, &fds)
             .map_err(|e| format!("cannot send the offer: {e}"))?;

@@ -3,6 +3,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::metrics::WorkerStarts;
+
 /// What an earlier worker of the same mount chose, so a restarted one starts at once: the auth
 /// method `auto` settled on (no second round of probing), the tenant learned from the vault.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -13,7 +15,7 @@ pub struct Hints {
 
 /// How to serve a connection. The file descriptors travel with the message, in this order:
 /// `/dev/fuse`, the inode journal, then `readers` clones of `/dev/fuse` that the supervisor keeps
-/// open, one per session thread.
+/// open, one per session thread, then the metrics listener when `metrics` says so.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Serve {
     /// The INIT request the kernel sent when the mount was made.
@@ -26,6 +28,12 @@ pub struct Serve {
     /// Numbers this worker's handles, so they never collide with a predecessor's.
     pub generation: u32,
     pub readers: u32,
+    /// A listening TCP socket for `--metrics-addr` comes last.
+    #[serde(default)]
+    pub metrics: bool,
+    /// How many workers the mount has had to start, for the metrics.
+    #[serde(default)]
+    pub starts: WorkerStarts,
 }
 
 /// Whether a preparing worker gets its first token before it says it is prepared.
@@ -83,12 +91,18 @@ pub enum Handoff {
     Hello { version: String, vault_url: String },
     /// Incumbent: no (another vault, say).
     Refused { reason: String },
-    /// Incumbent: the connection (fds as in [`Serve`]); my worker still serves.
+    /// Incumbent: the connection (fds: `/dev/fuse`, the journal, then the metrics listener
+    /// when `metrics` says so); my worker still serves.
     Offer {
         init: Vec<u8>,
         resend: bool,
         generation: u32,
         hints: Hints,
+        /// Absent from older kvfs versions, which have no metrics listener to pass on.
+        #[serde(default)]
+        metrics: bool,
+        #[serde(default)]
+        starts: WorkerStarts,
     },
     /// Successor: my worker is prepared; stop yours.
     Ready,

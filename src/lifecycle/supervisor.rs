@@ -28,6 +28,7 @@ use crate::cli::{AfterHandoff, MountSettings};
 use crate::fs::journal::Journal;
 use crate::fusedev::{self, Liveness};
 use crate::ipc::{Channel, Listener, Received};
+use crate::metrics::WorkerStarts;
 use crate::mount::Readiness;
 
 /// Longest a worker may take to build its credential and vault client (`auto` probing is
@@ -73,6 +74,10 @@ pub(super) struct Connection {
     /// Of the last worker started.
     pub generation: u32,
     pub hints: Hints,
+    /// The `--metrics-addr` socket, bound once for the life of the mount and handed to each
+    /// worker (and to a successor), so the port answers across restarts and upgrades.
+    pub metrics: Option<std::net::TcpListener>,
+    pub starts: WorkerStarts,
 }
 
 pub(super) struct Worker {
@@ -310,6 +315,8 @@ impl Supervisor {
         signals: SignalFd,
         socket_path: PathBuf,
     ) -> Result<Supervisor, String> {
+        // Before anything else: a port that is taken fails the mount before it exists.
+        let metrics = settings.metrics_addr.map(bind_metrics).transpose()?;
         let (pid, control) = spawn_worker()?;
         let mut worker = Worker {
             pid,
@@ -360,6 +367,8 @@ impl Supervisor {
             readers,
             generation: 0,
             hints,
+            metrics,
+            starts: WorkerStarts::default(),
         };
         let mut supervisor = Supervisor::new(settings, signals, socket_path, conn);
         if let Err(e) = supervisor.serve_with(&mut worker) {
@@ -393,9 +402,12 @@ impl Supervisor {
             resend: self.conn.resend,
             generation: self.conn.generation,
             readers: self.conn.readers.len() as u32,
+            metrics: self.conn.metrics.is_some(),
+            starts: self.conn.starts,
         });
         let mut fds = vec![self.conn.fuse.as_fd(), self.conn.journal.as_fd()];
         fds.extend(self.conn.readers.iter().map(|r| r.as_fd()));
+        fds.extend(self.conn.metrics.as_ref().map(|l| l.as_fd()));
         worker
             .control
             .send(&message, &fds)
@@ -462,6 +474,7 @@ impl Supervisor {
 
     /// A replacement worker on the same connection.
     pub(super) fn start_worker(&mut self) -> Result<(), String> {
+        self.conn.starts.replacements += 1;
         let (pid, control) = spawn_worker()?;
         let mut worker = Worker {
             pid,
@@ -647,6 +660,9 @@ impl Supervisor {
 
     /// A successor took the mount over: exit without unmounting, or idle until told to stop.
     fn after_handoff(mut self) -> Result<(), String> {
+        // The successor has its own copy; an idle incumbent must not keep the port open with
+        // nobody accepting if the successor chose to serve no metrics.
+        self.conn.metrics = None;
         if self.settings.after_handoff == AfterHandoff::Wait {
             tracing::info!("handed over; waiting for SIGTERM (which will not unmount)");
             self.listener = None;
@@ -658,6 +674,16 @@ impl Supervisor {
         }
         Ok(())
     }
+}
+
+/// Bind the `--metrics-addr` socket (std sets `SO_REUSEADDR`, so a port left in TIME_WAIT by a
+/// previous kvfs is reusable). A port that is taken is a one-line error.
+pub(super) fn bind_metrics(addr: std::net::SocketAddr) -> Result<std::net::TcpListener, String> {
+    let listener = std::net::TcpListener::bind(addr)
+        .map_err(|e| format!("cannot listen for metrics on {addr} (--metrics-addr): {e}"))?;
+    let bound = listener.local_addr().map_or(addr, |a| a);
+    tracing::info!(addr = %bound, "metrics and health endpoints listening");
+    Ok(listener)
 }
 
 /// Whether `pid` is stopped by a signal (state `T` in `/proc/<pid>/stat`; not `t`, a tracee a

@@ -20,6 +20,7 @@ use crate::fuse::FuseAdapter;
 use crate::fusedev;
 use crate::invalidate::Invalidator;
 use crate::ipc::{Channel, Received};
+use crate::metrics;
 use crate::vault::azure::{self, AzureVault, AzureVaultOptions};
 
 /// The environment variable that tells a `kvfs mount` process it is a worker, and on which fd
@@ -37,6 +38,8 @@ pub fn session_threads() -> usize {
 /// How long a stopping worker waits for its answers before giving up (a vault call's own limit
 /// is 10 s per attempt).
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a stopping worker waits for the metrics requests it holds.
+const HTTP_STOP_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Run as the worker whose supervisor channel is `control`. Never returns.
 pub fn run(settings: MountSettings, control: Channel) -> ! {
@@ -102,12 +105,14 @@ fn serve(mut settings: MountSettings, control: &Channel) -> Result<i32, String> 
     let (Some(connection), Some(journal)) = (fds.next(), fds.next()) else {
         return Err("Serve came without the connection and journal descriptors".into());
     };
-    let readers: Vec<OwnedFd> = fds.take(serve.readers as usize).collect();
+    let readers: Vec<OwnedFd> = fds.by_ref().take(serve.readers as usize).collect();
+    let metrics = fds.next().filter(|_| serve.metrics);
     let running = start_serving(&settings, prepared, &serve, &connection, journal, readers)?;
+    let http = metrics.and_then(|listener| serve_metrics(&settings, &serve, &running, listener));
     control
         .send(&FromWorker::Serving, &[])
         .map_err(|e| format!("cannot reach the supervisor: {e}"))?;
-    Ok(wait_for_the_end(&settings, control, running))
+    Ok(wait_for_the_end(&settings, control, running, http))
 }
 
 fn apply_hints(settings: &mut MountSettings, hints: &Hints) {
@@ -259,9 +264,9 @@ fn token_scope(settings: &MountSettings) -> String {
 }
 
 struct Running {
-    /// Held, never used again here: the tasks answering requests and refreshing the cache run
-    /// on it for as long as the worker lives.
-    _runtime: tokio::runtime::Runtime,
+    /// Held for as long as the worker lives: the tasks answering requests, refreshing the cache
+    /// and serving the metrics endpoint run on it.
+    runtime: tokio::runtime::Runtime,
     sessions: Vec<fuser::BackgroundSession>,
     gate: Arc<Gate>,
     core: Arc<FsCore>,
@@ -393,24 +398,54 @@ fn start_serving(
         "serving"
     );
     Ok(Running {
-        _runtime: runtime,
+        runtime,
         sessions,
         gate,
         core,
     })
 }
 
+/// The metrics and health endpoints, on the socket the supervisor bound (see `metrics::http`).
+/// A failure here is logged, not fatal: the mount matters more than its metrics.
+fn serve_metrics(
+    settings: &MountSettings,
+    serve: &Serve,
+    running: &Running,
+    listener: OwnedFd,
+) -> Option<metrics::http::Server> {
+    let registry = metrics::registry(metrics::Sources {
+        cache: Some(running.core.cache().clone()),
+        starts: serve.starts,
+    });
+    let health = metrics::health::Health::new(settings.mountpoint.clone(), settings.max_stale);
+    let listener = std::net::TcpListener::from(listener);
+    let cache = Some(running.core.cache().clone());
+    metrics::http::spawn(listener, registry, health, cache, running.runtime.handle())
+        .inspect_err(|e| tracing::warn!("cannot serve the metrics endpoint: {e}"))
+        .ok()
+}
+
 /// Serve until told to stop (drain, say so, exit 0), until the connection ends (exit 0), or
 /// until the supervisor is gone (exit 1: nothing would restart us). The process then exits
 /// without tearing anything down: dropping the runtime or the session would answer requests
 /// still in hand with EIO, which a successor should answer instead (or the kernel fail).
-fn wait_for_the_end(settings: &MountSettings, control: &Channel, running: Running) -> i32 {
-    let code = serve_until_the_end(settings, control, &running);
+fn wait_for_the_end(
+    settings: &MountSettings,
+    control: &Channel,
+    running: Running,
+    http: Option<metrics::http::Server>,
+) -> i32 {
+    let code = serve_until_the_end(settings, control, &running, http.as_ref());
     std::mem::forget(running);
     code
 }
 
-fn serve_until_the_end(settings: &MountSettings, control: &Channel, running: &Running) -> i32 {
+fn serve_until_the_end(
+    settings: &MountSettings,
+    control: &Channel,
+    running: &Running,
+    http: Option<&metrics::http::Server>,
+) -> i32 {
     loop {
         if running.sessions.iter().any(|s| s.guard.is_finished()) {
             tracing::info!("the connection ended (unmounted)");
@@ -420,7 +455,16 @@ fn serve_until_the_end(settings: &MountSettings, control: &Channel, running: &Ru
         match control.recv::<ToWorker>(Some(Duration::from_millis(250))) {
             Ok(Received::TimedOut) => continue,
             Ok(Received::Message(ToWorker::Stop, _)) => {
+                // The endpoints stop accepting first, so new connections queue for the
+                // successor; what they hold is answered while the FUSE requests drain (no
+                // answer there waits on the mount once stopping), and waited for after.
+                if let Some(http) = http {
+                    http.stop();
+                }
                 drain(settings, running);
+                if let Some(http) = http {
+                    http.finish(HTTP_STOP_TIMEOUT);
+                }
                 let _ = control.send(&FromWorker::Drained, &[]);
                 return 0;
             }

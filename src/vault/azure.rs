@@ -5,7 +5,7 @@
 //! policy, both chosen here rather than taken from the crates' defaults:
 //!
 //! * **Retries are few and short.** The crate default (8 retries, up to 60 s) made a vault that
-//!   answers 503 take about 82 s to fail (AZURE_IDENTITY_NOTES.md). kvfs serves the last good value
+//!   answers 503 take over a minute to fail. kvfs serves the last good value
 //!   while the vault is unwell, so it wants the failure *promptly*: [`DEFAULT_MAX_RETRIES`] retries,
 //!   200 ms then 400 ms (plus jitter), delays capped at [`RETRY_MAX_DELAY`] even when the server's
 //!   `Retry-After` asks for longer, and no new retry once `request_timeout` has passed since the

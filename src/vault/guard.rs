@@ -113,7 +113,13 @@ impl HttpClient for GuardedTransport {
             // Not logged here: the error reaches the filesystem, which logs it once.
             return Err(refused.into_error());
         }
-        let response = self.inner.execute_request(request).await?;
+        // Counted by the shape of the path only (never the name or version in it).
+        let op = crate::metrics::VaultOp::classify(request.method().as_str(), request.url().path());
+        let started = std::time::Instant::now();
+        let response = self.inner.execute_request(request).await;
+        let status = response.as_ref().ok().map(|r| u16::from(r.status()));
+        crate::metrics::vault_request(op, status, started.elapsed());
+        let response = response?;
         let cap = self.max_body;
         let declared = response
             .headers()

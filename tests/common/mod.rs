@@ -292,3 +292,27 @@ pub fn since(vault: &TestVault, mark: u64, op: &str) -> Vec<testvault::LogEntry>
         .filter(|e| e.seq > mark && e.op == op)
         .collect()
 }
+
+/// `kvfs` processes (supervisors and workers) whose arguments name `dir`.
+pub fn kvfs_pids_for(dir: &Path) -> Vec<i32> {
+    let wanted = dir.display().to_string();
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+        let is_kvfs = args.iter().any(|a| a.ends_with(b"kvfs"));
+        if is_kvfs && args.contains(&wanted.as_bytes()) && pid != std::process::id() as i32 {
+            pids.push(pid);
+        }
+    }
+    pids
+}

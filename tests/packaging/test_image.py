@@ -51,6 +51,9 @@ def test_image_is_the_binary_its_libraries_and_the_ca_bundle(packages):
     assert {"libc6", "libssl3", "ca-certificates"} <= set(shipped), shipped
     assert "unknown" not in shipped.values(), shipped
     assert config["config"]["Entrypoint"] == ["/usr/bin/kvfs"]
+    # Manifests that run the command `kvfs` (packaging/kubernetes) find it on the image's PATH.
+    path = next(e for e in config["config"]["Env"] if e.startswith("PATH="))
+    assert "/usr/bin" in path.removeprefix("PATH=").split(":"), path
     assert config["config"]["StopSignal"] == "SIGTERM"
     assert (config["os"], config["architecture"]) == ("linux", "amd64")
 
@@ -89,6 +92,7 @@ def runtime_spec(spec: dict, vault, host_dir: Path, args: list[str], ca_at: str)
     process = spec["process"]
     process["terminal"] = False
     process["args"] = args
+    # The image's environment (its PATH) as umoci put it in the runtime config, plus the test's.
     env = [e for e in process.get("env", []) if not e.startswith("AZURE_")]
     env += [f"{k}={v}" for k, v in vault.env().items()]
     env.append("KVFS_LOG=kvfs=debug,warn")
@@ -157,7 +161,8 @@ def test_runc_runs_the_image_and_the_host_reads_through_its_mount(packages, vaul
     subprocess.run(["mount", "--bind", str(host_dir), str(host_dir)], check=True)
     subprocess.run(["mount", "--make-shared", str(host_dir)], check=True)
 
-    args = ["/usr/bin/kvfs", "mount", vault.url, MOUNT_IN_CONTAINER, "--foreground",
+    # The command as the Kubernetes manifests give it: `kvfs`, found on the image's PATH.
+    args = ["kvfs", "mount", vault.url, MOUNT_IN_CONTAINER, "--foreground",
             "--auth", "client-secret", *ca_args,
             "--no-verify-challenge-resource", "--cache-ttl", "1s"]
     config = bundle / "config.json"

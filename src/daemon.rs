@@ -34,10 +34,16 @@ pub fn detach_and_wait() -> Result<(), String> {
         .args(args)
         .env(READY_FD_ENV, CHILD_FD.to_string())
         // The daemon outlives this command: it must not hold the caller's terminal or pipes
-        // (a script capturing our output would wait forever). Logs go to --log-file.
+        // (a script capturing our output would wait forever). Logs go to --log-file, or to
+        // systemd's journal when that is our stderr (a reload's successor, a mount unit's
+        // helper): nobody waits for the journal's end of file.
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::null());
+        .stderr(if stderr_is_journal() {
+            Stdio::inherit()
+        } else {
+            Stdio::null()
+        });
     // SAFETY: only async-signal-safe calls (setsid, dup2) between fork and exec.
     unsafe {
         command.pre_exec(move || {
@@ -73,4 +79,39 @@ pub fn detach_and_wait() -> Result<(), String> {
     Err(format!(
         "the kvfs daemon ended before the mount was ready ({status})"
     ))
+}
+
+/// Whether stderr is systemd's journal: systemd sets `$JOURNAL_STREAM` to `DEVICE:INODE` of the
+/// stream it connects a service's stderr to (and so do the commands of a mount unit).
+fn stderr_is_journal() -> bool {
+    // SAFETY: libc::stat is plain data, for which all zeroes is a valid value.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: fstat only writes into the struct it is given.
+    if unsafe { libc::fstat(libc::STDERR_FILENO, &mut st) } != 0 {
+        return false;
+    }
+    std::env::var("JOURNAL_STREAM")
+        .is_ok_and(|v| names_stream(&v, st.st_dev as u64, st.st_ino as u64))
+}
+
+/// Whether a `$JOURNAL_STREAM` value names the file with this device and inode.
+fn names_stream(value: &str, dev: u64, ino: u64) -> bool {
+    value
+        .split_once(':')
+        .is_some_and(|(d, i)| d.parse() == Ok(dev) && i.parse() == Ok(ino))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::names_stream;
+
+    #[test]
+    fn journal_stream_names_one_device_and_inode() {
+        assert!(names_stream("8:12345", 8, 12345));
+        assert!(!names_stream("8:12345", 8, 12346));
+        assert!(!names_stream("9:12345", 8, 12345));
+        for bad in ["", "8", "8:", ":12345", "8:12345:1", "x:y"] {
+            assert!(!names_stream(bad, 8, 12345), "{bad:?}");
+        }
+    }
 }

@@ -1557,7 +1557,8 @@ mod tests {
             // A short signature. Not `sig[1..]`: an RSA signature that happens to start with a
             // zero byte is the same number without it, and OpenSSL rightly accepts that.
             assert!(
-                !key.verify_digest(alg, &digest, &sig[..sig_len - 1]).unwrap(),
+                !key.verify_digest(alg, &digest, &sig[..sig_len - 1])
+                    .unwrap(),
                 "{alg}"
             );
             let other = sha(md, b"another message");

@@ -16,6 +16,9 @@ use std::time::{Duration, Instant};
 use common::{KVFS, Mount, kvfs_env, mount_args, sample_seed, start_vault, wait_until};
 use testvault::faults::Fault;
 
+/// The sample seed's `api-key`.
+const API_KEY: &str = "sk_test_4eC39HqLyjWDarjtT1zdp7dc";
+
 /// Every wait in this file is bounded by this (the machines are busy; nothing is timed).
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -93,6 +96,12 @@ fn sample(body: &str, series: &str) -> f64 {
                 .ok()
         })
         .unwrap_or(0.0)
+}
+
+/// The scrape says the mount has started exactly one worker of `kind` since it was mounted.
+fn assert_one_start(body: &str, kind: &str) {
+    let series = format!("kvfs_worker_starts_total{{kind=\"{kind}\"}}");
+    assert_eq!(sample(body, &series), 1.0, "{body}");
 }
 
 fn scrape(addr: SocketAddr) -> String {
@@ -291,15 +300,8 @@ fn the_port_answers_across_a_worker_kill() {
     let health = get_ok(addr, "/healthz");
     assert_eq!(health.status, 200, "{health:?}");
     let body = scrape(addr);
-    assert_eq!(
-        sample(&body, "kvfs_worker_starts_total{kind=\"replacement\"}"),
-        1.0,
-        "{body}"
-    );
-    assert_eq!(
-        m.read("secrets/api-key").unwrap(),
-        "sk_test_4eC39HqLyjWDarjtT1zdp7dc"
-    );
+    assert_one_start(&body, "replacement");
+    assert_eq!(m.read("secrets/api-key").unwrap(), API_KEY);
 }
 
 #[test]
@@ -366,15 +368,8 @@ fn the_port_answers_throughout_a_takeover() {
         "requests without an answer: {failures:?}"
     );
     let body = scrape(addr);
-    assert_eq!(
-        sample(&body, "kvfs_worker_starts_total{kind=\"takeover\"}"),
-        1.0,
-        "{body}"
-    );
-    assert_eq!(
-        m.read("secrets/api-key").unwrap(),
-        "sk_test_4eC39HqLyjWDarjtT1zdp7dc"
-    );
+    assert_one_start(&body, "takeover");
+    assert_eq!(m.read("secrets/api-key").unwrap(), API_KEY);
 }
 
 /// SIGTERM (then SIGKILL) a child on drop, so a failed test leaves no kvfs behind.
@@ -662,11 +657,11 @@ fn a_successor_in_another_network_namespace_binds_its_own_port_and_the_idle_one_
     let vault = start_vault();
     let port = free_port();
     let metrics = format!("127.0.0.1:{port}");
-    let mut m2 = Mount::start(
+    let mut m = Mount::start(
         &vault,
         &["--metrics-addr", &metrics, "--after-handoff", "wait"],
     );
-    m2.read("secrets/api-key").unwrap();
+    m.read("secrets/api-key").unwrap();
     let old = SocketAddr::from(([127, 0, 0, 1], port));
     assert_eq!(get_ok(old, "/readyz").status, 200);
 
@@ -678,7 +673,7 @@ fn a_successor_in_another_network_namespace_binds_its_own_port_and_the_idle_one_
     pod.forward(vault_port);
     let logs = tempfile::tempdir().unwrap();
     let log = logs.path().join("successor.log");
-    let mut args = mount_args(&vault, m2.dir.path(), &["--metrics-addr", &metrics]);
+    let mut args = mount_args(&vault, m.dir.path(), &["--metrics-addr", &metrics]);
     args.push("--foreground".into());
     let (env, log_file) = (kvfs_env(&vault), std::fs::File::create(&log).unwrap());
     let mut successor = pod
@@ -704,18 +699,11 @@ fn a_successor_in_another_network_namespace_binds_its_own_port_and_the_idle_one_
     let ready = get(old, "/readyz").unwrap();
     assert_eq!(ready.status, 503, "{ready:?}");
     assert!(ready.body.contains("handed the mount over"), "{ready:?}");
-    assert!(m2.child.as_mut().unwrap().try_wait().unwrap().is_none());
+    assert!(m.child.as_mut().unwrap().try_wait().unwrap().is_none());
     // The new kvfs answers on the same address in its own namespace, and serves the mount.
     let inside = pod.run(move || get(old, "/readyz")).unwrap();
     assert_eq!(inside.status, 200, "{inside:?}");
     let body = pod.run(move || scrape(old));
-    assert_eq!(
-        sample(&body, "kvfs_worker_starts_total{kind=\"takeover\"}"),
-        1.0,
-        "{body}"
-    );
-    assert_eq!(
-        m2.read("secrets/api-key").unwrap(),
-        "sk_test_4eC39HqLyjWDarjtT1zdp7dc"
-    );
+    assert_one_start(&body, "takeover");
+    assert_eq!(m.read("secrets/api-key").unwrap(), API_KEY);
 }

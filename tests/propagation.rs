@@ -40,9 +40,13 @@ const WAIT: Duration = Duration::from_secs(20);
 struct SelfBind(PathBuf);
 
 impl SelfBind {
-    fn new(dir: &Path) -> SelfBind {
+    /// Bind `dir` on itself and give the new mount point `propagation` (`--make-rshared`,
+    /// `--make-private`, ...).
+    fn new(dir: &Path, propagation: &str) -> SelfBind {
         succeed(Command::new("mount").arg("--bind").arg(dir).arg(dir));
-        SelfBind(dir.to_path_buf())
+        let bind = SelfBind(dir.to_path_buf());
+        succeed(Command::new("mount").arg(propagation).arg(dir));
+        bind
     }
 }
 
@@ -193,8 +197,7 @@ fn a_node_mount_reaches_a_pod_started_before_it_and_nothing_flows_back() {
     let node = tempfile::tempdir().unwrap();
     let host_path = node.path().join("var-lib-kvfs");
     std::fs::create_dir(&host_path).unwrap();
-    let _host_bind = SelfBind::new(&host_path);
-    succeed(Command::new("mount").arg("--make-rshared").arg(&host_path));
+    let _host_bind = SelfBind::new(&host_path, "--make-rshared");
     let vault_dir = host_path.join("myvault");
     std::fs::create_dir(&vault_dir).unwrap();
     // Directories the pods will mount over, to show whose mounts reach the node.
@@ -423,8 +426,7 @@ fn a_sidecar_mount_on_an_empty_dir_reaches_the_app_container() {
     // pod's emptyDir a plain directory in it.
     let kubelet = node.path().join("var-lib-kubelet");
     std::fs::create_dir(&kubelet).unwrap();
-    let _kubelet_bind = SelfBind::new(&kubelet);
-    succeed(Command::new("mount").arg("--make-rshared").arg(&kubelet));
+    let _kubelet_bind = SelfBind::new(&kubelet, "--make-rshared");
     let empty_dir = kubelet.join("pods/0000/volumes/kubernetes.io~empty-dir/vault");
     std::fs::create_dir_all(&empty_dir).unwrap();
     // The containers' root file systems: private mount points, so that what the containers mount
@@ -434,8 +436,7 @@ fn a_sidecar_mount_on_an_empty_dir_reaches_the_app_container() {
     let mut roots = Vec::new();
     for root in [&sidecar_root, &app_root] {
         std::fs::create_dir_all(root.join("vault")).unwrap();
-        roots.push(SelfBind::new(root));
-        succeed(Command::new("mount").arg("--make-private").arg(root));
+        roots.push(SelfBind::new(root, "--make-private"));
     }
     let sidecar_vault = sidecar_root.join("vault");
     let app_vault = app_root.join("vault");

@@ -1154,15 +1154,18 @@ impl Inner {
                     backoff,
                     expiry_logged: previous_outage.is_some_and(|o| o.expiry_logged),
                 };
+                // The fields every outage line carries (`--log-format json` filters on them).
+                let kind = object.collection().as_str();
+                let errno = FsError::from(error.clone()).errno_name();
                 if !error.is_transient() {
                     // Access revoked (401/403) or an answer we do not understand: what we hold
                     // may no longer be served, so drop it.
                     if new_condition {
                         crate::log_limited!(self.log_limits, "vault refused", error,
-                            kind = object.collection().as_str(),
+                            kind,
                             object = %object,
                             op = "get",
-                            errno = FsError::from(error.clone()).errno_name(),
+                            errno,
                             cause = %error,
                             "vault refused the request; not serving a cached value for it"
                         );
@@ -1184,7 +1187,7 @@ impl Inner {
                     {
                         if new_condition {
                             crate::log_limited!(self.log_limits, "vault failing, served stale", warn,
-                                kind = object.collection().as_str(),
+                                kind,
                                 object = %object,
                                 op = "get",
                                 cause = %error,
@@ -1201,10 +1204,10 @@ impl Inner {
                     Some(_) => {
                         if !outage.expiry_logged {
                             crate::log_limited!(self.log_limits, "vault failing, too stale", warn,
-                                kind = object.collection().as_str(),
+                                kind,
                                 object = %object,
                                 op = "get",
-                                errno = FsError::from(error.clone()).errno_name(),
+                                errno,
                                 cause = %error,
                                 "vault failing and the last good answer is older than --max-stale; reads fail until it recovers"
                             );
@@ -1215,10 +1218,10 @@ impl Inner {
                     None => {
                         if new_condition {
                             crate::log_limited!(self.log_limits, "vault failing, nothing cached", warn,
-                                kind = object.collection().as_str(),
+                                kind,
                                 object = %object,
                                 op = "get",
-                                errno = FsError::from(error.clone()).errno_name(),
+                                errno,
                                 cause = %error,
                                 "vault failing and nothing cached for this object; reads fail (EIO) until it recovers"
                             );

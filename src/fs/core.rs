@@ -630,10 +630,11 @@ impl FsCore {
     pub async fn reopen_dir(&self, ino: u64, fh: u64) -> Result<Arc<Vec<DirEntry>>, FsError> {
         let entries = Arc::new(self.readdir(ino).await?);
         let mut handles = self.dir_handles.lock();
-        if !handles.contains_key(&fh) {
+        let held = handles.entry(fh).or_insert_with(|| {
             metrics::handles(1);
-        }
-        Ok(handles.entry(fh).or_insert(entries).clone())
+            entries
+        });
+        Ok(held.clone())
     }
 
     pub fn releasedir(&self, fh: u64) {

@@ -52,20 +52,10 @@ impl FsError {
         }
     }
 
-    /// The errno's symbolic name (`EIO`), for log fields an operator filters on.
+    /// The errno's symbolic name (`EIO`), for log fields an operator filters on: the same
+    /// names the metrics' `errno` label uses.
     pub fn errno_name(&self) -> &'static str {
-        match self {
-            FsError::NotFound => "ENOENT",
-            FsError::AccessDenied => "EACCES",
-            FsError::Io => "EIO",
-            FsError::ReadOnly => "EROFS",
-            FsError::NotDir => "ENOTDIR",
-            FsError::IsDir => "EISDIR",
-            FsError::NoAttribute => "ENODATA",
-            FsError::NotSupported => "EOPNOTSUPP",
-            FsError::NameTooLong => "ENAMETOOLONG",
-            FsError::BadHandle => "EBADF",
-        }
+        crate::metrics::errno_name(self.errno())
     }
 }
 

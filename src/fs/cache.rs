@@ -139,6 +139,7 @@ use tokio::time::Instant;
 
 use super::error::FsError;
 use super::refresh::Refresher;
+use crate::vault::clock::VaultClock;
 use crate::vault::{
     CertificateValue, Collection, KeyValue, ObjectProps, SecretValue, VaultClient, VaultError,
     valid_name, valid_version,
@@ -301,8 +302,10 @@ impl Cache {
             // fetched secret is exactly what the next read wants.
             .eviction_policy(EvictionPolicy::lru())
             .build();
+        let clock = client.clock().unwrap_or_default();
         Cache {
             inner: Arc::new(Inner {
+                clock,
                 client,
                 config,
                 slots,
@@ -458,22 +461,47 @@ impl Cache {
     async fn get(&self, request: Request) -> Result<Reply, VaultError> {
         let inner = &self.inner;
         let key = request.key();
-        let now = Instant::now();
-        let slot = inner.slots.get(&key).await;
-        if let Some(slot) = slot.as_deref() {
-            if let Some(answer) = inner.cached_answer(slot, now) {
-                slot.mark_read();
+        let mut waited_for_list = false;
+        let (now, slot) = loop {
+            let now = Instant::now();
+            let slot = inner.slots.get(&key).await;
+            let Some(current) = slot.as_deref() else {
+                break (now, slot);
+            };
+            if let Some(answer) = inner.cached_answer(current, now) {
+                current.mark_read();
                 return answer;
             }
             // The refresher is retrying this collection after a transient failure: it will
             // refetch this entry too (the read makes it hot), so the reader does not add a call.
             if inner.refresher.in_outage(key.collection())
-                && let Some(answer) = inner.last_good(slot, now)
+                && let Some(answer) = inner.last_good(current, now)
             {
-                slot.mark_read();
+                current.mark_read();
                 return answer;
             }
-        }
+            // A list of the collection is under way that will judge this entry when it comes
+            // back: renew it, or start its refetch (which this reader then joins). Wait for it
+            // rather than send a GET beside it: one request per object, whoever asks. Once.
+            if waited_for_list {
+                break (now, slot);
+            }
+            let Some(list) = inner.list_vouching_for(&key, current, now) else {
+                break (now, slot);
+            };
+            waited_for_list = true;
+            // Hot, so that the list renews (or refetches) it rather than leaving it to expire.
+            current.mark_read();
+            Counters::bump(&inner.counters.coalesced);
+            if tokio::time::timeout_at(now + READER_PATIENCE, list)
+                .await
+                .is_err()
+                && let Some(answer) = inner.last_good(current, Instant::now())
+            {
+                // A slow list delays a read of a known value no longer than a slow GET would.
+                return answer;
+            }
+        };
         // Whether this reader has a last answer to fall back on if the vault is slow.
         let fallback = slot.as_deref().filter(|s| inner.has_last_good(s, now));
         let (flight, started, background) = {
@@ -750,9 +778,10 @@ pub(super) struct Known {
     /// Start of the successful fetch, or of the list that renewed it; freshness and `max_stale`
     /// are measured from here.
     pub(super) fetched_at: Instant,
-    /// Wall-clock start of the fetch that got `answer` (not moved by renewals): a list may renew
-    /// the entry only if the value's `updated` is well before it (see `AMBIGUITY_MARGIN`).
-    pub(super) fetched_wall: SystemTime,
+    /// A time the vault's clock had surely reached when the fetch that got `answer` started
+    /// (not moved by renewals): a list may renew the entry only if the value's `updated` second
+    /// ended by then (see `crate::vault::clock`).
+    pub(super) vault_reached: SystemTime,
 }
 
 #[derive(Clone)]
@@ -835,6 +864,9 @@ pub(super) struct Inner {
     pub(super) counters: Counters,
     /// Wall clock (`SystemTime::now` but in tests).
     pub(super) wall: fn() -> SystemTime,
+    /// The vault's clock as its answers show it: the client's, which sees `Date` headers, fed
+    /// here with the `updated` stamps of what the cache receives.
+    clock: Arc<VaultClock>,
     listener: OnceLock<ChangeListener>,
     pub(super) refresher: Refresher,
     /// Outage lines are once per object per outage; across objects (every secret of a vault that
@@ -940,6 +972,24 @@ impl Inner {
         result
     }
 
+    /// The list of `key`'s collection in flight that will judge `slot` when it comes back, if
+    /// `key` is a latest-version entry such a list vouches for and a reader may still wait for
+    /// it: it started after the entry's state was stored, not more than a TTL ago.
+    fn list_vouching_for(
+        &self,
+        key: &Request,
+        slot: &Slot,
+        now: Instant,
+    ) -> Option<Shared<BoxFuture<'static, Answer>>> {
+        key.latest_name()?;
+        let known = slot.known.as_ref()?;
+        let flights = self.flights.lock();
+        let list = flights.get(&Request::List(key.collection()))?;
+        let judges = list.started > known.fetched_at && list.started >= slot.as_of;
+        let young = now.saturating_duration_since(list.started) <= self.config.ttl;
+        (judges && young && list.result.peek().is_none()).then(|| list.result.clone())
+    }
+
     /// A flight of `key` is under way.
     pub(super) fn in_flight(&self, key: &Request) -> bool {
         self.flights.lock().contains_key(key)
@@ -1032,6 +1082,17 @@ impl Inner {
         if let Err(e) = &fetched {
             self.counters.error(e);
         }
+        // The newest stamp received bounds the vault's clock from below (`crate::vault::clock`).
+        let newest = match &fetched {
+            Ok(Value::Props(list)) => list.iter().filter_map(|p| p.updated).max(),
+            Ok(value) => value.props().and_then(|p| p.updated),
+            Err(_) => None,
+        };
+        if let Some(updated) = newest {
+            self.clock.observe_stamp(updated, Instant::now());
+        }
+        // After the answer, so that its own `Date` counts.
+        let vault_reached = self.clock.reached_at(started, started_wall);
         let failure = fetched.as_ref().err().cloned();
         let listed = match (request, &fetched) {
             (Request::List(c), Ok(Value::Props(list))) => Some((*c, Arc::clone(list))),
@@ -1049,7 +1110,7 @@ impl Inner {
                     current.as_deref(),
                     fetched,
                     started,
-                    started_wall,
+                    vault_reached,
                     Instant::now(),
                     request,
                     mode,
@@ -1093,7 +1154,7 @@ impl Inner {
         current: Option<&Slot>,
         fetched: Result<Value, VaultError>,
         started: Instant,
-        started_wall: SystemTime,
+        vault_reached: SystemTime,
         now: Instant,
         object: &Request,
         mode: Mode,
@@ -1122,7 +1183,7 @@ impl Inner {
                     known: Some(Known {
                         answer: fetched,
                         fetched_at: started,
-                        fetched_wall: started_wall,
+                        vault_reached,
                     }),
                     outage: None,
                     as_of: started,

@@ -49,6 +49,7 @@ use azure_security_keyvault_secrets::{SecretClient, SecretClientOptions};
 use futures::StreamExt;
 use parking_lot::Mutex;
 
+use super::clock::{ClockWatch, VaultClock};
 use super::guard::{GuardedTransport, Refused, same_origin};
 use super::pages::PageWalk;
 use super::{
@@ -128,6 +129,8 @@ pub struct AzureVault {
     call_deadline: Duration,
     /// Names already reported as listed twice in different cases (each is logged once).
     case_duplicates_reported: Mutex<std::collections::HashSet<String>>,
+    /// Fed by the transport with every answer's `Date`.
+    clock: Arc<VaultClock>,
 }
 
 impl fmt::Debug for AzureVault {
@@ -169,6 +172,9 @@ impl AzureVault {
         }
         // Every request the clients make, and every body they read, passes the guard.
         let transport = Arc::new(GuardedTransport::new(url.clone(), transport));
+        // Every answer's `Date` teaches the cache the vault's clock (see `super::clock`).
+        let clock = Arc::new(VaultClock::new());
+        let transport = Arc::new(ClockWatch::new(transport, Arc::clone(&clock)));
         let client_options = ClientOptions {
             transport: Some(Transport::new(transport)),
             retry: retry_options(opts.max_retries, opts.request_timeout),
@@ -222,6 +228,7 @@ impl AzureVault {
             certificates,
             call_deadline: Self::call_deadline(opts.request_timeout, opts.max_retries),
             case_duplicates_reported: Mutex::new(Default::default()),
+            clock,
         })
     }
 
@@ -339,6 +346,10 @@ impl AzureVault {
 
 #[async_trait]
 impl VaultClient for AzureVault {
+    fn clock(&self) -> Option<Arc<VaultClock>> {
+        Some(Arc::clone(&self.clock))
+    }
+
     async fn list(&self, collection: Collection) -> Result<Vec<ObjectProps>, VaultError> {
         let op = Op::List(collection);
         let started = pager_error(op);

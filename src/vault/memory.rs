@@ -3,14 +3,18 @@
 //!
 //! Its clock is [`wall_clock`]: wall time that moves with tokio's clock (so a paused test clock
 //! that is advanced moves it too), and `updated`/`created` are whole seconds, as Key Vault's are.
+//! [`MemoryVault::set_clock_skew`] puts the vault's clock ahead of or behind that; every call
+//! reports a `Date` (whole seconds of the vault's clock) to [`VaultClient::clock`], as the real
+//! vault's answers do through the transport.
 
 use std::collections::BTreeMap;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use parking_lot::Mutex;
 
+use super::clock::VaultClock;
 use super::{
     CertificateValue, Collection, KeyValue, ObjectProps, SecretValue, VaultClient, VaultError,
 };
@@ -27,11 +31,9 @@ pub fn wall_clock() -> SystemTime {
     }
 }
 
-/// [`wall_clock`] truncated to whole seconds, the resolution of Key Vault's timestamps.
-fn now_seconds() -> SystemTime {
-    let secs = wall_clock()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
+/// `t` truncated to whole seconds, the resolution of Key Vault's timestamps.
+fn whole_seconds(t: SystemTime) -> SystemTime {
+    let secs = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
     UNIX_EPOCH + Duration::from_secs(secs)
 }
 
@@ -47,11 +49,27 @@ struct Inner {
     delay: Duration,
     calls: BTreeMap<&'static str, u64>,
     next_version: u64,
+    /// The vault's clock minus [`wall_clock`], in milliseconds.
+    skew_ms: i64,
+    /// Whether calls report a `Date` to the clock.
+    dates: bool,
 }
 
-#[derive(Default)]
 pub struct MemoryVault {
     inner: Mutex<Inner>,
+    clock: Arc<VaultClock>,
+}
+
+impl Default for MemoryVault {
+    fn default() -> Self {
+        MemoryVault {
+            inner: Mutex::new(Inner {
+                dates: true,
+                ..Inner::default()
+            }),
+            clock: Arc::new(VaultClock::new()),
+        }
+    }
 }
 
 impl MemoryVault {
@@ -59,12 +77,38 @@ impl MemoryVault {
         Self::default()
     }
 
+    /// Put the vault's clock (its `updated` stamps and `Date`s) `ms` milliseconds ahead of
+    /// [`wall_clock`] (behind when negative).
+    pub fn set_clock_skew(&self, ms: i64) {
+        self.inner.lock().skew_ms = ms;
+    }
+
+    /// Whether calls report a `Date` (on by default; off is a vault whose clock kvfs cannot see).
+    pub fn set_dates(&self, on: bool) {
+        self.inner.lock().dates = on;
+    }
+
+    /// The vault's clock now.
+    fn vault_now(skew_ms: i64) -> SystemTime {
+        let skew = Duration::from_millis(skew_ms.unsigned_abs());
+        if skew_ms >= 0 {
+            wall_clock() + skew
+        } else {
+            wall_clock() - skew
+        }
+    }
+
+    /// The vault's clock in whole seconds (the caller holds the lock).
+    fn now_seconds(inner: &Inner) -> SystemTime {
+        whole_seconds(Self::vault_now(inner.skew_ms))
+    }
+
     /// Add a version; returns its id.
     pub fn set_secret(&self, name: &str, value: &[u8]) -> String {
         let mut inner = self.inner.lock();
         inner.next_version += 1;
         let version = format!("{:032x}", inner.next_version);
-        let now = now_seconds();
+        let now = Self::now_seconds(&inner);
         let key = name.to_ascii_uppercase();
         let stored_name = inner
             .secrets
@@ -97,7 +141,7 @@ impl MemoryVault {
 
     fn new_props(inner: &mut Inner, name: &str) -> ObjectProps {
         inner.next_version += 1;
-        let now = now_seconds();
+        let now = Self::now_seconds(inner);
         ObjectProps {
             name: name.to_string(),
             version: Some(format!("{:032x}", inner.next_version)),
@@ -149,9 +193,10 @@ impl MemoryVault {
 
     pub fn set_enabled(&self, name: &str, enabled: bool) {
         let mut inner = self.inner.lock();
+        let now = Self::now_seconds(&inner);
         if let Some(s) = Self::latest_mut(&mut inner, name) {
             s.props.enabled = enabled;
-            s.props.updated = Some(now_seconds());
+            s.props.updated = Some(now);
         }
     }
 
@@ -208,6 +253,10 @@ impl MemoryVault {
             tokio::time::sleep(delay).await;
         }
         let inner = self.inner.lock();
+        if inner.dates {
+            let date = whole_seconds(Self::vault_now(inner.skew_ms));
+            self.clock.observe_date(date, tokio::time::Instant::now());
+        }
         match inner.op_failures.get(op).or(inner.failure.as_ref()) {
             Some(e) => Err(e.clone()),
             None => Ok(()),
@@ -217,6 +266,10 @@ impl MemoryVault {
 
 #[async_trait]
 impl VaultClient for MemoryVault {
+    fn clock(&self) -> Option<Arc<VaultClock>> {
+        Some(Arc::clone(&self.clock))
+    }
+
     async fn list(&self, collection: Collection) -> Result<Vec<ObjectProps>, VaultError> {
         self.enter("list").await?;
         let inner = self.inner.lock();

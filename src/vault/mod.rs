@@ -2,10 +2,11 @@
 //!
 //! `azure` implements it with Microsoft's `azure_security_keyvault_*` crates; `memory` is an
 //! in-memory vault for tests of the layers above, with fault injection; `refusals` tells the
-//! token cache what the vault made of each token. Nothing here knows about
+//! token cache what the vault made of each token; `clock` learns the vault's clock. Nothing here knows about
 //! inodes or FUSE.
 
 pub mod azure;
+pub mod clock;
 pub mod guard;
 pub mod memory;
 pub mod pages;
@@ -140,6 +141,13 @@ impl VaultError {
 /// What the filesystem asks of a vault. Implementations must be cheap to share across tasks.
 #[async_trait]
 pub trait VaultClient: Send + Sync + 'static {
+    /// What this client learns of the vault's clock from its answers (`Date` headers), shared
+    /// with the cache, which adds the `updated` stamps it sees. `None`: nothing is learnt, and
+    /// the cache keeps a clock of its own.
+    fn clock(&self) -> Option<std::sync::Arc<clock::VaultClock>> {
+        None
+    }
+
     /// Every object of a collection (following `nextLink` across all pages), latest metadata each.
     async fn list(&self, collection: Collection) -> Result<Vec<ObjectProps>, VaultError>;
 

@@ -66,12 +66,13 @@
 //! was fetched (or last renewed) before `L` is judged against its item (names compared
 //! case-insensitively):
 //!
-//! - a value whose item has the same `updated`, `enabled`, `contentType` and `tags`, with
-//!   `updated` at least `AMBIGUITY_MARGIN` (60 s) before the wall-clock start of the GET that
-//!   fetched it, is unchanged: the entry is **renewed**, fresh as of `L`, without a GET. The
-//!   margin is there because `updated` has 1-second resolution and the vault's clock is not
-//!   ours: a version written in the same second as (or just after) the fetch would look the same.
-//!   (A certificate's `contentType` is compared only when its item carries one; it does not.)
+//! - a value whose item has the same `updated`, `enabled`, `contentType` and `tags`, with its
+//!   `updated` second over by the time the vault's clock surely showed when the GET that fetched
+//!   it started (`crate::vault::clock`: learnt from `Date` headers and stamps, a minute of margin
+//!   while nothing is known), is unchanged: the entry is **renewed**, fresh as of `L`, without a
+//!   GET. `updated` has 1-second resolution: a version written in the same second as the fetch
+//!   would look the same. (A certificate's `contentType` is compared only when its item carries
+//!   one; it does not.)
 //! - a cached `NotFound` whose name is not listed, or a cached `Disabled` whose item is still
 //!   `enabled: false`, is renewed the same way.
 //! - anything else (changed, too recent to tell, deleted, a `NotFound` now listed, a `Disabled`
@@ -94,11 +95,16 @@
 //! collection and refresh cycle a jitter `j` is drawn uniformly from [0.60, 0.80] (so a fleet
 //! does not refresh in lockstep); hot entries older than `ttl × j` are due:
 //!
-//! - due latest-version entries: fetched one GET each if there are no more of them than the pages
-//!   the last list of the collection took (`ceil(len / 25)`), else by one `List(collection)`
-//!   fetch, which revalidates as above and refetches the hot entries it shows changed. When the
-//!   vault refuses a list (403: an identity with `get` but not `list`), they are fetched one
-//!   GET each, and listing is tried again after `max(ttl, 10 min)`.
+//! - due latest-version entries: by one `List(collection)` fetch, which revalidates as above and
+//!   refetches the hot entries it shows changed, unless there are no more of them than the pages
+//!   the last list of the collection took (`ceil(len / 25)`) or the vault refuses lists (403: an
+//!   identity with `get` but not `list`; listing is tried again after `max(ttl, 10 min)`). Then
+//!   they are fetched one GET each, and only once expired: one GET per object per TTL at most,
+//!   as a client polling each object would make (a reader that finds one expired first fetches
+//!   it itself, and the refresher skips it).
+//! - A reader of an expired latest-version entry whose collection's list is in flight (started
+//!   after the entry's state) waits for that list, up to [`READER_PATIENCE`], instead of sending
+//!   a GET: the list renews the entry or starts its refetch, which the reader then joins.
 //! - a due `List` entry is refreshed by its own fetch (which also revalidates); due explicit
 //!   versions and version lists are refetched each.
 //! - Background fetches go through the single-flight map (one flight per key; a reader whose

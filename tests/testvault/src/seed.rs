@@ -38,6 +38,10 @@ pub struct SeedSecret {
     pub not_before: Option<i64>,
     #[serde(default)]
     pub expires: Option<i64>,
+    /// Seconds ago that every version was written (`created`/`updated`), for a vault filled
+    /// long before it is read; default: now.
+    #[serde(default)]
+    pub written_ago_s: Option<i64>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -142,6 +146,7 @@ pub fn apply(state: &State, seed: &Seed) -> Result<(), String> {
                     exp: Some(s.expires),
                 },
                 tags: s.tags.clone(),
+                written_at: s.written_ago_s.map(|ago| crate::store::now() - ago),
             };
             state
                 .store

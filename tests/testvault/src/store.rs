@@ -265,6 +265,8 @@ pub struct SecretInput {
     pub content_type: Option<String>,
     pub attributes: AttributePatch,
     pub tags: Option<Tags>,
+    /// `created`/`updated` (Unix seconds) for a version seeded as if written earlier; `None`: now.
+    pub written_at: Option<i64>,
 }
 
 /// What a caller gives to create a new key version.
@@ -362,6 +364,10 @@ impl Store {
             return Err(VaultError::managed_object(Kind::Secret, "set"));
         }
         let mut attributes = Attributes::new_now();
+        if let Some(t) = input.written_at {
+            attributes.created = t;
+            attributes.updated = t;
+        }
         input.attributes.apply(&mut attributes);
         let version = SecretVersion {
             version: new_version_id(),

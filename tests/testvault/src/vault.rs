@@ -202,6 +202,7 @@ pub fn handle(state: &State, req: &VaultRequest<'_>) -> Result<Reply, VaultError
                 content_type: opt_string(&body, "contentType")?,
                 attributes: attribute_patch(&body)?,
                 tags: tags(&body)?,
+                written_at: None,
             };
             let (name, v) = state.store.lock().set_secret(name, input)?;
             Ok(Reply::ok(wire::secret_bundle(

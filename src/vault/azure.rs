@@ -49,6 +49,7 @@ use azure_security_keyvault_secrets::{SecretClient, SecretClientOptions};
 use futures::StreamExt;
 use parking_lot::Mutex;
 
+use super::challenge::ChallengeTransport;
 use super::guard::{GuardedTransport, Refused, same_origin};
 use super::pages::PageWalk;
 use super::{
@@ -128,6 +129,7 @@ pub struct AzureVault {
     call_deadline: Duration,
     /// Names already reported as listed twice in different cases (each is logged once).
     case_duplicates_reported: Mutex<std::collections::HashSet<String>>,
+    challenge: Arc<ChallengeTransport>,
 }
 
 impl fmt::Debug for AzureVault {
@@ -167,10 +169,12 @@ impl AzureVault {
         if opts.request_timeout.is_zero() {
             return Err("the request timeout must be above zero".into());
         }
-        // Every request the clients make, and every body they read, passes the guard.
-        let transport = Arc::new(GuardedTransport::new(url.clone(), transport));
+        // Every request the clients make, and every body they read, passes the guard; the
+        // challenge the clients ask for is learned once, without an object's request.
+        let guarded = Arc::new(GuardedTransport::new(url.clone(), transport));
+        let challenge = Arc::new(ChallengeTransport::new(url.clone(), guarded));
         let client_options = ClientOptions {
-            transport: Some(Transport::new(transport)),
+            transport: Some(Transport::new(challenge.clone())),
             retry: retry_options(opts.max_retries, opts.request_timeout),
             // Per try, so below the SDK's authorization policy: it sees each token's answer.
             per_try_policies: opts
@@ -222,7 +226,16 @@ impl AzureVault {
             certificates,
             call_deadline: Self::call_deadline(opts.request_timeout, opts.max_retries),
             case_duplicates_reported: Mutex::new(Default::default()),
+            challenge,
         })
+    }
+
+    /// Learn the vault's authentication challenge now, with one token-less request that names
+    /// no object (see [`ChallengeTransport`]), so the first read does not wait for it. Never
+    /// fails: without an answer, the first read asks again.
+    pub async fn learn_challenge(&self) {
+        let api_version = SecretClientOptions::default().api_version;
+        let _ = tokio::time::timeout(self.call_deadline, self.challenge.prime(&api_version)).await;
     }
 
     pub fn vault_url(&self) -> &url::Url {

@@ -1786,6 +1786,52 @@ mod tests {
         );
     }
 
+    /// Through the SDK's own clients: the challenge is learned with one token-less request that
+    /// names no object, every object request carries the token, and the other clients' first
+    /// requests cost nothing more. A probe without an answer is retried like any request.
+    #[tokio::test]
+    async fn the_challenge_costs_one_request_naming_no_object_for_all_three_clients() {
+        let secret = example("get_secret.json", 0);
+        let name = parse_id(
+            example_body("get_secret.json", 0)["id"].as_str().unwrap(),
+            Collection::Secrets,
+        )
+        .unwrap()
+        .0;
+        let (vault, replay) = replay(
+            vec![
+                Answer::Io,
+                challenge(),
+                Answer::Http(secret.clone()),
+                Answer::Http(Canned::json(
+                    404,
+                    serde_json::json!({"error": {"code": "KeyNotFound"}}),
+                )),
+            ],
+            2,
+        );
+        let got = vault.get_secret(&name, None).await.unwrap();
+        assert_eq!(got.props.name, name);
+        assert_eq!(
+            vault.get_key("absent", None).await.unwrap_err(),
+            VaultError::NotFound
+        );
+        let seen = replay.seen.lock();
+        let summary: Vec<(String, bool)> = seen
+            .iter()
+            .map(|s| (s.url.path().to_string(), s.authorization.is_some()))
+            .collect();
+        assert_eq!(
+            summary,
+            vec![
+                ("/secrets".to_string(), false),
+                ("/secrets".to_string(), false),
+                (format!("/secrets/{name}/"), true),
+                ("/keys/absent/".to_string(), true),
+            ],
+        );
+    }
+
     #[tokio::test]
     async fn a_mismatched_answer_is_not_served_under_the_asked_name() {
         let (vault, _) = replay_after_challenge(vec![example("get_secret.json", 0)]);

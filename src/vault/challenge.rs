@@ -234,9 +234,11 @@ impl HttpClient for ChallengeTransport {
         };
         match outcome {
             Outcome::Challenge(challenge) => Ok(challenged(&challenge)),
+            // Worded without "challenge": `azure::map_error` reads that word as an authorizer
+            // failure (EACCES), and this is the vault not answering.
             Outcome::Failed(kind, why) => Err(azure_core::Error::with_message(
                 kind,
-                format!("no answer to the vault's challenge probe: {why}"),
+                format!("no answer to the first, token-less request: {why}"),
             )),
             Outcome::NoChallenge | Outcome::Transient => self.inner.execute_request(request).await,
         }

@@ -280,7 +280,7 @@ class Bench:
         self.tool("read-all", self._paths_file("warm", [os.path.join(sec, "b1-small")]))
         self.bench_cold_read(big, sec, cold)
         self.bench_herd(big, sec, herd)
-        self.bench_herd_processes(big)
+        self.bench_herd_processes()
         self.bench_orc(os.path.join(sec, "b1-small"), tmp_small, first_mode)
         self.bench_stat(os.path.join(sec, "b1-small"), tmp_small)
         self.bench_ls(sec, tmp_dir, n)
@@ -393,12 +393,15 @@ class Bench:
 
     # B6 (processes): a herd of cold readers in separate processes, each round on a fresh mount,
     # so the vault client's first requests (the authentication challenge) are part of it.
-    def bench_herd_processes(self, v: TestVault) -> None:
-        rounds = self.cfg["b6p_rounds"]
-        for n in self.cfg["b6p_procs"]:
+    # A vault of its own, so the other rows' listings keep their sizes.
+    def bench_herd_processes(self) -> None:
+        rounds, sizes = self.cfg["b6p_rounds"], self.cfg["b6p_procs"]
+        v = self.start_vault("herd-procs", [{"name": f"proc-herd-{n}-{i}",
+                                             "value": f"value-of-proc-herd-{n}-{i}"}
+                                            for n in sizes for i in range(rounds)])
+        for n in sizes:
             log(f"B6 {n} cold readers in separate processes × {rounds} fresh mounts")
             names = [f"proc-herd-{n}-{i}" for i in range(rounds)]
-            v.seed({"secrets": [{"name": k, "value": f"value-of-{k}"} for k in names]})
             per_round, challenges, errors, distinct = [], [], 0, 0
             for i, name in enumerate(names):
                 v.reset()
@@ -423,6 +426,7 @@ class Bench:
                      worst == 1 and errors == 0 and distinct == 1, per_round=per_round,
                      challenges_per_mount=challenges, read_errors=errors,
                      distinct_values=distinct)
+        v.stop()
 
     # B1: warm open+read+close against tmpfs, interleaved.
     def bench_orc(self, path: str, tmp_path: str, mode) -> None:

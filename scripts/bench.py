@@ -34,6 +34,10 @@ SMOKE = dict(
 )
 
 
+# B6 with readers in separate processes, each round on a fresh mount (process counts per row).
+FULL.update(b6p_procs=(64, 256), b6p_rounds=3)
+SMOKE.update(b6p_procs=(16,), b6p_rounds=1)
+
 # B4's data: (row name, seconds before the first read that the values were written, whether
 # the row has the ≥ 10× target). Day-old values are seeded with backdated stamps; the others are
 # written at the mount, and the first read waits until they are that old. A value read within
@@ -277,6 +281,7 @@ class Bench:
         self.tool("read-all", self._paths_file("warm", [os.path.join(sec, "b1-small")]))
         self.bench_cold_read(big, sec, cold)
         self.bench_herd(big, sec, herd)
+        self.bench_herd_processes()
         self.bench_orc(os.path.join(sec, "b1-small"), tmp_small, first_mode)
         self.bench_stat(os.path.join(sec, "b1-small"), tmp_small)
         self.bench_ls(sec, tmp_dir, n)
@@ -312,7 +317,7 @@ class Bench:
     # B7 (second half): mount-to-ready and nothing fetched at mount.
     def bench_mount_to_ready(self, v: TestVault) -> None:
         log(f"B7 mount-to-ready: {self.cfg['ready_runs']} detached mounts")
-        times, fetched, tokens = [], [], []
+        times, fetched, tokens, challenges = [], [], [], []
         mnt = self.new_dir("kv-ready")
         for _ in range(self.cfg["ready_runs"]):
             v.reset()
@@ -326,7 +331,8 @@ class Bench:
             time.sleep(0.3)
             c = v.counters()
             fetched.append(vault_requests(c))
-            tokens.append(sum(c.get(k, 0) for k in TOKEN_OPS))
+            tokens.append(sum(c.get(k, 0) for k in TOKEN_OPS - {"Unauthorized"}))
+            challenges.append(c.get("Unauthorized", 0))
             pid = _pid_with_arg(mnt)
             self.unmount(mnt)
             _wait_pid_gone(pid, 10)
@@ -345,7 +351,7 @@ class Bench:
                  value <= 100, runs_ms=[round(t * 1e3, 1) for t in times])
         self.row("B7.vault_requests_at_mount", max(fetched), "requests", 0, None,
                  "0 between mount and first access", max(fetched) == 0,
-                 token_requests=max(tokens))
+                 token_requests=max(tokens), challenge_probes=max(challenges))
 
     # B3: cold first read, against one HTTPS GET over a warm connection.
     def bench_cold_read(self, v: TestVault, sec: str, cold: list) -> None:
@@ -386,6 +392,43 @@ class Bench:
                  round(threads / max(worst, 1), 1), "exactly 1 GetSecret for 64 readers",
                  worst == 1 and errors == 0, per_round=gets, read_errors=errors,
                  distinct_values=distinct)
+
+    # B6 (processes): a herd of cold readers in separate processes, each round on a fresh mount,
+    # so the vault client's first requests (the authentication challenge) are part of it.
+    # A vault of its own, so the other rows' listings keep their sizes.
+    def bench_herd_processes(self) -> None:
+        rounds, sizes = self.cfg["b6p_rounds"], self.cfg["b6p_procs"]
+        v = self.start_vault("herd-procs", [{"name": f"proc-herd-{n}-{i}",
+                                             "value": f"value-of-proc-herd-{n}-{i}"}
+                                            for n in sizes for i in range(rounds)])
+        for n in sizes:
+            log(f"B6 {n} cold readers in separate processes × {rounds} fresh mounts")
+            names = [f"proc-herd-{n}-{i}" for i in range(rounds)]
+            per_round, challenges, errors, distinct = [], [], 0, 0
+            for i, name in enumerate(names):
+                v.reset()
+                mnt, proc = self.mount_foreground(v, f"kv-herd-{n}-{i}", "10m")
+                try:
+                    outs = _herd_of_processes(["cat", os.path.join(mnt, "secrets", name)], n)
+                finally:
+                    self.unmount(mnt, proc)
+                errors += sum(1 for rc, _ in outs if rc != 0)
+                distinct = max(distinct, len({out for rc, out in outs if rc == 0}))
+                if any(out != f"value-of-{name}".encode() for rc, out in outs if rc == 0):
+                    errors += 1
+                log_entries = v.log_entries()
+                # Every request naming the object, whatever its answer (a 401 challenge too).
+                per_round.append(sum(1 for e in log_entries
+                                     if (e.get("name") or "").lower() == name.lower()))
+                challenges.append(sum(1 for e in log_entries if e.get("status") == 401))
+            worst = max(per_round)
+            self.row(f"B6.cold_reader_processes.{n}.gets", worst, "requests", n,
+                     round(n / max(worst, 1), 1),
+                     f"exactly 1 request naming the object for {n} reader processes, fresh mount",
+                     worst == 1 and errors == 0 and distinct == 1, per_round=per_round,
+                     challenges_per_mount=challenges, read_errors=errors,
+                     distinct_values=distinct)
+        v.stop()
 
     # B1: warm open+read+close against tmpfs, interleaved.
     def bench_orc(self, path: str, tmp_path: str, mode) -> None:
@@ -705,6 +748,46 @@ class Bench:
         with open(f, "w") as out:
             out.write("\n".join(paths) + "\n")
         return f
+
+
+def _herd_of_processes(argv: list, n: int, timeout: float = 120) -> list:
+    """Runs `argv` in n processes released together; returns [(returncode, stdout)].
+
+    Each process is `sh` waiting in `read` on one shared pipe; once all of them wait there (the
+    kernel names the wait in /proc/<pid>/wchan), closing the pipe's only writer wakes them at once.
+    """
+    r, w = os.pipe()
+    procs = []
+    try:
+        for _ in range(n):
+            procs.append(subprocess.Popen(["sh", "-c", 'read _ready; exec "$@"', "sh", *argv],
+                                          stdin=r, stdout=subprocess.PIPE,
+                                          stderr=subprocess.DEVNULL))
+    finally:
+        os.close(r)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        waiting = 0
+        for p in procs:
+            try:
+                with open(f"/proc/{p.pid}/wchan") as f:
+                    waiting += "pipe_read" in f.read()
+            except OSError:
+                pass
+        if waiting == n:
+            break
+        time.sleep(0.005)
+    os.close(w)  # EOF: every reader goes
+    out = []
+    end = time.monotonic() + timeout
+    for p in procs:
+        try:
+            data, _ = p.communicate(timeout=max(0.1, end - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            data, _ = p.communicate()
+        out.append((p.returncode, data))
+    return out
 
 
 def _value(rnd: random.Random, size: int) -> str:

@@ -11,7 +11,7 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{Mount, errno, start_vault, wait_until};
+use common::{Mount, errno, start_vault, wait_for_challenge_probe, wait_until};
 use testvault::{Fault, FaultAction, TestVault};
 
 /// How slow the slow object is: far longer than any other read may take here.
@@ -210,6 +210,8 @@ fn mmap_gives_the_bytes_read_gives_in_every_open_mode() {
 fn a_name_past_127_bytes_is_too_long_and_costs_no_request() {
     let vault = start_vault();
     let m = Mount::start(&vault, &[]);
+    // Counted from after the mount's challenge probe, which lands when it lands.
+    wait_for_challenge_probe(&vault);
     let before = vault.requests().len();
     for len in [128, 256] {
         let name = "a".repeat(len);

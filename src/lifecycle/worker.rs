@@ -238,8 +238,16 @@ fn prepare(settings: &MountSettings, first_token: FirstToken) -> Result<(Prepare
             max_retries: 2,
         })?
     };
+    let vault = Arc::new(vault);
+    // The challenge the vault clients need before their first token, learned in the background
+    // (one token-less request naming no object), so the first reader does not wait for it. It
+    // never fails or holds up the mount: without an answer, the first read asks again.
+    runtime.spawn({
+        let vault = vault.clone();
+        async move { vault.learn_challenge().await }
+    });
     let cache = Cache::new(
-        Arc::new(vault),
+        vault,
         CacheConfig {
             ttl: settings.cache_ttl,
             max_stale: settings.max_stale,

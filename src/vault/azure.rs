@@ -50,6 +50,7 @@ use futures::StreamExt;
 use parking_lot::Mutex;
 
 use super::clock::{ClockWatch, VaultClock};
+use super::challenge::ChallengeTransport;
 use super::guard::{GuardedTransport, Refused, same_origin};
 use super::pages::PageWalk;
 use super::{
@@ -131,6 +132,7 @@ pub struct AzureVault {
     case_duplicates_reported: Mutex<std::collections::HashSet<String>>,
     /// Fed by the transport with every answer's `Date`.
     clock: Arc<VaultClock>,
+    challenge: Arc<ChallengeTransport>,
 }
 
 impl fmt::Debug for AzureVault {
@@ -170,13 +172,15 @@ impl AzureVault {
         if opts.request_timeout.is_zero() {
             return Err("the request timeout must be above zero".into());
         }
-        // Every request the clients make, and every body they read, passes the guard.
-        let transport = Arc::new(GuardedTransport::new(url.clone(), transport));
-        // Every answer's `Date` teaches the cache the vault's clock (see `super::clock`).
+        // Every request the clients make, and every body they read, passes the guard; every
+        // answer's `Date` teaches the cache the vault's clock (see `super::clock`); the
+        // challenge the clients ask for is learned once, without an object's request.
+        let guarded = Arc::new(GuardedTransport::new(url.clone(), transport));
         let clock = Arc::new(VaultClock::new());
-        let transport = Arc::new(ClockWatch::new(transport, Arc::clone(&clock)));
+        let watched = Arc::new(ClockWatch::new(guarded, Arc::clone(&clock)));
+        let challenge = Arc::new(ChallengeTransport::new(url.clone(), watched));
         let client_options = ClientOptions {
-            transport: Some(Transport::new(transport)),
+            transport: Some(Transport::new(challenge.clone())),
             retry: retry_options(opts.max_retries, opts.request_timeout),
             // Per try, so below the SDK's authorization policy: it sees each token's answer.
             per_try_policies: opts
@@ -229,7 +233,16 @@ impl AzureVault {
             call_deadline: Self::call_deadline(opts.request_timeout, opts.max_retries),
             case_duplicates_reported: Mutex::new(Default::default()),
             clock,
+            challenge,
         })
+    }
+
+    /// Learn the vault's authentication challenge now, with one token-less request that names
+    /// no object (see [`ChallengeTransport`]), so the first read does not wait for it. Never
+    /// fails: without an answer, the first read asks again.
+    pub async fn learn_challenge(&self) {
+        let api_version = SecretClientOptions::default().api_version;
+        let _ = tokio::time::timeout(self.call_deadline, self.challenge.prime(&api_version)).await;
     }
 
     pub fn vault_url(&self) -> &url::Url {
@@ -1781,6 +1794,52 @@ mod tests {
                 .as_str()
                 .unwrap()
                 .starts_with("-----BEGIN PRIVATE KEY-----")
+        );
+    }
+
+    /// Through the SDK's own clients: the challenge is learned with one token-less request that
+    /// names no object, every object request carries the token, and the other clients' first
+    /// requests cost nothing more. A probe without an answer is retried like any request.
+    #[tokio::test]
+    async fn the_challenge_costs_one_request_naming_no_object_for_all_three_clients() {
+        let secret = example("get_secret.json", 0);
+        let name = parse_id(
+            example_body("get_secret.json", 0)["id"].as_str().unwrap(),
+            Collection::Secrets,
+        )
+        .unwrap()
+        .0;
+        let (vault, replay) = replay(
+            vec![
+                Answer::Io,
+                challenge(),
+                Answer::Http(secret.clone()),
+                Answer::Http(Canned::json(
+                    404,
+                    serde_json::json!({"error": {"code": "KeyNotFound"}}),
+                )),
+            ],
+            2,
+        );
+        let got = vault.get_secret(&name, None).await.unwrap();
+        assert_eq!(got.props.name, name);
+        assert_eq!(
+            vault.get_key("absent", None).await.unwrap_err(),
+            VaultError::NotFound
+        );
+        let seen = replay.seen.lock();
+        let summary: Vec<(String, bool)> = seen
+            .iter()
+            .map(|s| (s.url.path().to_string(), s.authorization.is_some()))
+            .collect();
+        assert_eq!(
+            summary,
+            vec![
+                ("/secrets".to_string(), false),
+                ("/secrets".to_string(), false),
+                (format!("/secrets/{name}/"), true),
+                ("/keys/absent/".to_string(), true),
+            ],
         );
     }
 

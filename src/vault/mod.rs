@@ -1,11 +1,13 @@
 //! The vault client layer: what the filesystem needs from Key Vault, behind a trait.
 //!
 //! `azure` implements it with Microsoft's `azure_security_keyvault_*` crates; `memory` is an
-//! in-memory vault for tests of the layers above, with fault injection; `refusals` tells the
-//! token cache what the vault made of each token; `clock` learns the vault's clock. Nothing here knows about
-//! inodes or FUSE.
+//! in-memory vault for tests of the layers above, with fault injection; `challenge` learns the
+//! vault's authentication challenge once per process; `clock` learns the vault's clock;
+//! `refusals` tells the token cache what the vault made of each token. Nothing here knows
+//! about inodes or FUSE.
 
 pub mod azure;
+pub mod challenge;
 pub mod clock;
 pub mod guard;
 pub mod memory;

@@ -316,3 +316,18 @@ pub fn kvfs_pids_for(dir: &Path) -> Vec<i32> {
     }
     pids
 }
+
+/// Whether `e` is kvfs's challenge probe: a token-less request answered 401 that names no
+/// object (see `src/vault/challenge.rs`).
+pub fn is_challenge_probe(e: &testvault::LogEntry) -> bool {
+    e.status == 401 && e.name.is_none() && e.identity.is_none()
+}
+
+/// Wait until a fresh mount's background challenge probe has reached `vault` (it is sent when
+/// the worker starts, and may land after the mount appears), so that it does not land in the
+/// middle of what a test counts.
+pub fn wait_for_challenge_probe(vault: &TestVault) {
+    wait_until("the challenge probe", Duration::from_secs(15), || {
+        vault.requests().iter().any(is_challenge_probe)
+    });
+}

@@ -550,6 +550,25 @@ mod tests {
     }
 
     #[test]
+    fn prefetch_concurrency_defaults_to_16_zero_turns_it_off_and_it_is_bounded() {
+        let mut a = args("myvault");
+        assert_eq!(a.resolve(0, 0).unwrap().prefetch_concurrency, 16);
+        a.options = vec!["prefetch_concurrency=0".into()];
+        assert_eq!(a.resolve(0, 0).unwrap().prefetch_concurrency, 0);
+        a.prefetch_concurrency = Some(32);
+        assert_eq!(a.resolve(0, 0).unwrap().prefetch_concurrency, 32);
+        a.prefetch_concurrency = Some(1000);
+        assert!(a.resolve(0, 0).unwrap_err().contains("at most 256"));
+        a.prefetch_concurrency = None;
+        a.options = vec!["prefetch_concurrency=many".into()];
+        assert!(
+            a.resolve(0, 0)
+                .unwrap_err()
+                .starts_with("--prefetch-concurrency: \"many\" is not a number")
+        );
+    }
+
+    #[test]
     fn open_mode_from_flag_or_o_and_bad_values_are_refused() {
         let mut a = args("myvault");
         a.options = vec!["open_mode=cached".into()];

@@ -304,18 +304,25 @@ impl Prefetcher {
     }
 
     /// Prefetch the places of a run one after the other, each as its own task under the
-    /// concurrency and rate bounds, until the run's window is done.
+    /// concurrency and rate bounds, until the run's window is done. A place is claimed only once
+    /// a permit and the tokens are in hand: claimed earlier, the program would often reach it
+    /// during the wait and fetch it itself, and the tokens would go to a name already fetched
+    /// instead of the next one.
     async fn pump(self, collection: Collection, generation: u64) {
-        while let Some(name) = self.claim(collection, generation) {
-            let request = latest(collection, &name);
-            // Cheap checks first: a fresh or in-flight name costs neither a slot nor a token.
-            if !self.shared.cache.prefetch_needed(&request).await {
-                continue;
-            }
+        loop {
             let Ok(permit) = self.shared.in_flight.clone().acquire_owned().await else {
                 return;
             };
             self.take(cost(collection)).await;
+            let Some(name) = self.claim(collection, generation) else {
+                self.refund(cost(collection));
+                return;
+            };
+            let request = latest(collection, &name);
+            if !self.shared.cache.prefetch_needed(&request).await {
+                self.refund(cost(collection));
+                continue;
+            }
             let this = self.clone();
             tokio::spawn(async move {
                 let outcome = this.shared.cache.prefetch(request).await;
@@ -323,10 +330,17 @@ impl Prefetcher {
                 match outcome {
                     Prefetched::Fetched => this.shared.stats.lock().fetched += 1,
                     Prefetched::Failed(e) => this.failed(&e),
+                    // A reader started it between the check and here: its GET had the tokens.
                     Prefetched::Cached | Prefetched::InFlight => {}
                 }
             });
         }
+    }
+
+    /// Give back tokens taken for a call that is not made.
+    fn refund(&self, tokens: u32) {
+        let mut bucket = self.shared.bucket.lock();
+        bucket.tokens = (bucket.tokens + f64::from(tokens)).min(Bucket::CAPACITY);
     }
 
     /// A prefetch failed (throttled, vault failing, access refused): stop prefetching for a

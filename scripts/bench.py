@@ -25,12 +25,12 @@ TOKEN_OPS = {"Token", "OpenIdConfiguration", "ManagedIdentityToken", "Unauthoriz
 FULL = dict(
     n_big=10_000, b1_iters=20_000, stat_iters=20_000, ls_runs=7, b3_n=40, b6_threads=64,
     b6_rounds=3, ready_runs=5, b4_n=500, b4_ttls=(2, 3), b4_periods=10, b5_ttl=3, b5_k=20,
-    b5_idle_s=10, b8_kills=20, b9_runs=3, budget_s=1500,
+    b5_idle_s=10, b8_kills=20, b9_runs=3, budget_s=1500, b10_n=10_000, b10_delay_ms=5,
 )
 SMOKE = dict(
     n_big=1_000, b1_iters=3_000, stat_iters=3_000, ls_runs=5, b3_n=30, b6_threads=64,
     b6_rounds=2, ready_runs=5, b4_n=100, b4_ttls=(1,), b4_periods=5, b5_ttl=1, b5_k=5,
-    b5_idle_s=2, b8_kills=5, b9_runs=1, budget_s=240,
+    b5_idle_s=2, b8_kills=5, b9_runs=1, budget_s=240, b10_n=300, b10_delay_ms=5,
 )
 
 
@@ -241,6 +241,8 @@ class Bench:
 
     def run(self) -> None:
         cfg = self.cfg
+        if os.environ.get("BENCH_ONLY") == "B10":
+            return self.bench_cold_ls_l()   # while working on that row
         rnd = random.Random(6)
         tmp = self.mount_tmpfs("tmpfs")
 
@@ -313,6 +315,95 @@ class Bench:
         self._small = self.mount_foreground(small, "kv-rot", f"{cfg['b5_ttl']}s", first_mode)
         self.bench_rotation(small)
         small.stop()
+        self.bench_cold_ls_l()
+
+    # B10: a cold `ls -l` of a large collection on a vault with latency, with prefetch and
+    # without (`--prefetch-concurrency 0`: one lookup and one GET at a time, as before prefetch).
+    # The two mounts run side by side on one vault, each with an identity of its own so that the
+    # request log tells their requests apart; each answer is 5 ms late (testvault's delay fault
+    # sleeps per request, so concurrent requests overlap as on a real vault).
+    def bench_cold_ls_l(self) -> None:
+        n, delay = self.cfg["b10_n"], self.cfg["b10_delay_ms"]
+        rnd = random.Random(10)
+        names = [f"l-{i:05d}" for i in range(n)]
+        sizes = {k: 1 + rnd.randrange(1024) for k in names}
+        v = self.start_vault("ls", [{"name": k, "value": "v" * sizes[k]} for k in names])
+        base_id = v.control("POST", "/identities", {
+            "name": "bench-baseline", "client_secret": "bench-baseline-secret",
+            "roles": ["Key Vault Secrets User"]})
+        for op in ("GetSecret", "GetSecrets"):
+            v.control("POST", "/faults", {"op": op, "kind": "delay", "ms": delay})
+        mnt, proc = self.mount_foreground(v, "kv-ls-prefetch", "10m")
+        env = dict(self.kvfs_env(v), AZURE_CLIENT_ID=base_id["client_id"],
+                   AZURE_CLIENT_SECRET="bench-baseline-secret")
+        base_mnt = self.new_dir("kv-ls-baseline")
+        base_proc = subprocess.Popen(
+            self.mount_args(v, base_mnt, "10m") + ["--foreground", "--prefetch-concurrency", "0"],
+            env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL)
+        self.procs.append(base_proc)
+        self.mounts.append(base_mnt)
+        deadline = time.monotonic() + 30
+        while not mounted(base_mnt):
+            if base_proc.poll() is not None or time.monotonic() > deadline:
+                raise BenchError(f"kvfs mount {base_mnt} did not come up; see {base_mnt}.log")
+            time.sleep(0.005)
+        v.control("POST", "/reset", {})
+        for op in ("GetSecret", "GetSecrets"):   # the reset cleared them
+            v.control("POST", "/faults", {"op": op, "kind": "delay", "ms": delay})
+        log(f"B10 cold ls -l of {n} secrets ({delay} ms per request), with and without prefetch")
+        env_c = dict(os.environ, LC_ALL="C")
+        took, listings = {}, {}
+
+        def ls(key, d):
+            t0 = time.perf_counter()
+            r = subprocess.run(["ls", "-l", d], capture_output=True, text=True, env=env_c,
+                               timeout=900)
+            took[key] = time.perf_counter() - t0
+            listings[key] = r.stdout if r.returncode == 0 else None
+
+        threads = [threading.Thread(target=ls, args=("prefetch", os.path.join(mnt, "secrets"))),
+                   threading.Thread(target=ls, args=("baseline", os.path.join(base_mnt, "secrets")))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        for key, out in listings.items():
+            got = {}
+            for line in (out or "").splitlines():
+                f = line.split()
+                if len(f) >= 9 and line.startswith("-"):
+                    got[f[8]] = int(f[4])
+            if got != sizes:
+                raise BenchError(f"B10: `ls -l` through the {key} mount got wrong sizes or names")
+        entries = v.log_entries()
+        stats = {}
+        for key, who in (("prefetch", "app"), ("baseline", "bench-baseline")):
+            mine = [e for e in entries if e.get("identity") == who and e.get("op") not in TOKEN_OPS]
+            gets = sorted(e["at_ms"] for e in mine if e.get("op") == "GetSecret")
+            peak, j = 0, 0
+            for i, t in enumerate(gets):
+                while gets[j] <= t - 10_000:
+                    j += 1
+                peak = max(peak, i - j + 1)
+            stats[key] = dict(requests=len(mine), gets=len(gets), peak=peak,
+                              list_pages=sum(1 for e in mine if e.get("op") == "GetSecrets"))
+        self.unmount(mnt, proc)
+        self.unmount(base_mnt, base_proc)
+        v.stop()
+        p, b = stats["prefetch"], stats["baseline"]
+        value, base = took["prefetch"], took["baseline"]
+        self.row(f"B10.cold_ls_l.{n}", round(value, 2), "s", round(base, 2), round(value / base, 2),
+                 "faster than one GET at a time, within the vault's 4,000 GETs per 10 s",
+                 value < base and p["peak"] <= 4000, delay_ms=delay,
+                 requests=p["requests"], baseline_requests=b["requests"])
+        self.row(f"B10.cold_ls_l.peak_gets_10s.{n}", p["peak"], "GETs", b["peak"],
+                 round(p["peak"] / max(b["peak"], 1), 2),
+                 "≤ 3,000 + what the lister fetches itself beyond it (Key Vault throttles at 4,000)",
+                 p["peak"] <= 4000, gets=p["gets"], baseline_gets=b["gets"])
+        self.row(f"B10.cold_ls_l.gets.{n}", p["gets"], "requests", b["gets"],
+                 round(p["gets"] / max(b["gets"], 1), 2), f"each value once: {n}",
+                 p["gets"] == n, list_pages=p["list_pages"], baseline_list_pages=b["list_pages"])
 
     # B7 (second half): mount-to-ready and nothing fetched at mount.
     def bench_mount_to_ready(self, v: TestVault) -> None:

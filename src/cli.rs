@@ -50,6 +50,10 @@ pub struct MountArgs {
     /// opened, reads go to kvfs. cached: no open round trip, reads come from the kernel's page
     /// cache at tmpfs speed; a descriptor held across a rotation reads the new value.
     pub open_mode: Option<String>,
+    #[arg(long, value_name = "N", help_heading = "Freshness")]
+    /// When a program stats what it lists (ls -l), fetch the next values ahead, at most N at a
+    /// time and at most 3,000 per 10 s (default 16; 0 = off: one value per lookup).
+    pub prefetch_concurrency: Option<u32>,
 
     #[arg(long, value_name = "METHOD", help_heading = "Identity")]
     /// auto | workload-identity | managed-identity | azure-cli | client-secret |
@@ -206,6 +210,8 @@ pub struct MountSettings {
     pub cache_ttl: Duration,
     pub max_stale: Duration,
     pub open_mode: OpenMode,
+    /// `--prefetch-concurrency`: prefetches in flight at most (0: no prefetch).
+    pub prefetch_concurrency: usize,
     pub auth: AuthMethod,
     pub client_id: Option<String>,
     pub tenant_id: Option<String>,
@@ -296,6 +302,7 @@ impl MountArgs {
             "cache_ttl",
             "max_stale",
             "open_mode",
+            "prefetch_concurrency",
             "auth",
             "client_id",
             "tenant_id",
@@ -383,10 +390,21 @@ impl MountArgs {
                 Some(n) => Ok(n),
                 None => value(key)?.map_or(Ok(default), |v| {
                     v.parse()
-                        .map_err(|_| format!("--{key}: {v:?} is not a number"))
+                        .map_err(|_| format!("--{}: {v:?} is not a number", key.replace('_', "-")))
                 }),
             }
         };
+        let prefetch_concurrency = number(
+            self.prefetch_concurrency,
+            "prefetch_concurrency",
+            crate::fs::prefetch::DEFAULT_CONCURRENCY as u32,
+        )? as usize;
+        if prefetch_concurrency > crate::fs::prefetch::MAX_CONCURRENCY {
+            return Err(format!(
+                "--prefetch-concurrency {prefetch_concurrency}: at most {}",
+                crate::fs::prefetch::MAX_CONCURRENCY
+            ));
+        }
         let mut ca_files = self.ca_file.clone();
         ca_files.extend(
             o.iter()
@@ -417,6 +435,7 @@ impl MountArgs {
             cache_ttl,
             max_stale,
             open_mode,
+            prefetch_concurrency,
             auth,
             client_id: pick(&self.client_id, "client_id")?,
             tenant_id: pick(&self.tenant_id, "tenant_id")?,
@@ -528,6 +547,25 @@ mod tests {
         let e = a.resolve(0, 0).unwrap_err();
         assert!(e.starts_with("--metrics-addr: invalid address"), "{e}");
         assert!(!e.contains('\n'));
+    }
+
+    #[test]
+    fn prefetch_concurrency_defaults_to_16_zero_turns_it_off_and_it_is_bounded() {
+        let mut a = args("myvault");
+        assert_eq!(a.resolve(0, 0).unwrap().prefetch_concurrency, 16);
+        a.options = vec!["prefetch_concurrency=0".into()];
+        assert_eq!(a.resolve(0, 0).unwrap().prefetch_concurrency, 0);
+        a.prefetch_concurrency = Some(32);
+        assert_eq!(a.resolve(0, 0).unwrap().prefetch_concurrency, 32);
+        a.prefetch_concurrency = Some(1000);
+        assert!(a.resolve(0, 0).unwrap_err().contains("at most 256"));
+        a.prefetch_concurrency = None;
+        a.options = vec!["prefetch_concurrency=many".into()];
+        assert!(
+            a.resolve(0, 0)
+                .unwrap_err()
+                .starts_with("--prefetch-concurrency: \"many\" is not a number")
+        );
     }
 
     #[test]

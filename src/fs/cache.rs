@@ -1373,6 +1373,96 @@ fn changed(old: &Slot, new: &Slot, request: &Request) -> Option<Change> {
     }
 }
 
+// ------------------------------------------------------------------------------------------------
+// Prefetch (`super::prefetch`): fetches for values nobody has asked for yet. Kept in this block of
+// its own: it only uses the flight map and the slots, as a reader or the refresher does.
+// ------------------------------------------------------------------------------------------------
+
+/// What [`Cache::prefetch`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) enum Prefetched {
+    /// The entry is fresh, or waits out a retry interval: nothing to do.
+    Cached,
+    /// A flight of the key is under way (a reader's, or an earlier prefetch): no second call.
+    InFlight,
+    /// Fetched: a value, or an answer that the object is missing or disabled.
+    Fetched,
+    /// The vault failed; nothing is left in the cache that a reader would get instead of asking.
+    Failed(VaultError),
+}
+
+impl Inner {
+    /// Whether a fetch of the key would get anything: not while its entry is fresh, nor while
+    /// it waits out the retry interval of a failure (the cache's own backoff stands).
+    fn wants_fetch(&self, slot: &Slot, now: Instant) -> bool {
+        let fresh = slot
+            .known
+            .as_ref()
+            .is_some_and(|k| now.saturating_duration_since(k.fetched_at) < self.config.ttl);
+        let backing_off = slot.outage.as_ref().is_some_and(|o| now < o.retry_at);
+        !fresh && !backing_off
+    }
+}
+
+impl Cache {
+    /// Whether [`Cache::prefetch`] of `request` would call the vault now (no entry that answers,
+    /// no flight). A hint: a reader may start the fetch a moment later.
+    pub(super) async fn prefetch_needed(&self, request: &Request) -> bool {
+        let key = request.key();
+        let now = Instant::now();
+        if let Some(slot) = self.inner.slots.get(&key).await
+            && !self.inner.wants_fetch(&slot, now)
+        {
+            return false;
+        }
+        !self.inner.in_flight(&key)
+    }
+
+    /// Fetch `request` for a reader to come, through the single-flight map (a reader of the key
+    /// joins this flight, and this joins a reader's). The entry is stored as a background fetch
+    /// stores it: not read, so the refresher does not keep a value nobody read fresh, and the
+    /// LRU may drop it. A failure leaves no entry behind that holds only the error (a reader
+    /// then asks the vault itself rather than getting an error it never met); an entry with a
+    /// last good value keeps it, as after a failed refresh.
+    pub(super) async fn prefetch(&self, request: Request) -> Prefetched {
+        let inner = &self.inner;
+        let key = request.key();
+        let now = Instant::now();
+        if let Some(slot) = inner.slots.get(&key).await
+            && !inner.wants_fetch(&slot, now)
+        {
+            return Prefetched::Cached;
+        }
+        let flight = {
+            let mut flights = inner.flights.lock();
+            if flights
+                .get(&key)
+                .is_some_and(|f| now.saturating_duration_since(f.started) <= inner.config.ttl)
+            {
+                return Prefetched::InFlight;
+            }
+            inner.start_flight(&mut flights, request, key.clone(), now, Mode::Background)
+        };
+        match flight.await {
+            Ok(_) | Err(VaultError::NotFound | VaultError::Disabled) => Prefetched::Fetched,
+            Err(error) => {
+                inner
+                    .slots
+                    .entry(key)
+                    .and_compute_with(|current| {
+                        let drop_it = current.as_ref().is_some_and(|e| {
+                            let slot = e.value();
+                            slot.known.is_none() && !slot.is_hot() && slot.as_of == now
+                        });
+                        std::future::ready(if drop_it { Op::Remove } else { Op::Nop })
+                    })
+                    .await;
+                Prefetched::Failed(error)
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

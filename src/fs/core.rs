@@ -7,12 +7,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
+use futures::StreamExt;
 use parking_lot::Mutex;
 
 use super::cache::Cache;
 use super::error::FsError;
 use super::inodes::Inodes;
 use super::node::{CERT_FILES, Node};
+use super::prefetch::{self, Prefetcher};
 use crate::metrics;
 use crate::render::RenderError;
 use crate::render::cert::{self, CertFiles};
@@ -200,9 +202,14 @@ pub struct FsCore {
     /// Upper bound on what the kernel may cache (the cache TTL).
     ttl: Duration,
     mounted_at: SystemTime,
+    /// Fetches ahead of a program that stats what it lists (`ls -l`).
+    prefetch: Prefetcher,
 }
 
 const XATTR_PREFIX: &str = "user.kvfs.";
+
+/// Keys fetched at once to learn their types when `keys/` is listed.
+const KEY_CHECKS: usize = 16;
 
 fn rfc3339(t: SystemTime) -> String {
     time::OffsetDateTime::from(t)
@@ -228,6 +235,7 @@ impl FsCore {
     ) -> Self {
         FsCore {
             open_mode,
+            prefetch: Prefetcher::new(cache.clone(), prefetch::DEFAULT_CONCURRENCY),
             cache,
             inodes: Inodes::default(),
             rendered: moka::sync::Cache::new(10_000),
@@ -239,6 +247,16 @@ impl FsCore {
             ttl,
             mounted_at: SystemTime::now(),
         }
+    }
+
+    /// At most `concurrency` prefetches in flight (`--prefetch-concurrency`; 0: no prefetch).
+    pub fn with_prefetch(mut self, concurrency: usize) -> Self {
+        self.prefetch = Prefetcher::new(self.cache.clone(), concurrency);
+        self
+    }
+
+    pub fn prefetcher(&self) -> &Prefetcher {
+        &self.prefetch
     }
 
     /// Resume an inode table (a predecessor's, from its journal), and number directory handles
@@ -490,6 +508,11 @@ impl FsCore {
             return Err(FsError::NotDir);
         }
         let node = parent_node.child(name).ok_or(FsError::NotFound)?;
+        if let Node::Collection(collection) = &parent_node {
+            // Before this name is fetched: a run of lookups in listing order gets the names
+            // after it fetched ahead.
+            self.prefetch.looked_up(*collection, name);
+        }
         let resolved = self.resolve(&node).await?;
         let ino = self.inodes.get_or_insert(&node, true);
         Ok(self.attr(ino, &resolved))
@@ -517,21 +540,29 @@ impl FsCore {
         if collection != Collection::Keys {
             return Ok(candidates.iter().map(|p| p.name.clone()).collect());
         }
-        let checks = candidates.iter().map(|p| async move {
-            match self.cache.key(&p.name, None).await {
-                Ok(k) => {
-                    let kty = k.value.jwk.get("kty").and_then(|v| v.as_str());
-                    key_listed(&k.value.props, kty).then(|| p.name.clone())
+        // Every key not in the cache is a GET: a few at a time and within the prefetch budget, so
+        // that listing a large `keys/` does not send the vault thousands of GETs at once.
+        // (Collected first: a stream over a closure that borrows the list is not `Send`.)
+        let checks: Vec<_> = candidates
+            .iter()
+            .map(|p| p.name.clone())
+            .map(|name| async move {
+                self.prefetch.pace(Collection::Keys, &name).await;
+                match self.cache.key(&name, None).await {
+                    Ok(k) => {
+                        let kty = k.value.jwk.get("kty").and_then(|v| v.as_str());
+                        key_listed(&k.value.props, kty).then_some(name)
+                    }
+                    // A key that cannot be read right now is still listed; reading it says why.
+                    Err(_) => Some(name),
                 }
-                // A key that cannot be read right now is still listed; reading it says why.
-                Err(_) => Some(p.name.clone()),
-            }
-        });
-        Ok(futures::future::join_all(checks)
-            .await
-            .into_iter()
-            .flatten()
-            .collect())
+            })
+            .collect();
+        let checked: Vec<Option<String>> = futures::stream::iter(checks)
+            .buffered(KEY_CHECKS)
+            .collect()
+            .await;
+        Ok(checked.into_iter().flatten().collect())
     }
 
     /// Every entry of a directory, `.` and `..` first.
@@ -604,7 +635,7 @@ impl FsCore {
 
     /// Open a directory: list it now (through the cache) and keep the entries for its READDIRs.
     pub async fn opendir(&self, ino: u64) -> Result<OpenedDir, FsError> {
-        let entries = self.readdir(ino).await?;
+        let entries = Arc::new(self.readdir(ino).await?);
         let digest = fnv1a(entries.iter().flat_map(|e| {
             e.name
                 .bytes()
@@ -612,12 +643,20 @@ impl FsCore {
                 .chain([e.kind as u8, 0])
         }));
         let unchanged = self.dir_digests.lock().insert(ino, digest) == Some(digest);
+        self.listed(ino, &entries, unchanged);
         let fh = self.next_handle.fetch_add(1, Ordering::Relaxed);
-        self.dir_handles.lock().insert(fh, Arc::new(entries));
+        self.dir_handles.lock().insert(fh, entries);
         // The open-handles gauge follows what this process holds (handles a predecessor gave
         // out count once this one takes them up, and never go below zero).
         metrics::handles(1);
         Ok(OpenedDir { fh, unchanged })
+    }
+
+    /// Tell the prefetcher what a collection directory lists, in the order lookups will come.
+    fn listed(&self, ino: u64, entries: &Arc<Vec<DirEntry>>, unchanged: bool) {
+        if let Some(Node::Collection(collection)) = self.inodes.node(ino) {
+            self.prefetch.listed(collection, entries.clone(), unchanged);
+        }
     }
 
     /// The entries an open directory handle holds.
@@ -629,6 +668,7 @@ impl FsCore {
     /// directory is listed again, under the same handle.
     pub async fn reopen_dir(&self, ino: u64, fh: u64) -> Result<Arc<Vec<DirEntry>>, FsError> {
         let entries = Arc::new(self.readdir(ino).await?);
+        self.listed(ino, &entries, false);
         let mut handles = self.dir_handles.lock();
         let held = handles.entry(fh).or_insert_with(|| {
             metrics::handles(1);

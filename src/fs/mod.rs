@@ -7,4 +7,5 @@ pub mod error;
 pub mod inodes;
 pub mod journal;
 pub mod node;
+pub mod prefetch;
 mod refresh;

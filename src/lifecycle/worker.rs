@@ -318,6 +318,7 @@ fn start_serving(
             settings.cache_ttl,
             settings.open_mode,
         )
+        .with_prefetch(settings.prefetch_concurrency)
         .resuming(inodes, serve.generation),
     );
     let gate = Arc::new(Gate::default());
@@ -402,6 +403,7 @@ fn start_serving(
         mountpoint = %settings.mountpoint.display(),
         cache_ttl = ?settings.cache_ttl,
         open_mode = ?settings.open_mode,
+        prefetch_concurrency = settings.prefetch_concurrency,
         resumed = serve.init_answered,
         "serving"
     );

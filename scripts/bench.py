@@ -29,7 +29,7 @@ FULL = dict(
 )
 SMOKE = dict(
     n_big=1_000, b1_iters=3_000, stat_iters=3_000, ls_runs=5, b3_n=30, b6_threads=64,
-    b6_rounds=2, ready_runs=5, b4_n=100, b4_ttls=(1,), b4_periods=5, b5_ttl=1, b5_k=5,
+    b6_rounds=2, ready_runs=5, b4_n=100, b4_ttls=(2,), b4_periods=3, b5_ttl=1, b5_k=5,
     b5_idle_s=2, b8_kills=5, b9_runs=1, budget_s=240, b10_n=300, b10_delay_ms=5,
 )
 

@@ -144,7 +144,8 @@ impl fmt::Debug for AzureVault {
 }
 
 impl AzureVault {
-    /// Builds the clients; makes no request (nothing is fetched at mount time).
+    /// Builds the clients; makes no request (the mount then learns the challenge in the
+    /// background with `learn_challenge`, a request naming no object).
     pub fn new(opts: AzureVaultOptions) -> Result<AzureVault, String> {
         let http = http_client(&opts.extra_ca_pem, opts.request_timeout)?;
         Self::with_transport(opts, Arc::new(http))

@@ -49,8 +49,8 @@ use azure_security_keyvault_secrets::{SecretClient, SecretClientOptions};
 use futures::StreamExt;
 use parking_lot::Mutex;
 
-use super::clock::{ClockWatch, VaultClock};
 use super::challenge::ChallengeTransport;
+use super::clock::{ClockWatch, VaultClock};
 use super::guard::{GuardedTransport, Refused, same_origin};
 use super::pages::PageWalk;
 use super::{

@@ -157,6 +157,33 @@ pub struct CertObject {
     pub operation: Option<CertOperation>,
 }
 
+/// An object of any collection, as its lists see it: a name and versions in creation order.
+pub trait Listed {
+    type Version: Versioned + Clone;
+    fn name(&self) -> &str;
+    fn versions(&self) -> &[Self::Version];
+}
+
+impl<V: Versioned + Clone> Listed for Object<V> {
+    type Version = V;
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn versions(&self) -> &[V] {
+        &self.versions
+    }
+}
+
+impl Listed for CertObject {
+    type Version = CertVersion;
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn versions(&self) -> &[CertVersion] {
+        &self.versions
+    }
+}
+
 /// Versioned things that have a version id.
 pub trait Versioned {
     fn version(&self) -> &str;

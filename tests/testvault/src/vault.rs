@@ -1,5 +1,7 @@
 //! Data-plane operations: parse the request body, change or read the store, render the answer.
 
+use std::collections::BTreeMap;
+
 use serde_json::{Map, Value, json};
 
 use crate::crypto::{self, CertBundle, CertRequest, Curve, KeyMaterial, KeySpec};
@@ -8,7 +10,8 @@ use crate::ops::{Op, Route};
 use crate::paging::{self, PageRequest};
 use crate::state::State;
 use crate::store::{
-    self, AttributePatch, CertInput, CertObject, CertOperation, KeyInput, SecretInput, Store, Tags,
+    self, AttributePatch, CertInput, CertObject, CertOperation, KeyInput, Listed, SecretInput,
+    Store, Tags, Versioned,
 };
 use crate::wire;
 
@@ -154,32 +157,15 @@ pub fn handle(state: &State, req: &VaultRequest<'_>) -> Result<Reply, VaultError
             )))
         }
         GetSecrets => {
-            let items = {
-                let store = state.store.lock();
-                store
-                    .secrets
-                    .iter()
-                    .filter_map(|(k, o)| {
-                        o.versions
-                            .last()
-                            .map(|v| (k.clone(), wire::secret_item(base, &o.name, v, false)))
-                    })
-                    .collect()
-            };
+            let items = latest_items(&state.store.lock().secrets, |n, v| {
+                wire::secret_item(base, n, v, false)
+            });
             list(state, req, items)
         }
         GetSecretVersions => {
-            let items = {
-                let store = state.store.lock();
-                match store.secret(name) {
-                    Ok(o) => store::sorted_by_version(&o.versions)
-                        .iter()
-                        .map(|v| (v.version.clone(), wire::secret_item(base, &o.name, v, true)))
-                        .collect(),
-                    // The service answers an unknown name with an empty list, not 404.
-                    Err(_) => Vec::new(),
-                }
-            };
+            let items = version_items(state.store.lock().secret(name), |n, v| {
+                wire::secret_item(base, n, v, true)
+            });
             list(state, req, items)
         }
         SetSecret => {
@@ -245,36 +231,15 @@ pub fn handle(state: &State, req: &VaultRequest<'_>) -> Result<Reply, VaultError
             Ok(Reply::ok(wire::key_bundle(base, &name, &v, api)))
         }
         GetKeys => {
-            let items = {
-                let store = state.store.lock();
-                store
-                    .keys
-                    .iter()
-                    .filter_map(|(k, o)| {
-                        o.versions
-                            .last()
-                            .map(|v| (k.clone(), wire::key_item(base, &o.name, v, false, api)))
-                    })
-                    .collect()
-            };
+            let items = latest_items(&state.store.lock().keys, |n, v| {
+                wire::key_item(base, n, v, false, api)
+            });
             list(state, req, items)
         }
         GetKeyVersions => {
-            let items = {
-                let store = state.store.lock();
-                match store.key(name) {
-                    Ok(o) => store::sorted_by_version(&o.versions)
-                        .iter()
-                        .map(|v| {
-                            (
-                                v.version.clone(),
-                                wire::key_item(base, &o.name, v, true, api),
-                            )
-                        })
-                        .collect(),
-                    Err(_) => Vec::new(),
-                }
-            };
+            let items = version_items(state.store.lock().key(name), |n, v| {
+                wire::key_item(base, n, v, true, api)
+            });
             list(state, req, items)
         }
         CreateKey => {
@@ -390,31 +355,15 @@ pub fn handle(state: &State, req: &VaultRequest<'_>) -> Result<Reply, VaultError
             )))
         }
         GetCertificates => {
-            let items = {
-                let store = state.store.lock();
-                store
-                    .certificates
-                    .iter()
-                    .filter_map(|(k, o)| {
-                        o.versions
-                            .last()
-                            .map(|v| (k.clone(), wire::cert_item(base, &o.name, v, false)))
-                    })
-                    .collect()
-            };
+            let items = latest_items(&state.store.lock().certificates, |n, v| {
+                wire::cert_item(base, n, v, false)
+            });
             list(state, req, items)
         }
         GetCertificateVersions => {
-            let items = {
-                let store = state.store.lock();
-                match store.certificate(name) {
-                    Ok(o) => store::sorted_by_version(&o.versions)
-                        .iter()
-                        .map(|v| (v.version.clone(), wire::cert_item(base, &o.name, v, true)))
-                        .collect(),
-                    Err(_) => Vec::new(),
-                }
-            };
+            let items = version_items(state.store.lock().certificate(name), |n, v| {
+                wire::cert_item(base, n, v, true)
+            });
             list(state, req, items)
         }
         GetCertificatePolicy => {
@@ -565,6 +514,32 @@ fn paging_query<'a>(query: &'a [(String, String)], key: &str) -> Option<&'a str>
         .iter()
         .find(|(k, _)| k.eq_ignore_ascii_case(key))
         .map(|(_, v)| v.as_str())
+}
+
+/// One list item per object, for its latest version, keyed by the object's key (paging order).
+fn latest_items<O: Listed>(
+    objects: &BTreeMap<String, O>,
+    item: impl Fn(&str, &O::Version) -> Value,
+) -> Vec<(String, Value)> {
+    objects
+        .iter()
+        .filter_map(|(k, o)| o.versions().last().map(|v| (k.clone(), item(o.name(), v))))
+        .collect()
+}
+
+/// One list item per version of one object, in version-id order. The service answers an
+/// unknown name with an empty list, not 404.
+fn version_items<O: Listed>(
+    object: Result<&O, VaultError>,
+    item: impl Fn(&str, &O::Version) -> Value,
+) -> Vec<(String, Value)> {
+    let Ok(o) = object else {
+        return Vec::new();
+    };
+    store::sorted_by_version(o.versions())
+        .iter()
+        .map(|v| (v.version().to_string(), item(o.name(), v)))
+        .collect()
 }
 
 fn list(

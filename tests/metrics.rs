@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{KVFS, Mount, kvfs_env, mount_args, sample_seed, start_vault, wait_until};
+use common::{KVFS, Mount, free_port, kvfs_env, mount_args, sample_seed, start_vault, wait_until};
 use testvault::faults::Fault;
 
 /// The sample seed's `api-key`.
@@ -457,15 +457,6 @@ fn require(binary: &str) {
         "{binary} is missing: install Debian's `prometheus` package (apt-get install prometheus; \
          it brings prometheus and promtool), which this test runs against the mount"
     );
-}
-
-/// A loopback port free right now (Prometheus takes no port 0 for its own listener).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 #[test]

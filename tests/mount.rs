@@ -11,20 +11,9 @@ use std::time::{Duration, SystemTime};
 
 use common::{
     KVFS, Mount, errno, is_challenge_probe, is_mounted, kvfs_env, mount_args, mount_detached,
-    start_vault, succeed, unmount, wait_for_challenge_probe, wait_until,
+    names, set, start_vault, succeed, unmount, wait_for_challenge_probe, wait_until,
 };
 use testvault::{Fault, FaultAction};
-
-fn names(dir: &std::path::Path) -> BTreeSet<String> {
-    std::fs::read_dir(dir)
-        .unwrap_or_else(|e| panic!("readdir {}: {e}", dir.display()))
-        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
-        .collect()
-}
-
-fn set(items: &[&str]) -> BTreeSet<String> {
-    items.iter().map(|s| s.to_string()).collect()
-}
 
 #[test]
 fn lists_and_reads_the_tree_without_fetching_at_mount() {

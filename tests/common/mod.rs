@@ -5,6 +5,7 @@
 
 pub mod foreign;
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -12,6 +13,28 @@ use std::time::{Duration, Instant};
 use testvault::{Options, Seed, TestVault};
 
 pub const KVFS: &str = env!("CARGO_BIN_EXE_kvfs");
+
+/// The names in a directory (panics, naming it, if it cannot be read).
+pub fn names(dir: &Path) -> BTreeSet<String> {
+    std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("readdir {}: {e}", dir.display()))
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+/// `items` as a set, to compare with [`names`].
+pub fn set(items: &[&str]) -> BTreeSet<String> {
+    items.iter().map(|s| s.to_string()).collect()
+}
+
+/// A loopback port free right now (for a server that takes no port 0).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
 
 pub fn sample_seed() -> Seed {
     Seed::from_json(include_str!("../testvault/seed/sample.json")).expect("sample seed parses")

@@ -107,6 +107,18 @@ fn fresh(value: &str) -> (TestVault, Mount) {
     (vault, m)
 }
 
+/// The vault saw one request naming `name` (answered 200) and, once the mount's probe is in,
+/// one challenge in all; returns the challenges.
+fn one_request_and_one_challenge(vault: &TestVault, name: &str) -> Vec<LogEntry> {
+    let asked = naming(vault, name);
+    assert_eq!(asked.len(), 1, "one request for the object: {asked:?}");
+    assert_eq!(asked[0].status, 200, "{asked:?}");
+    wait_for_challenge_probe(vault);
+    let challenged = challenges(vault);
+    assert_eq!(challenged.len(), 1, "one challenge: {challenged:?}");
+    challenged
+}
+
 #[test]
 fn cold_readers_in_64_processes_make_one_request_and_the_mount_one_challenge() {
     let value = "one-value-for-the-whole-herd";
@@ -116,12 +128,7 @@ fn cold_readers_in_64_processes_make_one_request_and_the_mount_one_challenge() {
     for out in &outs {
         assert_eq!(String::from_utf8_lossy(&out.stdout), value);
     }
-    let asked = naming(&vault, "herd");
-    assert_eq!(asked.len(), 1, "one request for the object: {asked:?}");
-    assert_eq!(asked[0].status, 200, "{asked:?}");
-    wait_for_challenge_probe(&vault);
-    let challenged = challenges(&vault);
-    assert_eq!(challenged.len(), 1, "one challenge: {challenged:?}");
+    let challenged = one_request_and_one_challenge(&vault, "herd");
     assert!(is_challenge_probe(&challenged[0]), "{challenged:?}");
     assert_eq!(vault.count("Unauthorized"), 1, "{:?}", vault.counters());
 
@@ -181,10 +188,5 @@ fn stat_open_read_and_ls_of_a_cold_secret_from_many_processes_make_one_request()
             _ => assert!(text.lines().any(|l| l == "herd"), "{text}"),
         }
     }
-    let asked = naming(&vault, "herd");
-    assert_eq!(asked.len(), 1, "one request for the object: {asked:?}");
-    assert_eq!(asked[0].status, 200, "{asked:?}");
-    wait_for_challenge_probe(&vault);
-    let challenged = challenges(&vault);
-    assert_eq!(challenged.len(), 1, "one challenge: {challenged:?}");
+    let challenged = one_request_and_one_challenge(&vault, "herd");
 }

@@ -188,5 +188,5 @@ fn stat_open_read_and_ls_of_a_cold_secret_from_many_processes_make_one_request()
             _ => assert!(text.lines().any(|l| l == "herd"), "{text}"),
         }
     }
-    let challenged = one_request_and_one_challenge(&vault, "herd");
+    one_request_and_one_challenge(&vault, "herd");
 }

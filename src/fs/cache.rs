@@ -1005,18 +1005,26 @@ impl Inner {
     /// of its key (that a reader could still join) is under way. Readers keep getting the entry
     /// while it runs; the outcome is stored like a reader's. Returns whether a flight started.
     pub(super) fn refresh(self: &Arc<Self>, request: Request) -> bool {
+        // Nobody waits here: the spawned task runs on its own (readers may join it via the map).
+        self.start_background(request, Instant::now()).is_some()
+    }
+
+    /// Start a background flight of `request` as of `now`, unless a flight of its key that a
+    /// reader could still join is under way; the flight's outcome, for a caller that waits.
+    fn start_background(
+        self: &Arc<Self>,
+        request: Request,
+        now: Instant,
+    ) -> Option<Shared<BoxFuture<'static, Answer>>> {
         let key = request.key();
-        let now = Instant::now();
         let mut flights = self.flights.lock();
         if flights
             .get(&key)
             .is_some_and(|f| now.saturating_duration_since(f.started) <= self.config.ttl)
         {
-            return false;
+            return None;
         }
-        // Nobody waits here: the spawned task runs on its own (readers may join it via the map).
-        let _joinable = self.start_flight(&mut flights, request, key, now, Mode::Background);
-        true
+        Some(self.start_flight(&mut flights, request, key, now, Mode::Background))
     }
 
     /// One flight: fetch, store the outcome, leave the flight map.
@@ -1433,15 +1441,8 @@ impl Cache {
         {
             return Prefetched::Cached;
         }
-        let flight = {
-            let mut flights = inner.flights.lock();
-            if flights
-                .get(&key)
-                .is_some_and(|f| now.saturating_duration_since(f.started) <= inner.config.ttl)
-            {
-                return Prefetched::InFlight;
-            }
-            inner.start_flight(&mut flights, request, key.clone(), now, Mode::Background)
+        let Some(flight) = inner.start_background(request, now) else {
+            return Prefetched::InFlight;
         };
         match flight.await {
             Ok(_) | Err(VaultError::NotFound | VaultError::Disabled) => Prefetched::Fetched,

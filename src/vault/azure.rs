@@ -2385,10 +2385,7 @@ pub async fn tenant_from_challenge(
     http: &reqwest::Client,
     vault_url: &url::Url,
 ) -> Result<String, String> {
-    let mut url = vault_url.join("secrets").map_err(|e| e.to_string())?;
-    url.query_pairs_mut()
-        .append_pair("api-version", "7.5")
-        .append_pair("maxresults", "1");
+    let url = super::challenge::probe_url(vault_url, "7.5");
     let response = tokio::time::timeout(Duration::from_secs(5), http.get(url).send())
         .await
         .map_err(|_| "the vault did not answer within 5 s".to_string())?

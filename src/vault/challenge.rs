@@ -137,14 +137,7 @@ impl ChallengeTransport {
     /// future records its own outcome, so a probe whose first waiter went away still counts
     /// once another waiter drives it to the end.
     fn start_probe(&self, api_version: &str) -> Shared<BoxFuture<'static, Outcome>> {
-        let mut url = self
-            .vault
-            .join("secrets")
-            .unwrap_or_else(|_| self.vault.clone());
-        url.query_pairs_mut()
-            .clear()
-            .append_pair("api-version", api_version)
-            .append_pair("maxresults", "1");
+        let url = probe_url(&self.vault, api_version);
         let inner = self.inner.clone();
         let state = self.state.clone();
         async move {
@@ -174,6 +167,17 @@ impl ChallengeTransport {
         .boxed()
         .shared()
     }
+}
+
+/// A token-less request that the vault answers with its challenge and that names no object:
+/// the secrets list, one item at most.
+pub fn probe_url(vault: &url::Url, api_version: &str) -> url::Url {
+    let mut url = vault.join("secrets").unwrap_or_else(|_| vault.clone());
+    url.query_pairs_mut()
+        .clear()
+        .append_pair("api-version", api_version)
+        .append_pair("maxresults", "1");
+    url
 }
 
 async fn send_probe(inner: &dyn HttpClient, url: url::Url) -> Outcome {
@@ -288,6 +292,14 @@ mod tests {
             })
         }
 
+        /// [`Fake::new`] whose requests wait until the test opens the gate.
+        fn gated(answers: &[Answer]) -> Arc<Fake> {
+            Arc::new(Fake {
+                gate: Some(tokio::sync::Semaphore::new(0)),
+                ..Arc::into_inner(Fake::new(answers)).expect("not shared yet")
+            })
+        }
+
         fn sent(&self) -> Vec<(String, bool)> {
             self.sent.lock().clone()
         }
@@ -383,10 +395,7 @@ mod tests {
 
     #[tokio::test]
     async fn many_token_less_requests_share_one_probe_and_no_object_is_sent() {
-        let fake = Arc::new(Fake {
-            gate: Some(tokio::sync::Semaphore::new(0)),
-            ..Arc::into_inner(Fake::new(&[Answer::Challenge])).unwrap()
-        });
+        let fake = Fake::gated(&[Answer::Challenge]);
         let t = layer(&fake);
         let tasks: Vec<_> = (0..64)
             .map(|i| {
@@ -526,10 +535,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_abandoned_probe_is_finished_by_the_next_request() {
-        let fake = Arc::new(Fake {
-            gate: Some(tokio::sync::Semaphore::new(0)),
-            ..Arc::into_inner(Fake::new(&[Answer::Challenge])).unwrap()
-        });
+        let fake = Fake::gated(&[Answer::Challenge]);
         let t = layer(&fake);
         let first = tokio::spawn({
             let t = t.clone();

@@ -11,10 +11,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant, SystemTime};
 
-use common::{KVFS, Mount, errno, is_mounted, mark, mount_args, since, start_vault, wait_until};
+use common::{
+    API_KEY, KVFS, Mount, errno, is_mounted, mark, mount_args, since, start_vault, wait_until,
+};
 use testvault::{Fault, LogEntry, TestVault};
-
-const API_KEY: &str = "sk_test_4eC39HqLyjWDarjtT1zdp7dc";
 
 fn kv(k: &str, v: impl Into<String>) -> (String, String) {
     (k.to_string(), v.into())

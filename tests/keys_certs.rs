@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use common::{Mount, errno, free_port, names, sample_seed, set, start_vault, succeed, wait_until};
+use common::{
+    Mount, errno, free_port, getfattr, names, sample_seed, set, start_vault, succeed, wait_until,
+};
 use openssl::asn1::Asn1Time;
 use openssl::bn::{BigNum, MsbOption};
 use openssl::ec::{EcGroup, EcKey};
@@ -116,22 +118,6 @@ fn rest(vault: &TestVault, method: &str, path_and_query: &str, body: &Value) -> 
 /// The last path segment of a Key Vault id (`…/keys/<name>/<version>` → version).
 fn version_of(id: &str) -> String {
     id.rsplit('/').next().expect("id has segments").to_string()
-}
-
-/// `getfattr --only-values -n <name> <path>`.
-fn getfattr(path: &Path, name: &str) -> String {
-    let out = Command::new("getfattr")
-        .args(["--only-values", "-n", name])
-        .arg(path)
-        .output()
-        .expect("getfattr (Debian package attr) is needed by these tests");
-    assert!(
-        out.status.success(),
-        "getfattr -n {name} {}: {}",
-        path.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    text(&out)
 }
 
 /// Each certificate of a PEM file, in file order.
@@ -303,7 +289,7 @@ fn keys_are_public_key_pems_that_verify_vault_signatures() {
         let kid_version = version_of(answer["kid"].as_str().expect("kid"));
         assert_eq!(kid_version, current_version);
         assert_eq!(
-            getfattr(&key, "user.kvfs.version"),
+            getfattr(&key, "user.kvfs.version").expect("user.kvfs.version"),
             kid_version,
             "user.kvfs.version of keys/{name}"
         );
@@ -503,12 +489,12 @@ fn certificate_directories_hold_files_openssl_accepts() {
         read_bytes(&m.path("certs/web/cert.pem"))
     );
     assert_eq!(
-        getfattr(&m.path("certs/web/cert.pem"), "user.kvfs.version"),
+        getfattr(&m.path("certs/web/cert.pem"), "user.kvfs.version").expect("user.kvfs.version"),
         version,
         "user.kvfs.version of certs/web/cert.pem is its version directory's name"
     );
     assert_eq!(
-        getfattr(&vdir.join("cert.pem"), "user.kvfs.version"),
+        getfattr(&vdir.join("cert.pem"), "user.kvfs.version").expect("user.kvfs.version"),
         version
     );
 

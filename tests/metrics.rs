@@ -13,11 +13,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{KVFS, Mount, free_port, kvfs_env, mount_args, sample_seed, start_vault, wait_until};
+use common::{
+    API_KEY, KVFS, Mount, free_port, kvfs_env, mount_args, sample_seed, start_vault, wait_until,
+};
 use testvault::faults::Fault;
 
 /// The sample seed's `api-key`.
-const API_KEY: &str = "sk_test_4eC39HqLyjWDarjtT1zdp7dc";
 
 /// Every wait in this file is bounded by this (the machines are busy; nothing is timed).
 const WAIT: Duration = Duration::from_secs(30);

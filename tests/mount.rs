@@ -353,16 +353,7 @@ fn extended_attributes_describe_the_object() {
     let vault = start_vault();
     let m = Mount::start(&vault, &[]);
     let file = m.path("secrets/db-password");
-    let get = |name: &str| -> Option<String> {
-        let out = Command::new("getfattr")
-            .args(["--only-values", "-n", name])
-            .arg(&file)
-            .output()
-            .ok()?;
-        out.status
-            .success()
-            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
-    };
+    let get = |name: &str| common::getfattr(&file, name);
     if Command::new("getfattr").arg("--version").output().is_err() {
         // Fall back to the syscall when the attr tools are not installed.
         let v = xattr_syscall(&file, "user.kvfs.version").expect("version xattr");

@@ -11,9 +11,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{KVFS, Mount, kvfs_env, mount_args, start_vault, wait_until};
-
-const API_KEY: &str = "sk_test_4eC39HqLyjWDarjtT1zdp7dc";
+use common::{API_KEY, KVFS, Mount, children, kvfs_env, mount_args, start_vault, wait_until};
 
 /// The environment of a client-secret mount at kvfs's default log level.
 fn default_level_env(vault: &testvault::TestVault) -> Vec<(String, String)> {
@@ -21,15 +19,6 @@ fn default_level_env(vault: &testvault::TestVault) -> Vec<(String, String)> {
     env.retain(|(k, _)| k != "KVFS_LOG");
     env.push(("PATH".into(), std::env::var("PATH").unwrap_or_default()));
     env
-}
-
-/// Live children of `pid` (a supervisor's worker).
-fn children(pid: u32) -> Vec<u32> {
-    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
-        .unwrap_or_default()
-        .split_whitespace()
-        .filter_map(|p| p.parse().ok())
-        .collect()
 }
 
 #[test]
@@ -294,7 +283,7 @@ fn the_supervisor_and_worker_cannot_be_dumped_or_inspected() {
     );
     let mut worker = None;
     wait_until("a worker", Duration::from_secs(15), || {
-        worker = children(pid).first().copied();
+        worker = children(pid as i32).first().map(|&w| w as u32);
         worker.is_some()
     });
     let worker = worker.unwrap();

@@ -11,7 +11,9 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{Mount, errno, start_vault, wait_for_challenge_probe, wait_until};
+use common::{
+    Mount, children, errno, proc_state, signal, start_vault, wait_for_challenge_probe, wait_until,
+};
 use testvault::{Fault, FaultAction, TestVault};
 
 /// How slow the slow object is: far longer than any other read may take here.
@@ -251,26 +253,6 @@ fn a_name_past_127_bytes_is_too_long_and_costs_no_request() {
 
 // ---------------------------------------------------------------------------------------------
 // Stopped daemons.
-
-fn signal(pid: i32, sig: i32) {
-    // SAFETY: sending a signal has no memory-safety preconditions.
-    unsafe { libc::kill(pid, sig) };
-}
-
-fn proc_state(pid: i32) -> Option<char> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat.rsplit_once(')')?.1.trim_start().chars().next()
-}
-
-/// Live children of `pid`.
-fn children(pid: i32) -> Vec<i32> {
-    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
-        .unwrap_or_default()
-        .split_whitespace()
-        .filter_map(|p| p.parse().ok())
-        .filter(|p| proc_state(*p).is_some_and(|s| s != 'Z' && s != 'X'))
-        .collect()
-}
 
 fn supervisor_and_worker(m: &Mount) -> (i32, i32) {
     let supervisor = m.child.as_ref().expect("running").id() as i32;

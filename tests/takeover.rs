@@ -17,8 +17,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use common::{
-    KVFS, Mount, is_mounted, kvfs_env, kvfs_pids_for, mount_args, mount_detached, start_vault,
-    succeed,
+    KVFS, Mount, alive, children, is_mounted, kvfs_env, kvfs_pids_for, mount_args, mount_detached,
+    signal, start_vault, succeed,
 };
 use testvault::{Fault, FaultAction, TestVault};
 
@@ -116,32 +116,6 @@ impl Rng {
 
 // ---------------------------------------------------------------------------------------------
 // Processes.
-
-/// The state letter of `/proc/<pid>/stat` (None when the process is gone).
-fn proc_state(pid: i32) -> Option<char> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat.rsplit_once(')')?.1.trim_start().chars().next()
-}
-
-/// Exists and is not a zombie.
-fn alive(pid: i32) -> bool {
-    proc_state(pid).is_some_and(|s| s != 'Z' && s != 'X')
-}
-
-/// Live children of `pid`.
-fn children(pid: i32) -> Vec<i32> {
-    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
-        .unwrap_or_default()
-        .split_whitespace()
-        .filter_map(|p| p.parse().ok())
-        .filter(|p| alive(*p))
-        .collect()
-}
-
-fn signal(pid: i32, sig: i32) {
-    // SAFETY: sending a signal has no memory-safety preconditions.
-    unsafe { libc::kill(pid, sig) };
-}
 
 /// Wait up to `timeout` for `child`; SIGKILL it if it does not exit.
 fn wait_exit(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {

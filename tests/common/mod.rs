@@ -36,6 +36,9 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// The value of `secrets/api-key` in the sample seed (tests/testvault/seed/sample.json).
+pub const API_KEY: &str = "sk_test_4eC39HqLyjWDarjtT1zdp7dc";
+
 pub fn sample_seed() -> Seed {
     Seed::from_json(include_str!("../testvault/seed/sample.json")).expect("sample seed parses")
 }
@@ -353,4 +356,43 @@ pub fn wait_for_challenge_probe(vault: &TestVault) {
     wait_until("the challenge probe", Duration::from_secs(15), || {
         vault.requests().iter().any(is_challenge_probe)
     });
+}
+
+/// The state letter of `/proc/PID/stat` (`R`, `S`, `Z`, …), `None` once the process is gone.
+pub fn proc_state(pid: i32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?.1.trim_start().chars().next()
+}
+
+/// Exists and is not a zombie.
+pub fn alive(pid: i32) -> bool {
+    proc_state(pid).is_some_and(|s| s != 'Z' && s != 'X')
+}
+
+/// Live children of `pid` (a supervisor's worker).
+pub fn children(pid: i32) -> Vec<i32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .filter(|p| alive(*p))
+        .collect()
+}
+
+pub fn signal(pid: i32, sig: i32) {
+    // SAFETY: sending a signal has no memory-safety preconditions.
+    unsafe { libc::kill(pid, sig) };
+}
+
+/// `getfattr --only-values -n <name> <path>`: the attribute's value, `None` when getfattr fails
+/// (no such attribute, or the file is gone).
+pub fn getfattr(path: &Path, name: &str) -> Option<String> {
+    let out = Command::new("getfattr")
+        .args(["--only-values", "-n", name])
+        .arg(path)
+        .output()
+        .expect("getfattr (Debian package attr) is needed by these tests");
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }

@@ -18,8 +18,6 @@ use common::{
 };
 use testvault::faults::Fault;
 
-/// The sample seed's `api-key`.
-
 /// Every wait in this file is bounded by this (the machines are busy; nothing is timed).
 const WAIT: Duration = Duration::from_secs(30);
 

@@ -1,21 +1,22 @@
-//! The cache's background work: revalidation of latest-version entries by a list of their
-//! collection, and the refresher task that keeps entries that are being read fresh ahead of
-//! their expiry. The semantics are documented with the cache (`super::cache`); this module holds
-//! the mechanics, as `impl Inner` blocks and the per-collection [`Refresher`] state.
+//! The background refresher: a task that keeps the entries being read fresh ahead of their
+//! expiry, by one list of their collection (which revalidates them, see `super::revalidate`) or a
+//! GET each, and backs off per collection when the vault fails. What it does and why is in
+//! doc/CACHE.md; this module holds the schedule and the per-collection state. It sees the cache
+//! only through [`Refreshable`].
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use moka::ops::compute::Op;
 use parking_lot::Mutex;
 use tokio::time::{Instant, MissedTickBehavior};
 
-use super::cache::{CacheConfig, Counters, Inner, Known, Mode, Request, Slot};
-use crate::vault::clock::distinguishable;
-use crate::vault::{Collection, ObjectProps, VaultError};
+use super::entry::FIRST_RETRY;
+use super::flights::Mode;
+use super::request::Request;
+use crate::vault::{Collection, VaultError};
 
 /// Objects per list page (Key Vault's `maxresults` default and maximum).
 pub const LIST_PAGE: usize = 25;
@@ -25,26 +26,49 @@ const MAX_TICK: Duration = Duration::from_secs(5);
 
 /// An entry is refreshed once its age passes `ttl × jitter`, jitter uniform in this range, drawn
 /// per collection per refresh cycle (so a fleet of nodes does not refresh in lockstep). With the
-/// tick of [`tick_interval`], a refresh starts by 0.85 × TTL at the latest, leaving the rest of
-/// the TTL for the fetch: a reader never finds its entry expired while it is being refreshed.
+/// tick of [`tick_interval`], a refresh starts well before the TTL is up, leaving the rest of the
+/// TTL for the fetch: a reader never finds its entry expired while it is being refreshed.
 const JITTER: (f64, f64) = (0.60, 0.80);
-
-/// The first background retry interval after a transient failure is `min(ttl, this)`; it
-/// doubles up to `max(ttl, this)`.
-const FIRST_BACKOFF: Duration = Duration::from_secs(5);
 
 /// After the vault refuses to list a collection (an identity allowed to get objects but not to
 /// list them, as an access policy with only `get` is), its objects are refreshed one GET each,
 /// and listing is tried again after `max(ttl, this)`.
 const LIST_REFUSED_RETRY: Duration = Duration::from_secs(600);
 
-/// How often the refresher looks at the cache: `clamp(ttl / 20, 50 ms, 5 s)`.
+/// The refresher's log lines keep the target they had before it moved under `fs::cache`, so a
+/// `KVFS_LOG` filter or a log pipeline that names it still matches them.
+const LOG_TARGET: &str = "kvfs::fs::refresh";
+
+/// How often the refresher looks at the cache: `clamp(ttl / 20, MIN_TICK, MAX_TICK)`.
 pub fn tick_interval(ttl: Duration) -> Duration {
     (ttl / 20).clamp(MIN_TICK, MAX_TICK)
 }
 
+/// The cache as the refresher sees it: the entries being read, and background fetches.
+pub(super) trait Refreshable: Send + Sync + 'static {
+    /// The refresher's own state, which the cache holds.
+    fn refresher(&self) -> &Refresher;
+
+    /// The entries read since their state was stored (hot) that hold an answer, have no fetch
+    /// under way, and are `due` (by collection and start of the fetch that got their answer).
+    fn hot_entries(&self, due: &dyn Fn(Collection, Instant) -> bool) -> Vec<HotEntry>;
+
+    /// Fetch `request` in the background, although its entry may still be fresh, unless a
+    /// flight of its key that a reader could still join is under way.
+    fn refresh(self: &Arc<Self>, request: Request);
+}
+
+/// A hot entry, as [`Refreshable::hot_entries`] gives it.
+pub(super) struct HotEntry {
+    /// As the reader that created the entry spelt it: what a refresh asks.
+    pub(super) request: Request,
+    /// Start of the fetch (or of the list that renewed it) that got the entry's answer.
+    pub(super) fetched_at: Instant,
+}
+
 /// Per-collection refresh state, and whether the refresher task runs.
 pub(super) struct Refresher {
+    ttl: Duration,
     started: AtomicBool,
     state: Mutex<State>,
 }
@@ -105,8 +129,10 @@ impl State {
 }
 
 impl Refresher {
-    pub(super) fn new() -> Refresher {
+    /// The refresher of a cache whose entries live `ttl`.
+    pub(super) fn new(ttl: Duration) -> Refresher {
         Refresher {
+            ttl,
             started: AtomicBool::new(false),
             state: Mutex::new(State {
                 rng: RandomState::new().hash_one(0u64),
@@ -125,19 +151,20 @@ impl Refresher {
 
     /// Spawn the refresher task (once). It holds the cache weakly: it ends at the first tick
     /// after the last `Cache` clone is gone.
-    pub(super) fn start(inner: &Arc<Inner>) {
-        if inner.refresher.started.swap(true, Ordering::SeqCst) {
+    pub(super) fn start<C: Refreshable>(cache: &Arc<C>) {
+        let refresher = cache.refresher();
+        if refresher.started.swap(true, Ordering::SeqCst) {
             return;
         }
-        let tick = tick_interval(inner.config.ttl);
-        let weak = Arc::downgrade(inner);
+        let tick = tick_interval(refresher.ttl);
+        let weak = Arc::downgrade(cache);
         tokio::spawn(async move {
             let mut interval = tokio::time::interval_at(Instant::now() + tick, tick);
             interval.set_missed_tick_behavior(MissedTickBehavior::Delay);
             loop {
                 interval.tick().await;
-                let Some(inner) = weak.upgrade() else { break };
-                inner.tick();
+                let Some(cache) = weak.upgrade() else { break };
+                tick_once(&cache);
             }
         });
     }
@@ -163,14 +190,13 @@ impl Refresher {
         mode: Mode,
         is_list: bool,
         failure: Option<&VaultError>,
-        config: &CacheConfig,
     ) {
         let mut state = self.state.lock();
         match failure {
             None | Some(VaultError::NotFound | VaultError::Disabled) => {
                 if let Some(s) = state.collections.get_mut(&c) {
                     if s.outage.take().is_some() {
-                        tracing::debug!(collection = c.as_str(), "background refresh recovered");
+                        tracing::debug!(target: LOG_TARGET, collection = c.as_str(), "background refresh recovered");
                     }
                     if is_list {
                         s.list_refused_until = None;
@@ -180,11 +206,12 @@ impl Refresher {
             // A 403 on a list: the identity may `get` but not `list`. (A 401 is about the
             // token, not the permission: the token cache replaces it.)
             Some(VaultError::Forbidden(_)) if is_list => {
-                let retry = config.ttl.max(LIST_REFUSED_RETRY);
+                let retry = self.ttl.max(LIST_REFUSED_RETRY);
                 let s = state.collection(c);
                 if s.list_refused_until.is_none() {
                     // The refusal itself is logged by the cache, with what is missing.
                     tracing::info!(
+                        target: LOG_TARGET,
                         collection = c.as_str(),
                         ?retry,
                         "listing refused; refreshing objects one GET each until listing is allowed"
@@ -193,8 +220,10 @@ impl Refresher {
                 s.list_refused_until = Some(Instant::now() + retry);
             }
             Some(e) if e.is_transient() && mode == Mode::Background => {
-                let first = config.ttl.min(FIRST_BACKOFF);
-                let max = config.ttl.max(FIRST_BACKOFF);
+                // The interval of an object's first retry (without its `MIN_RETRY` floor),
+                // doubling up to `max(ttl, FIRST_RETRY)`.
+                let first = self.ttl.min(FIRST_RETRY);
+                let max = self.ttl.max(FIRST_RETRY);
                 let u = state.uniform();
                 let s = state.collection(c);
                 let interval = s
@@ -204,6 +233,7 @@ impl Refresher {
                 let wait = interval.mul_f64(u);
                 // The failing request itself logs (once per outage); this is the schedule.
                 tracing::debug!(
+                    target: LOG_TARGET,
                     collection = c.as_str(),
                     ?interval,
                     ?wait,
@@ -224,7 +254,7 @@ impl Refresher {
     }
 
     /// The age past which hot entries of each collection are refreshed, this cycle.
-    fn refresh_points(&self, ttl: Duration) -> HashMap<Collection, Duration> {
+    fn refresh_points(&self) -> HashMap<Collection, Duration> {
         let mut state = self.state.lock();
         [
             Collection::Secrets,
@@ -232,7 +262,7 @@ impl Refresher {
             Collection::Certificates,
         ]
         .into_iter()
-        .map(|c| (c, ttl.mul_f64(state.collection(c).jitter)))
+        .map(|c| (c, self.ttl.mul_f64(state.collection(c).jitter)))
         .collect()
     }
 
@@ -283,247 +313,65 @@ struct Plan {
     other: Vec<Request>,
 }
 
-/// What a list item says about a cached latest-version entry.
-#[derive(Debug, PartialEq, Eq)]
-enum Verdict {
-    /// Unchanged and unambiguous: the entry may be renewed.
-    Same,
-    /// Changed, deleted, or too close to its fetch to tell: refetch if hot.
-    Changed,
-    /// Cached as `NotFound`, listed now: refetch if hot, else drop.
-    Appeared,
-}
-
-fn verdict(collection: Collection, known: &Known, item: Option<&ObjectProps>) -> Verdict {
-    match (&known.answer, item) {
-        (Ok(value), Some(item)) => match value.props() {
-            Some(props)
-                if same_attributes(collection, props, item)
-                    && unambiguous(props.updated, known.vault_reached) =>
-            {
-                Verdict::Same
-            }
-            _ => Verdict::Changed,
-        },
-        (Err(VaultError::NotFound), None) => Verdict::Same,
-        (Err(VaultError::NotFound), Some(_)) => Verdict::Appeared,
-        (Err(VaultError::Disabled), Some(item)) if !item.enabled => Verdict::Same,
-        _ => Verdict::Changed,
-    }
-}
-
-/// The attributes a list item carries for the latest version are those of the cached value.
-/// A certificate's `contentType` is not in its list item (the value's is taken from its backing
-/// secret), so for certificates it is compared only when the item has one; it changes only with
-/// a new version, which changes `updated` anyway.
-fn same_attributes(collection: Collection, cached: &ObjectProps, item: &ObjectProps) -> bool {
-    cached.updated == item.updated
-        && cached.enabled == item.enabled
-        && cached.tags == item.tags
-        && (cached.content_type == item.content_type
-            || (collection == Collection::Certificates && item.content_type.is_none()))
-}
-
-/// A list item with the same attributes vouches for the cached value only if no later version
-/// could carry the same `updated` (see `crate::vault::clock`; unknown: ambiguous).
-fn unambiguous(updated: Option<SystemTime>, vault_reached: SystemTime) -> bool {
-    updated.is_some_and(|u| distinguishable(u, vault_reached))
-}
-
-impl Inner {
-    /// One refresher tick: refresh the hot entries past their refresh point, by list or GET.
-    pub(super) fn tick(self: &Arc<Self>) {
-        let now = Instant::now();
-        let points = self.refresher.refresh_points(self.config.ttl);
-        let mut plans: HashMap<Collection, Plan> = HashMap::new();
-        for (key, slot) in self.slots.iter() {
-            if !slot.is_hot() {
-                continue;
-            }
-            // Nothing known (never fetched, or access revoked): readers drive those.
-            let Some(known) = &slot.known else { continue };
-            let c = key.collection();
-            if now.saturating_duration_since(known.fetched_at) < points[&c] || self.in_flight(&key)
-            {
-                continue;
-            }
-            let plan = plans.entry(c).or_default();
-            if key.latest_name().is_some() {
-                let expired = now.saturating_duration_since(known.fetched_at) >= self.config.ttl;
-                plan.latest.push((slot.request.clone(), expired));
-            } else if matches!(*key, Request::List(_)) {
-                plan.list = true;
-            } else {
-                plan.other.push(slot.request.clone());
-            }
+/// One refresher tick: refresh the hot entries past their refresh point, by list or GET.
+fn tick_once<C: Refreshable>(cache: &Arc<C>) {
+    let now = Instant::now();
+    let refresher = cache.refresher();
+    let points = refresher.refresh_points();
+    let due = |c: Collection, fetched_at: Instant| {
+        now.saturating_duration_since(fetched_at) >= points[&c]
+    };
+    let mut plans: HashMap<Collection, Plan> = HashMap::new();
+    for HotEntry {
+        request,
+        fetched_at,
+    } in cache.hot_entries(&due)
+    {
+        let plan = plans.entry(request.collection()).or_default();
+        if request.latest_name().is_some() {
+            let expired = now.saturating_duration_since(fetched_at) >= refresher.ttl;
+            plan.latest.push((request, expired));
+        } else if matches!(request, Request::List(_)) {
+            plan.list = true;
+        } else {
+            plan.other.push(request);
         }
-        for (c, plan) in plans {
-            let Some(cycle) = self.refresher.begin_cycle(c, now) else {
-                continue;
-            };
-            let by_list = cycle.may_list
-                && (plan.list
-                    || (!plan.latest.is_empty()
-                        && cycle.list_pages.is_none_or(|p| plan.latest.len() > p)));
-            if by_list {
-                // Revalidates every latest entry of the collection when it comes back, and
-                // refetches the hot ones it shows changed.
-                self.refresh(Request::List(c));
-            } else {
-                // One GET per object and TTL at most, as a client polling each object would
-                // make: refreshing ahead of expiry by GET would cost more than that (a list
-                // ahead of expiry is one call for many objects). Readers that find the entry
-                // expired meanwhile fetch it themselves, once, and this skips it.
-                for (request, expired) in plan.latest {
-                    if expired {
-                        self.refresh(request);
-                    }
+    }
+    for (c, plan) in plans {
+        let Some(cycle) = refresher.begin_cycle(c, now) else {
+            continue;
+        };
+        let by_list = cycle.may_list
+            && (plan.list
+                || (!plan.latest.is_empty()
+                    && cycle.list_pages.is_none_or(|p| plan.latest.len() > p)));
+        if by_list {
+            // Revalidates every latest entry of the collection when it comes back, and
+            // refetches the hot ones it shows changed.
+            cache.refresh(Request::List(c));
+        } else {
+            // One GET per object and TTL at most, as a client polling each object would
+            // make: refreshing ahead of expiry by GET would cost more than that (a list
+            // ahead of expiry is one call for many objects). Readers that find the entry
+            // expired meanwhile fetch it themselves, once, and this skips it.
+            for (request, expired) in plan.latest {
+                if expired {
+                    cache.refresh(request);
                 }
             }
-            for request in plan.other {
-                self.refresh(request);
-            }
         }
-    }
-
-    /// Apply a list of `collection`, whose fetch started at `listed_at`, to the cached
-    /// latest-version entries of that collection (see the module docs of the cache).
-    pub(super) async fn revalidate(
-        self: &Arc<Self>,
-        collection: Collection,
-        items: &[ObjectProps],
-        listed_at: Instant,
-    ) {
-        Counters::bump(&self.counters.list_revalidations);
-        let by_name: HashMap<String, &ObjectProps> = items
-            .iter()
-            .map(|p| (p.name.to_ascii_uppercase(), p))
-            .collect();
-        let entries: Vec<_> = self
-            .slots
-            .iter()
-            .filter(|(key, _)| key.collection() == collection && key.latest_name().is_some())
-            .collect();
-        for (key, slot) in entries {
-            let Some(known) = &slot.known else { continue };
-            // A list that started before the entry's own fetch says nothing new about it.
-            if slot.as_of > listed_at || known.fetched_at >= listed_at {
-                continue;
-            }
-            let name = key.latest_name().unwrap_or_default();
-            let hot = slot.is_hot();
-            match verdict(collection, known, by_name.get(name).copied()) {
-                // Cold entries are left to expire: renewing them would keep unread entries at
-                // the head of the LRU, and a read after expiry refetches them anyway.
-                Verdict::Same if hot => self.renew(&key, &slot, listed_at).await,
-                Verdict::Changed | Verdict::Appeared if hot => {
-                    self.refresh(slot.request.clone());
-                }
-                Verdict::Appeared => self.drop_if_current(&key, &slot).await,
-                _ => {}
-            }
+        for request in plan.other {
+            cache.refresh(request);
         }
-    }
-
-    /// Make `seen` fresh as of `listed_at`, unless another state replaced it meanwhile.
-    async fn renew(&self, key: &Request, seen: &Arc<Slot>, listed_at: Instant) {
-        let Some(known) = &seen.known else { return };
-        let mut renewed = false;
-        self.slots
-            .entry(key.clone())
-            .and_compute_with(|current| {
-                let op = match current.map(|entry| entry.into_value()) {
-                    Some(current) if Arc::ptr_eq(&current, seen) => {
-                        renewed = true;
-                        Op::Put(Arc::new(Slot {
-                            known: Some(Known {
-                                fetched_at: listed_at,
-                                ..known.clone()
-                            }),
-                            outage: None,
-                            as_of: listed_at,
-                            bytes: seen.bytes,
-                            request: seen.request.clone(),
-                            read: AtomicBool::new(false),
-                        }))
-                    }
-                    _ => Op::Nop,
-                };
-                std::future::ready(op)
-            })
-            .await;
-        if renewed {
-            Counters::bump(&self.counters.revalidated);
-        }
-    }
-
-    /// Forget `seen` (a `NotFound` for an object that now exists), unless it was replaced.
-    async fn drop_if_current(&self, key: &Request, seen: &Arc<Slot>) {
-        self.slots
-            .entry(key.clone())
-            .and_compute_with(|current| {
-                std::future::ready(match current.map(|entry| entry.into_value()) {
-                    Some(current) if Arc::ptr_eq(&current, seen) => Op::Remove,
-                    _ => Op::Nop,
-                })
-            })
-            .await;
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fs::cache::{Cache, Change};
-    use crate::vault::memory::{MemoryVault, wall_clock};
+    use crate::fs::cache::testing::{AGED, TTL, listen, put_secrets, read, refreshing, secret};
+    use crate::fs::cache::Change;
     use tokio::time::sleep;
-
-    const TTL: Duration = Duration::from_secs(60);
-    /// Objects written this long before they are first read are not ambiguous.
-    const AGED: Duration = Duration::from_secs(120);
-
-    fn setup(ttl: Duration) -> (Arc<MemoryVault>, Cache) {
-        let vault = Arc::new(MemoryVault::new());
-        let cache = Cache::with_wall_clock(
-            vault.clone(),
-            CacheConfig {
-                ttl,
-                max_stale: Duration::from_secs(3600),
-                ..CacheConfig::default()
-            },
-            wall_clock,
-        );
-        cache.inner.refresher.reseed(7);
-        (vault, cache)
-    }
-
-    fn listen(cache: &Cache) -> Arc<Mutex<Vec<Change>>> {
-        let changes = Arc::new(Mutex::new(Vec::new()));
-        let sink = Arc::clone(&changes);
-        assert!(cache.set_change_listener(Arc::new(move |c| sink.lock().push(c))));
-        changes
-    }
-
-    async fn read(cache: &Cache, name: &str) -> Result<Vec<u8>, VaultError> {
-        cache
-            .secret(name, None)
-            .await
-            .map(|c| c.value.value.clone())
-    }
-
-    /// Let spawned tasks (background flights) run, without moving the clock.
-    async fn settle() {
-        for _ in 0..50 {
-            tokio::task::yield_now().await;
-        }
-    }
-
-    fn secret(name: &str) -> Change {
-        Change::Object {
-            collection: Collection::Secrets,
-            name: name.into(),
-        }
-    }
 
     #[test]
     fn tick_is_a_twentieth_of_the_ttl_within_bounds() {
@@ -536,118 +384,10 @@ mod tests {
         assert_eq!(tick_interval(Duration::from_millis(100)), MIN_TICK);
     }
 
-    #[test]
-    fn list_items_vouch_only_for_the_same_attributes_well_after_the_write() {
-        let written = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
-        let cached = ObjectProps {
-            name: "c".into(),
-            version: Some("0".repeat(32)),
-            enabled: true,
-            updated: Some(written),
-            content_type: Some("application/x-pem-file".into()),
-            ..Default::default()
-        };
-        let item = ObjectProps {
-            version: None,
-            ..cached.clone()
-        };
-        assert!(same_attributes(Collection::Secrets, &cached, &item));
-        for other in [
-            ObjectProps {
-                updated: Some(written + Duration::from_secs(1)),
-                ..item.clone()
-            },
-            ObjectProps {
-                enabled: false,
-                ..item.clone()
-            },
-            ObjectProps {
-                tags: [("env".to_string(), "prod".to_string())].into(),
-                ..item.clone()
-            },
-            ObjectProps {
-                content_type: Some("text/plain".into()),
-                ..item.clone()
-            },
-        ] {
-            assert!(!same_attributes(Collection::Certificates, &cached, &other));
-        }
-        // A certificate's list item has no contentType (the value's comes from its secret).
-        let bare = ObjectProps {
-            content_type: None,
-            ..item.clone()
-        };
-        assert!(same_attributes(Collection::Certificates, &cached, &bare));
-        assert!(!same_attributes(Collection::Secrets, &cached, &bare));
-
-        let second = Duration::from_secs(1);
-        assert!(unambiguous(Some(written), written + second));
-        assert!(!unambiguous(
-            Some(written),
-            written + second - Duration::from_millis(1)
-        ));
-        assert!(!unambiguous(None, written + second));
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn keys_and_certificates_are_revalidated_by_their_lists() {
-        let (vault, cache) = setup(TTL);
-        let changes = listen(&cache);
-        vault.set_key("k", serde_json::json!({"kty": "EC"}));
-        vault.set_certificate("c", vec![1, 2, 3], Some(("application/x-pem-file", "PEM")));
-        sleep(AGED).await;
-        cache.key("k", None).await.unwrap();
-        cache.certificate("C", None).await.unwrap();
-        sleep(Duration::from_secs(10)).await;
-        cache.list(Collection::Keys).await.unwrap();
-        cache.list(Collection::Certificates).await.unwrap();
-        settle().await;
-        assert_eq!(cache.stats().revalidated, 2);
-        assert_eq!(cache.key("k", None).await.unwrap().valid_for, TTL);
-        assert_eq!(cache.certificate("c", None).await.unwrap().valid_for, TTL);
-        assert_eq!(
-            (vault.calls("get_key"), vault.calls("get_certificate")),
-            (1, 1)
-        );
-
-        // New versions: the lists show another `updated`; both hot entries are refetched.
-        vault.set_key("k", serde_json::json!({"kty": "RSA"}));
-        vault.set_certificate("c", vec![4, 5, 6], None);
-        sleep(TTL).await;
-        cache.list(Collection::Keys).await.unwrap();
-        cache.list(Collection::Certificates).await.unwrap();
-        settle().await;
-        assert_eq!(
-            (vault.calls("get_key"), vault.calls("get_certificate")),
-            (2, 2)
-        );
-        let key = cache.key("k", None).await.unwrap();
-        assert_eq!(key.value.jwk["kty"], "RSA");
-        assert_eq!(
-            cache.certificate("c", None).await.unwrap().value.cer,
-            [4, 5, 6]
-        );
-        assert_eq!(
-            *changes.lock(),
-            vec![
-                Change::Object {
-                    collection: Collection::Keys,
-                    name: "k".into()
-                },
-                Change::Object {
-                    collection: Collection::Certificates,
-                    name: "c".into()
-                },
-            ]
-        );
-    }
-
     #[tokio::test(start_paused = true)]
     async fn a_list_per_refresh_cycle_keeps_500_hot_secrets_fresh() {
-        let (vault, cache) = setup(TTL);
-        for i in 0..500 {
-            vault.set_secret(&format!("s{i}"), format!("v{i}").as_bytes());
-        }
+        let (vault, cache) = refreshing(TTL);
+        put_secrets(&vault, 500, |i| format!("v{i}"));
         sleep(AGED).await;
         cache.start_refresher();
         // Every secret read once a second for 10 TTLs.
@@ -677,10 +417,8 @@ mod tests {
     /// again every tick.
     #[tokio::test(start_paused = true)]
     async fn a_refused_list_falls_back_to_gets() {
-        let (vault, cache) = setup(TTL);
-        for i in 0..30 {
-            vault.set_secret(&format!("s{i}"), format!("v{i}").as_bytes());
-        }
+        let (vault, cache) = refreshing(TTL);
+        put_secrets(&vault, 30, |i| format!("v{i}"));
         vault.fail_op(
             "list",
             Some(VaultError::Forbidden(
@@ -707,12 +445,10 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_rotation_is_seen_within_a_ttl_and_reported_once() {
-        let (vault, cache) = setup(TTL);
+        let (vault, cache) = refreshing(TTL);
         let changes = listen(&cache);
         // 30 secrets: two list pages, so a cycle lists rather than GETs each.
-        for i in 0..30 {
-            vault.set_secret(&format!("s{i}"), b"old");
-        }
+        put_secrets(&vault, 30, |_| "old".into());
         sleep(AGED).await;
         cache.start_refresher();
         let start = Instant::now();
@@ -748,173 +484,10 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_value_too_close_to_its_fetch_is_refetched_not_renewed() {
-        let (vault, cache) = setup(TTL);
-        vault.set_secret("old", b"o");
-        sleep(AGED).await;
-        // Written in the second it is fetched: a list cannot tell it from a newer version.
-        vault.set_secret("fresh", b"f");
-        read(&cache, "old").await.unwrap();
-        read(&cache, "fresh").await.unwrap();
-        sleep(Duration::from_secs(10)).await;
-        cache.list(Collection::Secrets).await.unwrap();
-        settle().await;
-        assert_eq!(vault.calls("get_secret"), 3, "fresh refetched by GET");
-        let stats = cache.stats();
-        assert_eq!((stats.revalidated, stats.background_fetches), (1, 1));
-        // The renewed entry is fresh as of the list: a whole TTL again.
-        assert_eq!(cache.secret("old", None).await.unwrap().valid_for, TTL);
-        assert_eq!(cache.secret("fresh", None).await.unwrap().valid_for, TTL);
-
-        // Refetched ten seconds after its write, the value is no longer ambiguous: the next
-        // list renews it.
-        let gets = vault.calls("get_secret");
-        sleep(TTL - Duration::from_secs(5)).await;
-        read(&cache, "fresh").await.unwrap();
-        read(&cache, "old").await.unwrap();
-        sleep(Duration::from_secs(6)).await; // the list's own entry expires
-        cache.list(Collection::Secrets).await.unwrap();
-        settle().await;
-        assert_eq!(vault.calls("get_secret"), gets);
-        assert_eq!(cache.stats().revalidated, 1 + 2, "old again, and fresh");
-    }
-
-    /// Fetch `name` once, `written_before` after writing it, then list a few seconds later:
-    /// whether the list renewed it (else it refetched it).
-    async fn renewed_after(vault: &MemoryVault, cache: &Cache, written_before: Duration) -> bool {
-        let gets = vault.calls("get_secret");
-        let renewed = cache.stats().revalidated;
-        vault.set_secret("s", b"v");
-        sleep(written_before).await;
-        read(cache, "s").await.unwrap();
-        sleep(Duration::from_secs(5)).await;
-        cache.list(Collection::Secrets).await.unwrap();
-        settle().await;
-        let refetched = vault.calls("get_secret") - gets == 2;
-        let was_renewed = cache.stats().revalidated > renewed;
-        assert_ne!(refetched, was_renewed);
-        // Expire it, so the next round fetches afresh.
-        sleep(TTL).await;
-        was_renewed
-    }
-
-    /// The margin comes from the vault's `Date`s, whatever the skew between its clock and ours:
-    /// a value written 3 s before its fetch is vouched for by lists at once; one written in the
-    /// second it is fetched is refetched (a later version could carry the same `updated`).
-    #[tokio::test(start_paused = true)]
-    async fn the_margin_follows_the_vault_clock_seen_in_its_dates() {
-        for skew_ms in [0, 90_000, -90_000, 1_500, -1_500] {
-            let (vault, cache) = setup(TTL);
-            vault.set_clock_skew(skew_ms);
-            // The clock's first samples: a list's Date (the vault is empty).
-            cache.list(Collection::Secrets).await.unwrap();
-            sleep(TTL).await;
-            assert!(
-                renewed_after(&vault, &cache, Duration::from_secs(3)).await,
-                "skew {skew_ms} ms: 3 s"
-            );
-            assert!(
-                !renewed_after(&vault, &cache, Duration::ZERO).await,
-                "skew {skew_ms} ms: same second"
-            );
-        }
-    }
-
-    /// Without a `Date` (a vault whose clock kvfs cannot see) and before any stamp teaches it
-    /// better, the old assumption stands: the clocks agree within a minute, so a value written
-    /// 3 s before its fetch is not vouched for, one written a minute before is.
-    #[tokio::test(start_paused = true)]
-    async fn without_dates_the_margin_starts_at_a_minute() {
-        let (vault, cache) = setup(TTL);
-        vault.set_dates(false);
-        assert!(!renewed_after(&vault, &cache, Duration::from_secs(3)).await);
-        let (vault, cache) = setup(TTL);
-        vault.set_dates(false);
-        assert!(renewed_after(&vault, &cache, Duration::from_secs(61)).await);
-    }
-
-    /// A vault clock two minutes behind ours, and a rotation written in the same second (on its
-    /// clock) as the fetch of the value it replaces, with the same attributes: the list cannot
-    /// tell them apart, and must not renew the old value. (Assuming a minute of skew at most,
-    /// as kvfs did before it read the vault's `Date`s, it would have: forever.)
-    #[tokio::test(start_paused = true)]
-    async fn a_rotation_in_the_second_of_the_fetch_is_not_hidden_by_a_skewed_clock() {
-        let (vault, cache) = setup(TTL);
-        vault.set_clock_skew(-120_000);
-        // 30 others read along, so that the refresher lists rather than GETs.
-        for i in 0..30 {
-            vault.set_secret(&format!("o{i}"), b"o");
-        }
-        cache.list(Collection::Secrets).await.unwrap();
-        sleep(TTL).await;
-        vault.set_secret("s", b"old");
-        sleep(Duration::from_secs(90)).await;
-        vault.set_secret("s", b"old-again");
-        read(&cache, "s").await.unwrap();
-        vault.set_secret("s", b"new");
-        cache.start_refresher();
-        for _ in 0..(2 * 60) {
-            read(&cache, "s").await.unwrap();
-            for i in 0..30 {
-                read(&cache, &format!("o{i}")).await.unwrap();
-            }
-            sleep(Duration::from_secs(1)).await;
-        }
-        assert!(vault.calls("list") >= 3, "the refresher listed");
-        assert_eq!(read(&cache, "s").await.unwrap(), b"new");
-    }
-
-    /// Readers whose entries expire while their collection's list is in flight wait for that
-    /// list (which renews them) instead of each sending a GET.
-    #[tokio::test(start_paused = true)]
-    async fn readers_of_expired_entries_wait_for_the_list_in_flight() {
-        let ttl = Duration::from_secs(2);
-        let (vault, cache) = setup(ttl);
-        for i in 0..30 {
-            vault.set_secret(&format!("s{i}"), format!("v{i}").as_bytes());
-        }
-        sleep(AGED).await;
-        for i in 0..30 {
-            read(&cache, &format!("s{i}")).await.unwrap();
-        }
-        // A list that starts 1.8 s into the entries' TTL and takes half a second.
-        vault.set_delay(Duration::from_millis(500));
-        sleep(Duration::from_millis(1800)).await;
-        let lister = tokio::spawn({
-            let cache = cache.clone();
-            async move { cache.list(Collection::Secrets).await.map(|_| ()) }
-        });
-        sleep(Duration::from_millis(300)).await;
-        // Expired now, and the list is still out.
-        assert!(cache.inner.in_flight(&Request::List(Collection::Secrets)));
-        let readers: Vec<_> = (0..30)
-            .map(|i| {
-                let cache = cache.clone();
-                tokio::spawn(async move {
-                    let got = cache.secret(&format!("s{i}"), None).await.unwrap();
-                    (i, got.value.value.clone(), got.stale, got.valid_for)
-                })
-            })
-            .collect();
-        for reader in readers {
-            let (i, value, stale, valid_for) = reader.await.unwrap();
-            assert_eq!(value, format!("v{i}").as_bytes());
-            assert!(!stale);
-            // Fresh as of the list's start, 0.3 s before the read and 0.2 s before its answer.
-            assert_eq!(valid_for, ttl - Duration::from_millis(500));
-        }
-        lister.await.unwrap().unwrap();
-        assert_eq!(vault.calls("get_secret"), 30);
-        assert_eq!(cache.stats().revalidated, 30);
-    }
-
-    #[tokio::test(start_paused = true)]
     async fn a_deleted_secret_reads_as_not_found_after_the_ttl() {
-        let (vault, cache) = setup(TTL);
+        let (vault, cache) = refreshing(TTL);
         let changes = listen(&cache);
-        for i in 0..30 {
-            vault.set_secret(&format!("s{i}"), b"v");
-        }
+        put_secrets(&vault, 30, |_| "v".into());
         sleep(AGED).await;
         cache.start_refresher();
         let start = Instant::now();
@@ -942,50 +515,9 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_cached_not_found_is_renewed_while_absent_and_dropped_once_created() {
-        let (vault, cache) = setup(TTL);
-        let changes = listen(&cache);
-        vault.set_secret("other", b"x");
-        assert_eq!(read(&cache, "new").await, Err(VaultError::NotFound));
-        sleep(Duration::from_secs(10)).await;
-        // Hot and absent from the list: renewed.
-        cache.list(Collection::Secrets).await.unwrap();
-        assert_eq!(cache.stats().revalidated, 1);
-        assert_eq!(read(&cache, "new").await, Err(VaultError::NotFound));
-
-        // Created, then listed while the entry is hot: refetched at once, reported.
-        vault.set_secret("new", b"here");
-        sleep(Duration::from_secs(5)).await;
-        assert_eq!(read(&cache, "new").await, Err(VaultError::NotFound));
-        sleep(TTL - Duration::from_secs(5)).await; // the list entry expires, the object's not yet
-        cache.list(Collection::Secrets).await.unwrap();
-        settle().await;
-        assert_eq!(read(&cache, "new").await.unwrap(), b"here");
-        assert_eq!(vault.calls("get_secret"), 2);
-        assert_eq!(
-            *changes.lock(),
-            vec![Change::Listing(Collection::Secrets), secret("new")]
-        );
-
-        // A cold NotFound (renewed, not read since) is dropped: the next read fetches.
-        assert_eq!(read(&cache, "later").await, Err(VaultError::NotFound));
-        sleep(TTL).await;
-        cache.list(Collection::Secrets).await.unwrap(); // renews the hot "later"
-        vault.set_secret("later", b"hi");
-        sleep(TTL).await;
-        cache.list(Collection::Secrets).await.unwrap(); // "later" is cold now: dropped
-        settle().await;
-        let gets = vault.calls("get_secret");
-        assert_eq!(read(&cache, "later").await.unwrap(), b"hi");
-        assert_eq!(vault.calls("get_secret"), gets + 1);
-    }
-
-    #[tokio::test(start_paused = true)]
     async fn cold_entries_are_not_refreshed() {
-        let (vault, cache) = setup(TTL);
-        for i in 0..10 {
-            vault.set_secret(&format!("s{i}"), b"v");
-        }
+        let (vault, cache) = refreshing(TTL);
+        put_secrets(&vault, 10, |_| "v".into());
         sleep(AGED).await;
         cache.start_refresher();
         for i in 0..10 {
@@ -1004,10 +536,8 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn throttled_lists_back_off_without_a_get_storm_and_values_stay_served() {
-        let (vault, cache) = setup(TTL);
-        for i in 0..50 {
-            vault.set_secret(&format!("s{i}"), format!("v{i}").as_bytes());
-        }
+        let (vault, cache) = refreshing(TTL);
+        put_secrets(&vault, 50, |i| format!("v{i}"));
         sleep(AGED).await;
         cache.start_refresher();
         let read_all = || async {
@@ -1055,7 +585,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn readers_never_wait_for_a_background_refresh() {
-        let (vault, cache) = setup(TTL);
+        let (vault, cache) = refreshing(TTL);
         vault.set_secret("s", b"v");
         sleep(AGED).await;
         cache.start_refresher();
@@ -1069,7 +599,7 @@ mod tests {
             assert_eq!(Instant::now(), before, "a warm read waited");
             assert_eq!(got.value.value, b"v");
             assert!(!got.stale);
-            if cache.inner.in_flight(&Request::List(Collection::Secrets)) {
+            if cache.inner.flights.in_flight(&Request::List(Collection::Secrets)) {
                 waited_on += 1;
             }
             sleep(Duration::from_secs(1)).await;
@@ -1083,7 +613,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn hot_version_lists_are_refreshed_ahead_of_expiry() {
-        let (vault, cache) = setup(TTL);
+        let (vault, cache) = refreshing(TTL);
         vault.set_secret("s", b"1");
         sleep(AGED).await;
         cache.start_refresher();
@@ -1102,7 +632,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn the_refresher_ends_with_the_last_cache_clone() {
-        let (_vault, cache) = setup(TTL);
+        let (_vault, cache) = refreshing(TTL);
         let metrics = tokio::runtime::Handle::current().metrics();
         let before = metrics.num_alive_tasks();
         cache.start_refresher();

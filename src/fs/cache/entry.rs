@@ -699,7 +699,10 @@ mod tests {
             ),
             (
                 "an answer the cache does not understand is refused too",
-                vec![(0, R, Ok("v1")), (60, R, Err(VaultError::Unexpected("?".into())))],
+                vec![
+                    (0, R, Ok("v1")),
+                    (60, R, Err(VaultError::Unexpected("?".into()))),
+                ],
                 refusal(VaultError::Unexpected("?".into()), FIRST_RETRY, true),
             ),
             (
@@ -776,13 +779,33 @@ mod tests {
         let not_found = || Some(Err(VaultError::NotFound));
         let cases = [
             ("first fetch", None, Some(Ok(value("v1"))), None),
-            ("same version", Some(Ok(value("v1"))), Some(Ok(value("v1"))), None),
-            ("new version", Some(Ok(value("v1"))), Some(Ok(value("v2"))), Some(&db)),
+            (
+                "same version",
+                Some(Ok(value("v1"))),
+                Some(Ok(value("v1"))),
+                None,
+            ),
+            (
+                "new version",
+                Some(Ok(value("v1"))),
+                Some(Ok(value("v2"))),
+                Some(&db),
+            ),
             ("deleted", Some(Ok(value("v1"))), not_found(), Some(&db)),
             ("created", not_found(), Some(Ok(value("v1"))), Some(&db)),
             ("still missing", not_found(), not_found(), None),
-            ("disabled", not_found(), Some(Err(VaultError::Disabled)), Some(&db)),
-            ("a failure learns nothing", Some(Ok(value("v1"))), None, None),
+            (
+                "disabled",
+                not_found(),
+                Some(Err(VaultError::Disabled)),
+                Some(&db),
+            ),
+            (
+                "a failure learns nothing",
+                Some(Ok(value("v1"))),
+                None,
+                None,
+            ),
         ];
         for (name, old, new, expected) in cases {
             assert_eq!(
@@ -805,16 +828,37 @@ mod tests {
             vault_reached: SystemTime::UNIX_EPOCH + secs(at),
         };
         let held = settle(None, fetch(0, Ok(value("v1"))), zero + FETCH, &config()).state;
-        let failing = settle(Some(&held), fetch(60, Err(unavailable())), zero + secs(61), &config());
-        let renewed = failing.state.renewed(zero + secs(62)).expect("it holds a value");
+        let failing = settle(
+            Some(&held),
+            fetch(60, Err(unavailable())),
+            zero + secs(61),
+            &config(),
+        );
+        let renewed = failing
+            .state
+            .renewed(zero + secs(62))
+            .expect("it holds a value");
         let known = renewed.known.as_ref().unwrap();
         assert_eq!(known.fetched_at, zero + secs(62));
         // The vault's clock as of the fetch of the value, not of the list: what the next list
         // compares `updated` with.
         assert_eq!(known.vault_reached, SystemTime::UNIX_EPOCH);
         assert!(renewed.outage.is_none() && !renewed.is_hot());
-        assert_eq!(renewed.fresh(zero + secs(62), TTL).unwrap().ok().unwrap().valid_for, TTL);
-        let refused = settle(Some(&held), fetch(60, Err(forbidden())), zero + secs(61), &config());
+        assert_eq!(
+            renewed
+                .fresh(zero + secs(62), TTL)
+                .unwrap()
+                .ok()
+                .unwrap()
+                .valid_for,
+            TTL
+        );
+        let refused = settle(
+            Some(&held),
+            fetch(60, Err(forbidden())),
+            zero + secs(61),
+            &config(),
+        );
         assert!(refused.state.renewed(zero + secs(62)).is_none());
     }
 }

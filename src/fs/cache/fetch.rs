@@ -31,7 +31,11 @@ impl Inner {
     /// Start a background flight of `request` as of `now`, unless a flight of its key that a
     /// reader could still join is under way; the flight's outcome, for a caller that waits.
     /// Readers keep getting the entry while it runs; the outcome is stored like a reader's.
-    pub(super) fn start_background(self: &Arc<Self>, request: Request, now: Instant) -> Option<Pending> {
+    pub(super) fn start_background(
+        self: &Arc<Self>,
+        request: Request,
+        now: Instant,
+    ) -> Option<Pending> {
         let key = request.key();
         let mut flights = self.flights.lock();
         if flights
@@ -44,7 +48,13 @@ impl Inner {
     }
 
     /// One flight: fetch, store the outcome, leave the flight map.
-    async fn fly(self: Arc<Self>, request: Request, id: u64, started: Instant, mode: Mode) -> Answer {
+    async fn fly(
+        self: Arc<Self>,
+        request: Request,
+        id: u64,
+        started: Instant,
+        mode: Mode,
+    ) -> Answer {
         let key = request.key();
         let answer = self.fetch_and_store(&request, &key, started, mode).await;
         self.flights.landed(&key, id);

@@ -52,8 +52,8 @@ use entry::{Fallback, Report, Slot};
 use flights::{Flights, Mode};
 pub use read::READER_PATIENCE;
 use refresh::{HotEntry, Refreshable, Refresher};
-pub(super) use request::Request;
 use request::Held;
+pub(super) use request::Request;
 
 /// Bytes charged per entry on top of its value: the key, the entry struct, moka's bookkeeping.
 /// Also makes negative and error entries (which hold no value) count against the byte bound.

@@ -369,8 +369,10 @@ fn tick_once<C: Refreshable>(cache: &Arc<C>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fs::cache::testing::{AGED, TTL, listen, put_secrets, read, refreshing, secret};
     use crate::fs::cache::Change;
+    use crate::fs::cache::testing::{
+        AGED, TTL, aged_secrets, listen, put_secrets, read, refreshing, secret,
+    };
     use tokio::time::sleep;
 
     #[test]
@@ -386,10 +388,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_list_per_refresh_cycle_keeps_500_hot_secrets_fresh() {
-        let (vault, cache) = refreshing(TTL);
-        put_secrets(&vault, 500, |i| format!("v{i}"));
-        sleep(AGED).await;
-        cache.start_refresher();
+        let (vault, cache) = aged_secrets(500, |i| format!("v{i}")).await;
         // Every secret read once a second for 10 TTLs.
         for _ in 0..=600 {
             for i in 0..500 {
@@ -445,12 +444,9 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_rotation_is_seen_within_a_ttl_and_reported_once() {
-        let (vault, cache) = refreshing(TTL);
-        let changes = listen(&cache);
         // 30 secrets: two list pages, so a cycle lists rather than GETs each.
-        put_secrets(&vault, 30, |_| "old".into());
-        sleep(AGED).await;
-        cache.start_refresher();
+        let (vault, cache) = aged_secrets(30, |_| "old".into()).await;
+        let changes = listen(&cache);
         let start = Instant::now();
         let mut rotated_at = None;
         let mut first_seen = None;
@@ -485,11 +481,8 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_deleted_secret_reads_as_not_found_after_the_ttl() {
-        let (vault, cache) = refreshing(TTL);
+        let (vault, cache) = aged_secrets(30, |_| "v".into()).await;
         let changes = listen(&cache);
-        put_secrets(&vault, 30, |_| "v".into());
-        sleep(AGED).await;
-        cache.start_refresher();
         let start = Instant::now();
         let mut gone_at = None;
         while start.elapsed() < 3 * TTL {
@@ -516,10 +509,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn cold_entries_are_not_refreshed() {
-        let (vault, cache) = refreshing(TTL);
-        put_secrets(&vault, 10, |_| "v".into());
-        sleep(AGED).await;
-        cache.start_refresher();
+        let (vault, cache) = aged_secrets(10, |_| "v".into()).await;
         for i in 0..10 {
             read(&cache, &format!("s{i}")).await.unwrap();
         }
@@ -536,10 +526,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn throttled_lists_back_off_without_a_get_storm_and_values_stay_served() {
-        let (vault, cache) = refreshing(TTL);
-        put_secrets(&vault, 50, |i| format!("v{i}"));
-        sleep(AGED).await;
-        cache.start_refresher();
+        let (vault, cache) = aged_secrets(50, |i| format!("v{i}")).await;
         let read_all = || async {
             for i in 0..50 {
                 let got = cache.secret(&format!("s{i}"), None).await.unwrap();
@@ -599,7 +586,11 @@ mod tests {
             assert_eq!(Instant::now(), before, "a warm read waited");
             assert_eq!(got.value.value, b"v");
             assert!(!got.stale);
-            if cache.inner.flights.in_flight(&Request::List(Collection::Secrets)) {
+            if cache
+                .inner
+                .flights
+                .in_flight(&Request::List(Collection::Secrets))
+            {
                 waited_on += 1;
             }
             sleep(Duration::from_secs(1)).await;

@@ -127,13 +127,15 @@ impl fmt::Display for Request {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Request::Object {
-                collection,
+                collection: c,
                 name,
-                version,
-            } => {
-                write!(f, "{}/{name}", collection.as_str())?;
-                version.iter().try_for_each(|v| write!(f, "/{v}"))
-            }
+                version: None,
+            } => write!(f, "{}/{name}", c.as_str()),
+            Request::Object {
+                collection: c,
+                name,
+                version: Some(v),
+            } => write!(f, "{}/{name}/{v}", c.as_str()),
             Request::List(c) => write!(f, "{} (list)", c.as_str()),
             Request::Versions(c, name) => write!(f, "{}/{name} (versions)", c.as_str()),
         }

@@ -108,7 +108,10 @@ impl Inner {
         let Some(renewed) = seen.renewed(listed_at) else {
             return;
         };
-        if self.replace_if_current(key, seen, Op::Put(Arc::new(renewed))).await {
+        if self
+            .replace_if_current(key, seen, Op::Put(Arc::new(renewed)))
+            .await
+        {
             Counters::bump(&self.counters.revalidated);
         }
     }
@@ -137,7 +140,9 @@ impl Inner {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fs::cache::testing::{AGED, TTL, listen, put_secrets, read, refreshing, secret, settle};
+    use crate::fs::cache::testing::{
+        AGED, TTL, listen, put_secrets, read, refreshing, secret, settle,
+    };
     use crate::fs::cache::{Cache, Change};
     use crate::vault::memory::MemoryVault;
     use std::time::Duration;
@@ -386,7 +391,12 @@ mod tests {
         });
         sleep(Duration::from_millis(300)).await;
         // Expired now, and the list is still out.
-        assert!(cache.inner.flights.in_flight(&Request::List(Collection::Secrets)));
+        assert!(
+            cache
+                .inner
+                .flights
+                .in_flight(&Request::List(Collection::Secrets))
+        );
         let readers: Vec<_> = (0..30)
             .map(|i| {
                 let cache = cache.clone();

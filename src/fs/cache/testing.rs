@@ -60,6 +60,19 @@ pub(super) fn secret(name: &str) -> Change {
     }
 }
 
+/// A [`refreshing`] cache with a TTL of [`TTL`], of a vault holding `n` secrets (as
+/// [`put_secrets`] writes them) written [`AGED`] ago, its refresher started.
+pub(super) async fn aged_secrets(
+    n: usize,
+    value: impl Fn(usize) -> String,
+) -> (Arc<MemoryVault>, Cache) {
+    let (vault, cache) = refreshing(TTL);
+    put_secrets(&vault, n, value);
+    tokio::time::sleep(AGED).await;
+    cache.start_refresher();
+    (vault, cache)
+}
+
 /// Secrets `s0`, `s1`, … of `vault`, `n` of them, each holding `value(i)`.
 pub(super) fn put_secrets(vault: &MemoryVault, n: usize, value: impl Fn(usize) -> String) {
     for i in 0..n {

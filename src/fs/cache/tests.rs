@@ -26,6 +26,43 @@ fn setup(config: CacheConfig) -> (Arc<MemoryVault>, Cache) {
     (vault, cache)
 }
 
+/// Once the vault answers again, with a rotated value of `name`, the first read after `wait`
+/// gets that value, fresh.
+async fn recovers_with_a_rotation(vault: &MemoryVault, cache: &Cache, name: &str, wait: Duration) {
+    vault.fail_with(None);
+    vault.set_secret(name, b"rotated");
+    advance(wait).await;
+    let back = cache.secret(name, None).await.unwrap();
+    assert_eq!(back.value.value, b"rotated");
+    assert!(!back.stale);
+}
+
+/// A cache with a TTL of `ttl` that read `one` from secret `name` a TTL ago; the vault holds `two`
+/// since, and takes `delay` to answer a call.
+async fn rotated_behind_a_slow_vault(
+    ttl: Duration,
+    name: &str,
+    delay: Duration,
+) -> (Arc<MemoryVault>, Cache) {
+    let (vault, cache) = setup(config(ttl));
+    vault.set_secret(name, b"one");
+    read(&cache, name).await.unwrap();
+    vault.set_secret(name, b"two");
+    vault.set_delay(delay);
+    advance(ttl).await;
+    (vault, cache)
+}
+
+/// A cache that read secret `s` a TTL ago, and the vault failing with `error` since.
+async fn failing_since_a_ttl(error: VaultError) -> (Arc<MemoryVault>, Cache) {
+    let (vault, cache) = setup(config(TTL));
+    vault.set_secret("s", b"good");
+    read(&cache, "s").await.unwrap();
+    vault.fail_with(Some(error));
+    advance(TTL).await;
+    (vault, cache)
+}
+
 fn unavailable() -> VaultError {
     VaultError::Unavailable("503 Service Unavailable".into())
 }
@@ -144,12 +181,8 @@ async fn concurrent_cold_reads_make_one_call() {
 #[tokio::test(start_paused = true)]
 async fn concurrent_refreshes_of_an_expired_entry_make_one_call() {
     for n in [32, 64] {
-        let (vault, cache) = setup(config(TTL));
-        vault.set_secret("warm", b"one");
-        read(&cache, "warm").await.unwrap();
-        vault.set_secret("warm", b"two");
-        vault.set_delay(Duration::from_millis(200));
-        advance(TTL).await;
+        let (vault, cache) =
+            rotated_behind_a_slow_vault(TTL, "warm", Duration::from_millis(200)).await;
         let results = storm(&cache, "warm", n).await;
         assert!(results.iter().all(|r| r.as_deref() == Ok(&b"two"[..])));
         assert_eq!(vault.calls("get_secret"), 2, "{n} readers");
@@ -175,35 +208,15 @@ async fn lists_and_version_lists_are_cached_and_coalesced() {
     cache.list(Collection::Secrets).await.unwrap();
     assert_eq!(vault.calls("list"), 1);
 
-    assert_eq!(
-        cache
-            .versions(Collection::Secrets, "a")
-            .await
-            .unwrap()
-            .value
-            .len(),
-        1
-    );
+    let versions_of_a = || async {
+        let versions = cache.versions(Collection::Secrets, "a").await.unwrap();
+        versions.value.len()
+    };
+    assert_eq!(versions_of_a().await, 1);
     vault.set_secret("a", b"3");
-    assert_eq!(
-        cache
-            .versions(Collection::Secrets, "a")
-            .await
-            .unwrap()
-            .value
-            .len(),
-        1
-    );
+    assert_eq!(versions_of_a().await, 1);
     advance(TTL).await;
-    assert_eq!(
-        cache
-            .versions(Collection::Secrets, "a")
-            .await
-            .unwrap()
-            .value
-            .len(),
-        2
-    );
+    assert_eq!(versions_of_a().await, 2);
     assert_eq!(vault.calls("list_versions"), 2);
 }
 
@@ -243,12 +256,7 @@ async fn timed_read(cache: &Cache, name: &str) -> (Vec<u8>, Duration, bool) {
 #[tokio::test(start_paused = true)]
 async fn a_reader_of_a_cached_value_waits_for_a_slow_refresh_no_longer_than_its_patience() {
     let ttl = Duration::from_secs(5);
-    let (vault, cache) = setup(config(ttl));
-    vault.set_secret("s", b"one");
-    read(&cache, "s").await.unwrap();
-    vault.set_secret("s", b"two");
-    vault.set_delay(Duration::from_secs(20));
-    advance(ttl).await;
+    let (vault, cache) = rotated_behind_a_slow_vault(ttl, "s", Duration::from_secs(20)).await;
 
     let first = {
         let cache = cache.clone();
@@ -291,12 +299,7 @@ async fn a_reader_of_a_cached_value_waits_for_a_slow_refresh_no_longer_than_its_
 
 #[tokio::test(start_paused = true)]
 async fn a_quick_refresh_is_waited_for_and_a_cold_read_waits_for_its_fetch() {
-    let (vault, cache) = setup(config(TTL));
-    vault.set_secret("s", b"one");
-    read(&cache, "s").await.unwrap();
-    vault.set_secret("s", b"two");
-    vault.set_delay(Duration::from_millis(1500));
-    advance(TTL).await;
+    let (vault, cache) = rotated_behind_a_slow_vault(TTL, "s", Duration::from_millis(1500)).await;
     // Within the patience: the reader gets the new value, as the TTL promises.
     let (value, waited, stale) = timed_read(&cache, "s").await;
     assert_eq!(
@@ -376,12 +379,7 @@ async fn transient_errors_serve_the_last_good_value_until_max_stale() {
     assert_eq!(read(&cache, "db").await, Err(VaultError::Throttled));
     assert_eq!(vault.calls("get_secret"), calls);
 
-    vault.fail_with(None);
-    vault.set_secret("db", b"rotated");
-    advance(TTL).await;
-    let back = cache.secret("db", None).await.unwrap();
-    assert_eq!(back.value.value, b"rotated");
-    assert!(!back.stale);
+    recovers_with_a_rotation(&vault, &cache, "db", TTL).await;
 }
 
 #[tokio::test(start_paused = true)]
@@ -411,21 +409,12 @@ async fn an_outage_does_not_become_a_request_storm() {
     assert!(cache.stats().stale_served >= 900);
 
     // Recovery is picked up by the first attempt after the retry interval.
-    vault.fail_with(None);
-    vault.set_secret("hot", b"rotated");
-    advance(ttl).await;
-    let back = cache.secret("hot", None).await.unwrap();
-    assert_eq!(back.value.value, b"rotated");
-    assert!(!back.stale);
+    recovers_with_a_rotation(&vault, &cache, "hot", ttl).await;
 }
 
 #[tokio::test(start_paused = true)]
 async fn retries_back_off_exponentially_up_to_the_ttl() {
-    let (vault, cache) = setup(config(TTL));
-    vault.set_secret("s", b"good");
-    read(&cache, "s").await.unwrap();
-    vault.fail_with(Some(unavailable()));
-    advance(TTL).await;
+    let (vault, cache) = failing_since_a_ttl(unavailable()).await;
     read(&cache, "s").await.unwrap();
     assert_eq!(vault.calls("get_secret"), 2);
     // Retry intervals 5, 10, 20, 40, 60, 60 s.
@@ -451,11 +440,7 @@ async fn retries_back_off_exponentially_up_to_the_ttl() {
 
 #[tokio::test(start_paused = true)]
 async fn readers_do_not_wait_for_a_retry_during_a_known_outage() {
-    let (vault, cache) = setup(config(TTL));
-    vault.set_secret("s", b"good");
-    read(&cache, "s").await.unwrap();
-    vault.fail_with(Some(unavailable()));
-    advance(TTL).await;
+    let (vault, cache) = failing_since_a_ttl(unavailable()).await;
     read(&cache, "s").await.unwrap();
     // The vault now hangs for 30 s on each call.
     vault.set_delay(Duration::from_secs(30));
@@ -497,11 +482,7 @@ async fn revoked_access_is_returned_at_once_not_served_stale() {
         VaultError::Forbidden("the Key Vault Secrets User role".into()),
         VaultError::Unauthorized("token expired".into()),
     ] {
-        let (vault, cache) = setup(config(TTL));
-        vault.set_secret("s", b"good");
-        read(&cache, "s").await.unwrap();
-        vault.fail_with(Some(error.clone()));
-        advance(TTL).await;
+        let (vault, cache) = failing_since_a_ttl(error.clone()).await;
         assert_eq!(read(&cache, "s").await, Err(error.clone()));
         // Not served stale later in the outage either, even if the vault turns transient.
         vault.fail_with(Some(unavailable()));
@@ -610,9 +591,7 @@ impl Logs {
         // one too. A second registered dispatcher makes it consult every dispatcher, and
         // the rebuild corrects callsites cached before this test started.
         static SECOND: std::sync::OnceLock<tracing::Dispatch> = std::sync::OnceLock::new();
-        SECOND.get_or_init(|| {
-            tracing::Dispatch::new(tracing::subscriber::NoSubscriber::default())
-        });
+        SECOND.get_or_init(|| tracing::Dispatch::new(tracing::subscriber::NoSubscriber::default()));
         let guard = tracing::subscriber::set_default(subscriber);
         tracing::callsite::rebuild_interest_cache();
         guard
@@ -671,9 +650,7 @@ async fn one_warning_per_object_per_outage_naming_object_and_error_not_value() {
     assert!(read(&cache, "other").await.is_err());
     let errors = logs.lines("ERROR");
     assert_eq!(errors.len(), 1, "{errors:#?}");
-    assert!(
-        errors[0].contains("Key Vault Secrets User") && errors[0].contains("secrets/other")
-    );
+    assert!(errors[0].contains("Key Vault Secrets User") && errors[0].contains("secrets/other"));
 
     let all = String::from_utf8_lossy(&logs.0.lock()).into_owned();
     assert!(!all.contains("hunter2") && !all.contains("correct-horse"));

@@ -1,24 +1,10 @@
 //! The cache between the filesystem core and a [`VaultClient`]: TTL freshness, single-flight
 //! fetches, negative caching, stale-on-outage with backoff, a memory bound, revalidation by
-//! listing, a background refresher and change events. Its design, for a contributor, is
-//! doc/CACHE.md; what it promises a user is doc/SEMANTICS.md.
+//! listing, a background refresher and change events ([`Cache`] is its API).
 //!
-//! ```text
-//! Cache::new(client: Arc<dyn VaultClient>, config: CacheConfig) -> Cache      (Clone: shares state)
-//! cache.secret(name, version: Option<&str>).await -> Result<Cached<SecretValue>, VaultError>
-//! cache.key(..), cache.certificate(..)            (the same, for keys and certificates)
-//! cache.list(collection).await                    -> Result<Cached<Vec<ObjectProps>>, VaultError>
-//! cache.versions(collection, name).await          -> Result<Cached<Vec<ObjectProps>>, VaultError>
-//! cache.stats()                                   -> CacheStats
-//! cache.start_refresher()                         (once, on a tokio runtime)
-//! cache.set_change_listener(Arc<dyn Fn(Change)>)  -> bool (installed; only the first call is)
-//! ```
-//!
-//! The modules, one job each: [`request`] (what is asked and held), [`entry`] (an entry's state
-//! and its transitions, pure), [`flights`] (the single-flight map), [`read`] (a reader's path),
-//! [`fetch`] (one flight: call, settle, store), [`revalidate`] (renewal by a list), [`refresh`]
-//! (the background refresher, which sees the cache only through [`refresh::Refreshable`]) and
-//! [`counters`]. Fetches run as tokio tasks, so the methods must be called on a tokio runtime.
+//! Its design, its modules and the constants that tune it are in doc/CACHE.md; what it promises
+//! a user is in doc/SEMANTICS.md. Fetches run as tokio tasks, so the methods must be called on a
+//! tokio runtime.
 
 mod counters;
 mod entry;

@@ -19,15 +19,16 @@ use super::request::Request;
 use crate::vault::{Collection, VaultError};
 
 /// Objects per list page (Key Vault's `maxresults` default and maximum).
-pub const LIST_PAGE: usize = 25;
+const LIST_PAGE: usize = 25;
 
 const MIN_TICK: Duration = Duration::from_millis(50);
 const MAX_TICK: Duration = Duration::from_secs(5);
 
 /// An entry is refreshed once its age passes `ttl × jitter`, jitter uniform in this range, drawn
 /// per collection per refresh cycle (so a fleet of nodes does not refresh in lockstep). With the
-/// tick of [`tick_interval`], a refresh starts well before the TTL is up, leaving the rest of the
-/// TTL for the fetch: a reader never finds its entry expired while it is being refreshed.
+/// tick of [`tick_interval`] (at most `ttl / 20`), a refresh starts by `(JITTER.1 + 1/20) × ttl`
+/// at the latest, leaving the rest of the TTL for the fetch: a reader never finds its entry
+/// expired while it is being refreshed.
 const JITTER: (f64, f64) = (0.60, 0.80);
 
 /// After the vault refuses to list a collection (an identity allowed to get objects but not to
@@ -40,7 +41,7 @@ const LIST_REFUSED_RETRY: Duration = Duration::from_secs(600);
 const LOG_TARGET: &str = "kvfs::fs::refresh";
 
 /// How often the refresher looks at the cache: `clamp(ttl / 20, MIN_TICK, MAX_TICK)`.
-pub fn tick_interval(ttl: Duration) -> Duration {
+fn tick_interval(ttl: Duration) -> Duration {
     (ttl / 20).clamp(MIN_TICK, MAX_TICK)
 }
 

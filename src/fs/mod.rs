@@ -8,4 +8,3 @@ pub mod inodes;
 pub mod journal;
 pub mod node;
 pub mod prefetch;
-mod refresh;

@@ -78,15 +78,6 @@ fn cost(collection: Collection) -> u32 {
     }
 }
 
-fn latest(collection: Collection, name: &str) -> Request {
-    let (name, version) = (name.to_owned(), None);
-    match collection {
-        Collection::Secrets => Request::Secret { name, version },
-        Collection::Keys => Request::Key { name, version },
-        Collection::Certificates => Request::Certificate { name, version },
-    }
-}
-
 /// A token bucket whose balance may go below zero: GETs it could not refuse (a reader's) are
 /// charged as debt, which the prefetch then waits out.
 struct Bucket {
@@ -318,7 +309,7 @@ impl Prefetcher {
                 self.refund(cost(collection));
                 return;
             };
-            let request = latest(collection, &name);
+            let request = Request::latest(collection, &name);
             if !self.shared.cache.prefetch_needed(&request).await {
                 self.refund(cost(collection));
                 continue;
@@ -367,7 +358,7 @@ impl Prefetcher {
             && self
                 .shared
                 .cache
-                .prefetch_needed(&latest(collection, name))
+                .prefetch_needed(&Request::latest(collection, name))
                 .await
         {
             self.take(cost(collection)).await;
@@ -403,7 +394,7 @@ mod tests {
             },
             wall_clock,
         );
-        cache.inner.refresher.reseed(7);
+        cache.reseed_refresher(7);
         let owner = Ownership {
             uid: 0,
             gid: 0,
@@ -518,7 +509,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn prefetched_values_nobody_read_are_not_kept_fresh() {
         let (vault, core) = setup(200, 16);
-        // Old enough that a list may vouch for them (see `refresh::AMBIGUITY_MARGIN`).
+        // Old enough that a list may vouch for them (see `crate::vault::clock`).
         sleep(Duration::from_secs(120)).await;
         core.cache().start_refresher();
         ls_l(&core, 20).await;

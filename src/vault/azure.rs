@@ -2,14 +2,11 @@
 //!
 //! `SecretClient` reads secret values and lists secrets; `KeyClient` and `CertificateClient` list
 //! keys and certificates (and their versions). All three share one HTTP client and one retry
-//! policy, both chosen here rather than taken from the crates' defaults:
+//! policy, both from [`crate::http`] rather than the crates' defaults:
 //!
-//! * **Retries are few and short.** The crate default (8 retries, up to 60 s) made a vault that
-//!   answers 503 take over a minute to fail. kvfs serves the last good value
-//!   while the vault is unwell, so it wants the failure *promptly*: [`DEFAULT_MAX_RETRIES`] retries,
-//!   200 ms then 400 ms (plus jitter), delays capped at [`RETRY_MAX_DELAY`] even when the server's
-//!   `Retry-After` asks for longer, and no new retry once `request_timeout` has passed since the
-//!   first answer. 408/429/5xx and transport errors are retried; nothing else is.
+//! * **Retries are few and short** (see [`crate::http::retry`]): [`DEFAULT_MAX_RETRIES`]
+//!   retries, delays capped at [`RETRY_MAX_DELAY`], so a vault that answers 503 fails in about a
+//!   second and the cache serves the last good value meanwhile.
 //! * **Every attempt has a deadline** (`request_timeout`, enforced by reqwest from connect to the
 //!   last body byte), and every SDK call — one page of a list, or one GET — has a hard cap above
 //!   that (see [`AzureVault::call_deadline`]), so even a credential with its own long retries (the
@@ -20,20 +17,15 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
-use azure_core::cloud::{CloudConfiguration, CustomConfiguration};
-use azure_core::credentials::{Secret, TokenCredential};
+use azure_core::credentials::TokenCredential;
 use azure_core::error::ErrorKind;
-use azure_core::http::headers::{RETRY_AFTER, RETRY_AFTER_MS, X_MS_RETRY_AFTER_MS};
 use azure_core::http::pager::{ItemIterator, Page, PagerContinuation};
-use azure_core::http::policies::{RetryHeaders, RetryPolicy};
-use azure_core::http::{ClientOptions, HttpClient, RetryOptions, StatusCode, Transport};
+use azure_core::http::{ClientOptions, HttpClient, Transport};
 use azure_core::time::OffsetDateTime;
-use azure_identity::{ClientSecretCredential, ClientSecretCredentialOptions};
 use azure_security_keyvault_certificates::models::{
     Certificate as CertificateBundle, CertificateClientGetCertificateOptions, CertificateProperties,
 };
@@ -57,21 +49,11 @@ use super::{
     CertificateValue, Collection, KeyValue, MAX_SECRET_VALUE_BYTES, ObjectProps, SecretValue,
     VaultClient, VaultError, one_per_name, valid_name, valid_version,
 };
-
-/// Retries after the first attempt, unless the caller says otherwise.
-pub const DEFAULT_MAX_RETRIES: u32 = 2;
-/// Deadline of one HTTP attempt (connect, request, whole response body).
-pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-/// First retry delay; doubles per retry.
-pub const RETRY_INITIAL_DELAY: Duration = Duration::from_millis(200);
-/// No retry waits longer than this, whatever `Retry-After` says: a throttled or failing vault is
-/// reported (and the stale value served) rather than waited out.
-pub const RETRY_MAX_DELAY: Duration = Duration::from_secs(2);
-/// Connecting gets at most this long, so a black-holed address fails fast even with a long
-/// `request_timeout` meant for slow list pages.
-const MAX_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// Error strings are for log lines; a proxy's HTML error page should not flood them.
-const MAX_MESSAGE_LEN: usize = 1500;
+use crate::http::errors::clip;
+use crate::http::{
+    DEFAULT_MAX_RETRIES, DEFAULT_REQUEST_TIMEOUT, RETRY_MAX_DELAY, error_chain, http_client,
+    retry_options,
+};
 
 /// How to reach one vault.
 #[derive(Clone)]
@@ -582,157 +564,6 @@ impl VaultClient for AzureVault {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Transport, retries, credentials
-// ---------------------------------------------------------------------------------------------
-
-/// The HTTP client for the vault and the credential: system roots plus `extra_ca_pem`,
-/// `timeout` per attempt (connect capped at 5 s), no redirects (Key Vault never redirects, and a
-/// redirect is no place to follow a bearer token). Proxies from the environment are honoured.
-pub fn http_client(extra_ca_pem: &[Vec<u8>], timeout: Duration) -> Result<reqwest::Client, String> {
-    let mut roots = Vec::new();
-    for (i, pem) in extra_ca_pem.iter().enumerate() {
-        let certs = reqwest::Certificate::from_pem_bundle(pem)
-            .map_err(|e| format!("extra CA file #{}: {}", i + 1, error_chain(&e)))?;
-        if certs.is_empty() {
-            return Err(format!(
-                "extra CA file #{}: no PEM certificate in it",
-                i + 1
-            ));
-        }
-        roots.extend(certs);
-    }
-    let mut builder = reqwest::Client::builder()
-        .timeout(timeout)
-        .connect_timeout(timeout.min(MAX_CONNECT_TIMEOUT))
-        .redirect(reqwest::redirect::Policy::none())
-        .tcp_keepalive(Duration::from_secs(30));
-    if !roots.is_empty() {
-        // Merge, not replace: a corporate CA for a TLS-inspecting proxy must not cost the
-        // public roots that login.microsoftonline.com and *.vault.azure.net chain to.
-        builder = builder.tls_certs_merge(roots);
-    }
-    builder
-        .build()
-        .map_err(|e| format!("HTTP client: {}", error_chain(&e)))
-}
-
-/// The bounded retry policy described in the module docs, for any `ClientOptions`.
-pub fn retry_options(max_retries: u32, request_timeout: Duration) -> RetryOptions {
-    RetryOptions::custom(Arc::new(BoundedRetry {
-        max_retries,
-        max_elapsed: request_timeout,
-        headers: RetryHeaders {
-            retry_headers: vec![X_MS_RETRY_AFTER_MS, RETRY_AFTER_MS, RETRY_AFTER],
-        },
-    }))
-}
-
-/// `ClientOptions` for a credential's own pipeline: the shared HTTP client (same trust, same
-/// timeouts) and the same bounded retries, so a token endpoint outage surfaces as quickly as a
-/// vault outage. The CLI uses it for the other credential types too.
-pub fn credential_client_options(http: &reqwest::Client) -> ClientOptions {
-    ClientOptions {
-        transport: Some(Transport::new(Arc::new(http.clone()))),
-        retry: retry_options(DEFAULT_MAX_RETRIES, DEFAULT_REQUEST_TIMEOUT),
-        ..Default::default()
-    }
-}
-
-/// `ClientSecretCredential` over `http`. `authority_host` (e.g. `https://login.microsoftonline.us`
-/// or a local token endpoint) goes through the options' cloud configuration; without it the crate
-/// reads `AZURE_AUTHORITY_HOST`, else uses the public cloud.
-pub fn client_secret_credential(
-    tenant: &str,
-    client_id: &str,
-    secret: String,
-    authority_host: Option<&str>,
-    http: &reqwest::Client,
-) -> Result<Arc<dyn TokenCredential>, String> {
-    let mut client_options = credential_client_options(http);
-    if let Some(host) = authority_host {
-        // `CustomConfiguration` is non-exhaustive: start from its default and set the host.
-        let mut cloud = CustomConfiguration::default();
-        cloud.authority_host = host.to_string();
-        client_options.cloud = Some(Arc::new(CloudConfiguration::Custom(cloud)));
-    }
-    let credential = ClientSecretCredential::new(
-        tenant,
-        client_id.to_string(),
-        Secret::new(secret),
-        Some(ClientSecretCredentialOptions { client_options }),
-    )
-    .map_err(|e| format!("client-secret credential: {}", error_chain(&e)))?;
-    Ok(credential)
-}
-
-/// Exponential retries bounded in count, per-delay and total time; `Retry-After` honoured only
-/// up to [`RETRY_MAX_DELAY`].
-#[derive(Debug)]
-struct BoundedRetry {
-    max_retries: u32,
-    /// No new retry once this much time has passed since the first answer.
-    max_elapsed: Duration,
-    headers: RetryHeaders,
-}
-
-/// What the SDK's own policies retry: timeouts, throttling and server errors.
-const RETRY_STATUS_CODES: &[StatusCode] = &[
-    StatusCode::RequestTimeout,
-    StatusCode::TooManyRequests,
-    StatusCode::InternalServerError,
-    StatusCode::BadGateway,
-    StatusCode::ServiceUnavailable,
-    StatusCode::GatewayTimeout,
-];
-
-#[async_trait]
-impl RetryPolicy for BoundedRetry {
-    fn is_expired(&self, since_first_answer: azure_core::time::Duration, retry_count: u32) -> bool {
-        retry_count >= self.max_retries || since_first_answer.unsigned_abs() >= self.max_elapsed
-    }
-
-    fn retry_headers(&self) -> Option<&RetryHeaders> {
-        Some(&self.headers)
-    }
-
-    fn retry_status_codes(&self) -> &[StatusCode] {
-        RETRY_STATUS_CODES
-    }
-
-    /// `retry_count` is 1 before the first retry: 200 ms, 400 ms, 800 ms… plus up to 25 %
-    /// jitter (so many nodes throttled together do not come back in lockstep), capped.
-    fn sleep_duration(&self, retry_count: u32) -> azure_core::time::Duration {
-        let doublings = retry_count.saturating_sub(1).min(16);
-        let base = RETRY_INITIAL_DELAY.saturating_mul(1 << doublings);
-        let jitter = base.mul_f64(f64::from(random_u8()) / 1024.0);
-        azure_core::time::Duration::try_from((base + jitter).min(RETRY_MAX_DELAY))
-            .unwrap_or(azure_core::time::Duration::ZERO)
-    }
-
-    async fn wait(&self, retry_count: u32, retry_after: Option<azure_core::time::Duration>) {
-        let ours = self.sleep_duration(retry_count).unsigned_abs();
-        // A server asking for more than we are willing to wait gets RETRY_MAX_DELAY: the cache
-        // above serves the stale value meanwhile and the next read tries again.
-        let theirs = retry_after
-            .map(|d| d.unsigned_abs().min(RETRY_MAX_DELAY))
-            .unwrap_or_default();
-        tokio::time::sleep(ours.max(theirs)).await;
-    }
-}
-
-/// A random byte without a `rand` dependency: std's `RandomState` is randomly keyed per instance.
-fn random_u8() -> u8 {
-    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    hasher.write_u64(
-        SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos().into())
-            .unwrap_or(0),
-    );
-    hasher.finish().to_le_bytes()[0]
-}
-
-// ---------------------------------------------------------------------------------------------
 // Models → ObjectProps
 // ---------------------------------------------------------------------------------------------
 
@@ -1214,18 +1045,6 @@ fn first_line(text: &str) -> &str {
         .unwrap_or("")
 }
 
-fn clip(mut text: String) -> String {
-    if text.len() > MAX_MESSAGE_LEN {
-        let mut end = MAX_MESSAGE_LEN;
-        while !text.is_char_boundary(end) {
-            end -= 1;
-        }
-        text.truncate(end);
-        text.push('…');
-    }
-    text
-}
-
 /// Whether a credential failure comes from the token endpoint being unreachable, slow,
 /// throttling or failing (rather than refusing the identity).
 fn transient_cause(err: &azure_core::Error) -> bool {
@@ -1253,45 +1072,6 @@ fn transient_cause(err: &azure_core::Error) -> bool {
     false
 }
 
-/// Every message down an error's `source()` chain on one line, each said once: the SDK's top
-/// message is generic ("non-transport error occurred which will not be retried") and the reason
-/// (e.g. `AADSTS7000215: Invalid client secret provided.`) sits further down.
-pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut parts: Vec<String> = Vec::new();
-    let mut next = Some(err);
-    while let Some(e) = next {
-        let text = e
-            .to_string()
-            .split_whitespace()
-            .collect::<Vec<_>>()
-            .join(" ");
-        // The retry policy's wrapper around an error it passes through says nothing about the
-        // cause, and reads as if nothing had been retried even when the cause was a 503.
-        if !text.is_empty() && text != NOT_RETRIED && !parts.iter().any(|p| p.contains(&text)) {
-            parts.push(text);
-        }
-        // An HTTP error's message can be empty (a token endpoint answering 503 with a body that
-        // is not Entra's error format): the status is then the only clue.
-        if let Some(ErrorKind::HttpResponse {
-            status, error_code, ..
-        }) = e.downcast_ref::<azure_core::Error>().map(|c| c.kind())
-        {
-            let code = error_code
-                .as_deref()
-                .map(|c| format!(" {c}"))
-                .unwrap_or_default();
-            let http = format!("HTTP {}{code}", u16::from(*status));
-            if !parts.iter().any(|p| p.contains(&http)) {
-                parts.push(http);
-            }
-        }
-        next = e.source();
-    }
-    clip(parts.join(": "))
-}
-
-const NOT_RETRIED: &str = "non-transport error occurred which will not be retried";
-
 #[cfg(test)]
 mod tests {
     //! Replays of the real Key Vault responses in `tests/recordings` through the whole
@@ -1300,9 +1080,9 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::time::{Duration, Instant, UNIX_EPOCH};
 
-    use azure_core::credentials::{AccessToken, TokenRequestOptions};
+    use azure_core::credentials::{AccessToken, Secret, TokenRequestOptions};
     use azure_core::http::headers::{HeaderName, Headers};
-    use azure_core::http::{AsyncRawResponse, Request};
+    use azure_core::http::{AsyncRawResponse, Request, StatusCode};
     use parking_lot::Mutex;
     use serde_json::Value;
 
@@ -2313,24 +2093,7 @@ mod tests {
     }
 
     #[test]
-    fn retry_delays_are_short_and_capped() {
-        let policy = BoundedRetry {
-            max_retries: 2,
-            max_elapsed: Duration::from_secs(10),
-            headers: RetryHeaders::default(),
-        };
-        let delay = |n| policy.sleep_duration(n).unsigned_abs();
-        for _ in 0..50 {
-            assert!((Duration::from_millis(200)..Duration::from_millis(251)).contains(&delay(1)));
-            assert!((Duration::from_millis(400)..Duration::from_millis(501)).contains(&delay(2)));
-            assert_eq!(delay(10), RETRY_MAX_DELAY);
-            assert_eq!(delay(u32::MAX), RETRY_MAX_DELAY);
-        }
-        let zero = azure_core::time::Duration::ZERO;
-        assert!(!policy.is_expired(zero, 0));
-        assert!(!policy.is_expired(zero, 1));
-        assert!(policy.is_expired(zero, 2));
-        assert!(policy.is_expired(azure_core::time::Duration::seconds(10), 0));
+    fn one_call_is_capped_at_every_attempt_and_retry_delay_plus_one() {
         assert_eq!(
             AzureVault::call_deadline(DEFAULT_REQUEST_TIMEOUT, DEFAULT_MAX_RETRIES),
             Duration::from_secs(44)
@@ -2348,8 +2111,6 @@ mod tests {
         assert!(build("https://myvault.vault.azure.net/secrets").is_err());
         assert!(build("https://myvault.vault.azure.net/").is_ok());
         assert!(build("https://myvault.vault.azure.net").is_ok());
-        assert!(http_client(&[b"not a certificate".to_vec()], DEFAULT_REQUEST_TIMEOUT).is_err());
-        assert!(http_client(&[], DEFAULT_REQUEST_TIMEOUT).is_ok());
     }
 
     #[test]

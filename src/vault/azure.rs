@@ -24,7 +24,7 @@ use async_trait::async_trait;
 use azure_core::credentials::TokenCredential;
 use azure_core::error::ErrorKind;
 use azure_core::http::pager::{ItemIterator, Page, PagerContinuation};
-use azure_core::http::{ClientOptions, HttpClient, Transport};
+use azure_core::http::{ClientOptions, HttpClient, Response, Transport};
 use azure_core::time::OffsetDateTime;
 use azure_security_keyvault_certificates::models::{
     Certificate as CertificateBundle, CertificateClientGetCertificateOptions, CertificateProperties,
@@ -40,6 +40,7 @@ use azure_security_keyvault_secrets::models::{
 use azure_security_keyvault_secrets::{SecretClient, SecretClientOptions};
 use futures::StreamExt;
 use parking_lot::Mutex;
+use serde::de::DeserializeOwned;
 
 use super::challenge::ChallengeTransport;
 use super::clock::{ClockWatch, VaultClock};
@@ -254,6 +255,37 @@ impl AzureVault {
         }
     }
 
+    /// One object by name and version, whichever collection: a name or version the vault cannot
+    /// have is not found without a request (it never goes into a URL path); `call` (given the
+    /// version) runs under the hard cap; the answer must decode, pass the model's own checks and
+    /// name the object asked for.
+    async fn get_object<M, F>(
+        &self,
+        name: &str,
+        version: Option<&str>,
+        call: impl FnOnce(Option<String>) -> F,
+    ) -> Result<(M, ObjectProps), VaultError>
+    where
+        M: ObjectModel,
+        F: Future<Output = azure_core::Result<Response<M>>>,
+    {
+        if !valid_name(name) || version.is_some_and(|v| !valid_version(v)) {
+            return Err(VaultError::NotFound);
+        }
+        let response = self
+            .bounded(M::OP, call(version.map(str::to_string)))
+            .await?;
+        let model = response
+            .into_model()
+            .map_err(|e| VaultError::Unexpected(M::undecodable(name, &e)))?;
+        model.vet(name).map_err(VaultError::Unexpected)?;
+        let props = model.props(&self.vault_url).map_err(|e| {
+            VaultError::Unexpected(format!("the vault's answer for {} '{name}': {e}", M::KIND))
+        })?;
+        check_identity(M::KIND, name, version, &props)?;
+        Ok((model, props))
+    }
+
     fn deadline_error(&self, op: Op) -> VaultError {
         VaultError::Unavailable(format!(
             "{op}: no answer within {:?} (vault or token endpoint not responding)",
@@ -435,45 +467,17 @@ impl VaultClient for AzureVault {
         name: &str,
         version: Option<&str>,
     ) -> Result<SecretValue, VaultError> {
-        if !valid_name(name) || version.is_some_and(|v| !valid_version(v)) {
-            return Err(VaultError::NotFound);
-        }
-        let op = Op::GetSecret;
-        let options = SecretClientGetSecretOptions {
-            secret_version: version.map(str::to_string),
-            ..Default::default()
-        };
-        let response = self
-            .bounded(op, self.secrets.get_secret(name, Some(options)))
+        let (mut secret, props) = self
+            .get_object(name, version, |secret_version| {
+                let options = SecretClientGetSecretOptions {
+                    secret_version,
+                    ..Default::default()
+                };
+                self.secrets.get_secret(name, Some(options))
+            })
             .await?;
-        // Parse errors are described by position only: serde's message can quote the offending
-        // JSON value, and in this body that could be the secret itself.
-        let mut secret: SecretBundle = response.into_model().map_err(|e| {
-            let at = e
-                .downcast_ref::<serde_json::Error>()
-                .map(|j| format!(" (line {}, column {})", j.line(), j.column()))
-                .unwrap_or_default();
-            VaultError::Unexpected(format!(
-                "the vault's answer for secret '{name}' is not a secret bundle{at}"
-            ))
-        })?;
-        let value = secret.value.take().ok_or_else(|| {
-            VaultError::Unexpected(format!(
-                "the vault's answer for secret '{name}' has no value"
-            ))
-        })?;
-        if value.len() > MAX_SECRET_VALUE_BYTES {
-            // The size only: never a byte of the value.
-            return Err(VaultError::Unexpected(format!(
-                "the vault's answer for secret '{name}' holds a {}-byte value, over Key Vault's \
-                 {MAX_SECRET_VALUE_BYTES}-byte limit; not served",
-                value.len()
-            )));
-        }
-        let props = secret_props(&secret, &self.vault_url).map_err(|e| {
-            VaultError::Unexpected(format!("the vault's answer for secret '{name}': {e}"))
-        })?;
-        check_identity("secret", name, version, &props)?;
+        // `SecretBundle::vet` has seen the value there.
+        let value = secret.value.take().unwrap_or_default();
         Ok(SecretValue {
             props,
             value: value.into_bytes(),
@@ -481,24 +485,15 @@ impl VaultClient for AzureVault {
     }
 
     async fn get_key(&self, name: &str, version: Option<&str>) -> Result<KeyValue, VaultError> {
-        if !valid_name(name) || version.is_some_and(|v| !valid_version(v)) {
-            return Err(VaultError::NotFound);
-        }
-        let op = Op::GetKey;
-        let options = KeyClientGetKeyOptions {
-            key_version: version.map(str::to_string),
-            ..Default::default()
-        };
-        let response = self
-            .bounded(op, self.keys.get_key(name, Some(options)))
+        let (key, props) = self
+            .get_object(name, version, |key_version| {
+                let options = KeyClientGetKeyOptions {
+                    key_version,
+                    ..Default::default()
+                };
+                self.keys.get_key(name, Some(options))
+            })
             .await?;
-        let key: KeyBundle = response.into_model().map_err(|e| {
-            VaultError::Unexpected(format!("the vault's answer for key '{name}': {e}"))
-        })?;
-        let props = key_props(&key, &self.vault_url).map_err(|e| {
-            VaultError::Unexpected(format!("the vault's answer for key '{name}': {e}"))
-        })?;
-        check_identity("key", name, version, &props)?;
         let jwk = key
             .key
             .as_ref()
@@ -514,24 +509,15 @@ impl VaultClient for AzureVault {
         name: &str,
         version: Option<&str>,
     ) -> Result<CertificateValue, VaultError> {
-        if !valid_name(name) || version.is_some_and(|v| !valid_version(v)) {
-            return Err(VaultError::NotFound);
-        }
-        let op = Op::GetCertificate;
-        let options = CertificateClientGetCertificateOptions {
-            certificate_version: version.map(str::to_string),
-            ..Default::default()
-        };
-        let response = self
-            .bounded(op, self.certificates.get_certificate(name, Some(options)))
+        let (cert, props) = self
+            .get_object(name, version, |certificate_version| {
+                let options = CertificateClientGetCertificateOptions {
+                    certificate_version,
+                    ..Default::default()
+                };
+                self.certificates.get_certificate(name, Some(options))
+            })
             .await?;
-        let cert: CertificateBundle = response.into_model().map_err(|e| {
-            VaultError::Unexpected(format!("the vault's answer for certificate '{name}': {e}"))
-        })?;
-        let props = certificate_props(&cert, &self.vault_url).map_err(|e| {
-            VaultError::Unexpected(format!("the vault's answer for certificate '{name}': {e}"))
-        })?;
-        check_identity("certificate", name, version, &props)?;
         let cer = cert.cer.clone().ok_or_else(|| {
             VaultError::Unexpected(format!(
                 "certificate '{name}' has no certificate yet (still being created?)"
@@ -665,6 +651,70 @@ pub(crate) fn certificate_props(
             cert.content_type.as_deref()
         ),
     )
+}
+
+/// What reading one object needs to know of its SDK model (see [`AzureVault::get_object`]).
+trait ObjectModel: DeserializeOwned {
+    /// The object's kind, as errors name it.
+    const KIND: &'static str;
+    const OP: Op;
+    fn props(&self, vault: &url::Url) -> Result<ObjectProps, String>;
+    /// Why an answer that does not decode as this model is refused.
+    fn undecodable(name: &str, e: &azure_core::Error) -> String {
+        format!("the vault's answer for {} '{name}': {e}", Self::KIND)
+    }
+    /// What else the answer must hold to be served.
+    fn vet(&self, _name: &str) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+impl ObjectModel for SecretBundle {
+    const KIND: &'static str = "secret";
+    const OP: Op = Op::GetSecret;
+    fn props(&self, vault: &url::Url) -> Result<ObjectProps, String> {
+        secret_props(self, vault)
+    }
+    /// Described by position only: serde's message can quote the offending JSON value, and in
+    /// this body that could be the secret itself.
+    fn undecodable(name: &str, e: &azure_core::Error) -> String {
+        let at = e
+            .downcast_ref::<serde_json::Error>()
+            .map(|j| format!(" (line {}, column {})", j.line(), j.column()))
+            .unwrap_or_default();
+        format!("the vault's answer for secret '{name}' is not a secret bundle{at}")
+    }
+    fn vet(&self, name: &str) -> Result<(), String> {
+        let value = self
+            .value
+            .as_ref()
+            .ok_or_else(|| format!("the vault's answer for secret '{name}' has no value"))?;
+        if value.len() > MAX_SECRET_VALUE_BYTES {
+            // The size only: never a byte of the value.
+            return Err(format!(
+                "the vault's answer for secret '{name}' holds a {}-byte value, over Key Vault's \
+                 {MAX_SECRET_VALUE_BYTES}-byte limit; not served",
+                value.len()
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl ObjectModel for KeyBundle {
+    const KIND: &'static str = "key";
+    const OP: Op = Op::GetKey;
+    fn props(&self, vault: &url::Url) -> Result<ObjectProps, String> {
+        key_props(self, vault)
+    }
+}
+
+impl ObjectModel for CertificateBundle {
+    const KIND: &'static str = "certificate";
+    const OP: Op = Op::GetCertificate;
+    fn props(&self, vault: &url::Url) -> Result<ObjectProps, String> {
+        certificate_props(self, vault)
+    }
 }
 
 /// An answer about another object than the one asked for is refused: it would put one object's

@@ -87,7 +87,7 @@ mod tests {
 
     use super::*;
     use crate::auth::failure::is_transient;
-    use crate::auth::testing::{closed_endpoint, request};
+    use crate::auth::testing::{closed_endpoint, request, selected_token};
     use crate::auth::{AuthMethod, Env, Limits, VAULT_SCOPE, select};
     use crate::http::http_client;
 
@@ -114,13 +114,7 @@ echo '{{"accessToken":"cli-token","tokenType":"Bearer","expires_on":{expires}}}'
         req.imds_endpoint = Some(closed_endpoint());
         let http = http_client(&[], Duration::from_secs(5)).unwrap();
         let env = Env::from_pairs([("PATH", path.as_str())]);
-        let selected = select(&req, &env, &http, &Limits::default()).await.unwrap();
-        assert_eq!(selected.method, AuthMethod::AzureCli);
-        let t = selected
-            .credential
-            .get_token(&[VAULT_SCOPE], None)
-            .await
-            .unwrap();
+        let (_, t) = selected_token(&req, &env, &http, AuthMethod::AzureCli).await;
         assert_eq!(t.token.secret(), "cli-token");
 
         // Not logged in: az's own words.

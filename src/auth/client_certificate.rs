@@ -220,8 +220,8 @@ pub(super) fn token_endpoint(authority_host: &str, tenant: &str) -> Result<Strin
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::auth::testing::{closed_endpoint, request, vault, vault_http};
-    use crate::auth::{AuthMethod, Env, Limits, VAULT_SCOPE, select};
+    use crate::auth::testing::{closed_endpoint, request, selected_token, vault, vault_http};
+    use crate::auth::{AuthMethod, Env};
 
     fn rsa_cert(
         cn: &str,
@@ -413,15 +413,7 @@ mod tests {
             ]);
             let mut req = request(AuthMethod::Auto);
             req.imds_endpoint = Some(closed_endpoint());
-            let selected = select(&req, &env, &vault_http(&v), &Limits::default())
-                .await
-                .unwrap();
-            assert_eq!(selected.method, AuthMethod::ClientCertificate);
-            selected
-                .credential
-                .get_token(&[VAULT_SCOPE], None)
-                .await
-                .unwrap();
+            selected_token(&req, &env, &vault_http(&v), AuthMethod::ClientCertificate).await;
         }
         assert_eq!(v.count("Token"), 2);
     }

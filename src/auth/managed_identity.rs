@@ -233,8 +233,8 @@ mod tests {
 
     use super::*;
     use crate::auth::failure::is_transient;
-    use crate::auth::testing::{closed_endpoint, request, vault, vault_http};
-    use crate::auth::{AuthMethod, Env, Limits, VAULT_SCOPE, select};
+    use crate::auth::testing::{closed_endpoint, request, selected_token, vault, vault_http};
+    use crate::auth::{AuthMethod, Env, VAULT_SCOPE};
 
     #[test]
     fn managed_identity_answers_parse() {
@@ -320,20 +320,14 @@ mod tests {
         // auto with nothing else set probes the metadata service and keeps the token it got.
         let mut req = request(AuthMethod::Auto);
         req.imds_endpoint = Some(i.imds_endpoint.clone());
-        let selected = select(&req, &Env::default(), &vault_http(&v), &Limits::default())
-            .await
-            .unwrap();
-        assert_eq!(selected.method, AuthMethod::ManagedIdentity);
-        selected
-            .credential
-            .get_token(&[VAULT_SCOPE], None)
-            .await
-            .unwrap();
-        selected
-            .credential
-            .get_token(&[VAULT_SCOPE], None)
-            .await
-            .unwrap();
+        let (credential, _) = selected_token(
+            &req,
+            &Env::default(),
+            &vault_http(&v),
+            AuthMethod::ManagedIdentity,
+        )
+        .await;
+        credential.get_token(&[VAULT_SCOPE], None).await.unwrap();
         assert_eq!(v.count("ManagedIdentityToken"), 1);
         let log = v.requests();
         assert_eq!(
@@ -345,14 +339,13 @@ mod tests {
         let mut req = request(AuthMethod::ManagedIdentity);
         req.client_id = Some(i.user_assigned_client_id.clone());
         req.imds_endpoint = Some(i.imds_endpoint.clone());
-        let selected = select(&req, &Env::default(), &vault_http(&v), &Limits::default())
-            .await
-            .unwrap();
-        let t = selected
-            .credential
-            .get_token(&[VAULT_SCOPE], None)
-            .await
-            .unwrap();
+        let (_, t) = selected_token(
+            &req,
+            &Env::default(),
+            &vault_http(&v),
+            AuthMethod::ManagedIdentity,
+        )
+        .await;
         assert!(t.expires_on > OffsetDateTime::now_utc() + TimeDelta::minutes(50));
         assert_eq!(
             v.requests().last().unwrap().client_id.as_deref(),
@@ -381,15 +374,7 @@ mod tests {
         ]);
         let mut req = request(AuthMethod::Auto);
         req.imds_endpoint = Some(closed_endpoint());
-        let selected = select(&req, &env, &vault_http(&v), &Limits::default())
-            .await
-            .unwrap();
-        assert_eq!(selected.method, AuthMethod::ManagedIdentity);
-        selected
-            .credential
-            .get_token(&[VAULT_SCOPE], None)
-            .await
-            .unwrap();
+        selected_token(&req, &env, &vault_http(&v), AuthMethod::ManagedIdentity).await;
         assert_eq!(v.requests().last().unwrap().path, "/msi/token");
     }
 }

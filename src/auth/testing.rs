@@ -2,11 +2,13 @@
 //! Azure: every request names a loopback endpoint (a closed port or a testvault), and every
 //! environment is an explicit [`Env`](super::Env).
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use crate::http::http_client;
+use azure_core::credentials::{AccessToken, TokenCredential};
 
-use super::{AuthMethod, AuthRequest};
+use super::{AuthMethod, AuthRequest, Env, Limits, VAULT_SCOPE, select};
+use crate::http::http_client;
 
 /// A request for `method` with no flags given, in the public cloud.
 pub(super) fn request(method: AuthMethod) -> AuthRequest {
@@ -39,4 +41,22 @@ pub(super) fn vault(lifetime_secs: i64) -> testvault::TestVault {
 pub(super) fn vault_http(v: &testvault::TestVault) -> reqwest::Client {
     let ca = std::fs::read(&v.info().ca_file).unwrap();
     http_client(&[ca], Duration::from_secs(10)).unwrap()
+}
+
+/// The credential `select` chooses for `req` and `env` (with the default limits), checked to be
+/// `method`'s, and a token from it: in `auto`, the one its probe got, if it was probed.
+pub(super) async fn selected_token(
+    req: &AuthRequest,
+    env: &Env,
+    http: &reqwest::Client,
+    method: AuthMethod,
+) -> (Arc<dyn TokenCredential>, AccessToken) {
+    let selected = select(req, env, http, &Limits::default()).await.unwrap();
+    assert_eq!(selected.method, method);
+    let token = selected
+        .credential
+        .get_token(&[VAULT_SCOPE], None)
+        .await
+        .unwrap();
+    (selected.credential, token)
 }

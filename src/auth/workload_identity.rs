@@ -44,8 +44,8 @@ mod tests {
     use std::time::Duration;
 
     use crate::auth::failure::is_transient;
-    use crate::auth::testing::{request, vault, vault_http};
-    use crate::auth::{AuthMethod, Env, Limits, VAULT_SCOPE, select};
+    use crate::auth::testing::{request, selected_token, vault, vault_http};
+    use crate::auth::{AuthMethod, Env, VAULT_SCOPE};
     use crate::http::error_chain;
 
     #[tokio::test]
@@ -61,16 +61,13 @@ mod tests {
                 i.federated_token_file.display().to_string(),
             ),
         ]);
-        let selected = select(
+        let (c, _) = selected_token(
             &request(AuthMethod::WorkloadIdentity),
             &env,
             &vault_http(&v),
-            &Limits::default(),
+            AuthMethod::WorkloadIdentity,
         )
-        .await
-        .unwrap();
-        let c = selected.credential;
-        c.get_token(&[VAULT_SCOPE], None).await.unwrap();
+        .await;
         c.get_token(&[VAULT_SCOPE], None).await.unwrap();
         assert_eq!(v.count("Token"), 1, "a 4 s token is reused for 2 s");
 

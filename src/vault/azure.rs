@@ -27,15 +27,16 @@ use azure_core::http::pager::{ItemIterator, Page, PagerContinuation};
 use azure_core::http::{ClientOptions, HttpClient, Response, Transport};
 use azure_core::time::OffsetDateTime;
 use azure_security_keyvault_certificates::models::{
-    Certificate as CertificateBundle, CertificateClientGetCertificateOptions, CertificateProperties,
+    Certificate as CertificateBundle,
+    CertificateClientGetCertificateOptions as GetCertificateOptions, CertificateProperties,
 };
 use azure_security_keyvault_certificates::{CertificateClient, CertificateClientOptions};
 use azure_security_keyvault_keys::models::{
-    Key as KeyBundle, KeyClientGetKeyOptions, KeyProperties,
+    Key as KeyBundle, KeyClientGetKeyOptions as GetKeyOptions, KeyProperties,
 };
 use azure_security_keyvault_keys::{KeyClient, KeyClientOptions};
 use azure_security_keyvault_secrets::models::{
-    Secret as SecretBundle, SecretClientGetSecretOptions, SecretProperties,
+    Secret as SecretBundle, SecretClientGetSecretOptions as GetSecretOptions, SecretProperties,
 };
 use azure_security_keyvault_secrets::{SecretClient, SecretClientOptions};
 use futures::StreamExt;
@@ -177,38 +178,24 @@ impl AzureVault {
                 .collect(),
             ..Default::default()
         };
-        let verify = Some(opts.verify_challenge_resource);
-        let endpoint = url.as_str();
-        let secrets = SecretClient::new(
-            endpoint,
-            opts.credential.clone(),
-            Some(SecretClientOptions {
-                client_options: client_options.clone(),
-                verify_challenge_resource: verify,
-                ..Default::default()
-            }),
-        )
-        .map_err(|e| format!("secret client: {}", error_chain(&e)))?;
-        let keys = KeyClient::new(
-            endpoint,
-            opts.credential.clone(),
-            Some(KeyClientOptions {
-                client_options: client_options.clone(),
-                verify_challenge_resource: verify,
-                ..Default::default()
-            }),
-        )
-        .map_err(|e| format!("key client: {}", error_chain(&e)))?;
-        let certificates = CertificateClient::new(
-            endpoint,
-            opts.credential.clone(),
-            Some(CertificateClientOptions {
-                client_options,
-                verify_challenge_resource: verify,
-                ..Default::default()
-            }),
-        )
-        .map_err(|e| format!("certificate client: {}", error_chain(&e)))?;
+        // The three clients differ in their types only.
+        macro_rules! client {
+            ($client:ident, $options:ident, $what:literal) => {
+                $client::new(
+                    url.as_str(),
+                    opts.credential.clone(),
+                    Some($options {
+                        client_options: client_options.clone(),
+                        verify_challenge_resource: Some(opts.verify_challenge_resource),
+                        ..Default::default()
+                    }),
+                )
+                .map_err(|e| format!("{} client: {}", $what, error_chain(&e)))?
+            };
+        }
+        let secrets = client!(SecretClient, SecretClientOptions, "secret");
+        let keys = client!(KeyClient, KeyClientOptions, "key");
+        let certificates = client!(CertificateClient, CertificateClientOptions, "certificate");
         Ok(AzureVault {
             vault_url: opts.vault_url.clone(),
             secrets,
@@ -256,30 +243,24 @@ impl AzureVault {
     }
 
     /// One object by name and version, whichever collection: a name or version the vault cannot
-    /// have is not found without a request (it never goes into a URL path); `call` (given the
-    /// version) runs under the hard cap; the answer must decode, pass the model's own checks and
-    /// name the object asked for.
-    async fn get_object<M, F>(
+    /// have is not found without a request (it never goes into a URL path); the request runs
+    /// under the hard cap; the answer must decode, pass the model's own checks and name the
+    /// object asked for.
+    async fn get_object<M: ObjectModel>(
         &self,
         name: &str,
         version: Option<&str>,
-        call: impl FnOnce(Option<String>) -> F,
-    ) -> Result<(M, ObjectProps), VaultError>
-    where
-        M: ObjectModel,
-        F: Future<Output = azure_core::Result<Response<M>>>,
-    {
+    ) -> Result<(M, ObjectProps), VaultError> {
         if !valid_name(name) || version.is_some_and(|v| !valid_version(v)) {
             return Err(VaultError::NotFound);
         }
-        let response = self
-            .bounded(M::OP, call(version.map(str::to_string)))
-            .await?;
+        let request = M::request(self, name, version.map(str::to_string));
+        let response = self.bounded(M::OP, request).await?;
         let model = response
             .into_model()
             .map_err(|e| VaultError::Unexpected(M::undecodable(name, &e)))?;
         model.vet(name).map_err(VaultError::Unexpected)?;
-        let props = model.props(&self.vault_url).map_err(|e| {
+        let props = (M::PROPS)(&model, &self.vault_url).map_err(|e| {
             VaultError::Unexpected(format!("the vault's answer for {} '{name}': {e}", M::KIND))
         })?;
         check_identity(M::KIND, name, version, &props)?;
@@ -344,6 +325,24 @@ impl AzureVault {
         }
     }
 
+    /// One listing as props: the pager the SDK started (it refuses to start one only for an
+    /// empty name, which never gets here), walked page by page, and each item converted (one
+    /// that does not convert is skipped and logged).
+    async fn list_props<P>(
+        &self,
+        op: Op,
+        first: url::Url,
+        pager: azure_core::Result<ItemIterator<P>>,
+        convert: PropsOf<P::Item>,
+    ) -> Result<Vec<ObjectProps>, VaultError>
+    where
+        P: Page + Send + 'static,
+    {
+        let pager = pager.map_err(|e| map_error(&e, op))?;
+        let items = self.walk(op, first, pager).await?;
+        convert_all(op, &self.vault_url, items, convert)
+    }
+
     /// The URL of a listing's first page (query aside), which a paging loop may link back to.
     fn first_page(&self, collection: Collection, versions_of: Option<&str>) -> url::Url {
         let path = match versions_of {
@@ -380,27 +379,20 @@ impl VaultClient for AzureVault {
 
     async fn list(&self, collection: Collection) -> Result<Vec<ObjectProps>, VaultError> {
         let op = Op::List(collection);
-        let started = pager_error(op);
         let first = self.first_page(collection, None);
-        let vault = &self.vault_url;
         let items = match collection {
             Collection::Secrets => {
-                let pager = self.secrets.list_secret_properties(None).map_err(started)?;
-                let items = self.walk(op, first, pager).await?;
-                convert_all(op, vault, items, secret_item_props)
+                let pager = self.secrets.list_secret_properties(None);
+                self.list_props(op, first, pager, secret_item_props).await
             }
             Collection::Keys => {
-                let pager = self.keys.list_key_properties(None).map_err(started)?;
-                let items = self.walk(op, first, pager).await?;
-                convert_all(op, vault, items, key_item_props)
+                let pager = self.keys.list_key_properties(None);
+                self.list_props(op, first, pager, key_item_props).await
             }
             Collection::Certificates => {
-                let pager = self
-                    .certificates
-                    .list_certificate_properties(None)
-                    .map_err(started)?;
-                let items = self.walk(op, first, pager).await?;
-                convert_all(op, vault, items, certificate_item_props)
+                let pager = self.certificates.list_certificate_properties(None);
+                self.list_props(op, first, pager, certificate_item_props)
+                    .await
             }
         }?;
         Ok(self.one_per_name(collection, items))
@@ -416,36 +408,22 @@ impl VaultClient for AzureVault {
             return Ok(Vec::new());
         }
         let op = Op::ListVersions(collection);
-        let started = pager_error(op);
         let first = self.first_page(collection, Some(name));
-        let vault = &self.vault_url;
         let listed = match collection {
             Collection::Secrets => {
-                let pager = self
-                    .secrets
-                    .list_secret_properties_versions(name, None)
-                    .map_err(started)?;
-                self.walk(op, first, pager)
-                    .await
-                    .and_then(|items| convert_all(op, vault, items, secret_item_props))
+                let pager = self.secrets.list_secret_properties_versions(name, None);
+                self.list_props(op, first, pager, secret_item_props).await
             }
             Collection::Keys => {
-                let pager = self
-                    .keys
-                    .list_key_properties_versions(name, None)
-                    .map_err(started)?;
-                self.walk(op, first, pager)
-                    .await
-                    .and_then(|items| convert_all(op, vault, items, key_item_props))
+                let pager = self.keys.list_key_properties_versions(name, None);
+                self.list_props(op, first, pager, key_item_props).await
             }
             Collection::Certificates => {
                 let pager = self
                     .certificates
-                    .list_certificate_properties_versions(name, None)
-                    .map_err(started)?;
-                self.walk(op, first, pager)
+                    .list_certificate_properties_versions(name, None);
+                self.list_props(op, first, pager, certificate_item_props)
                     .await
-                    .and_then(|items| convert_all(op, vault, items, certificate_item_props))
             }
         };
         let mut versions = match listed {
@@ -467,15 +445,7 @@ impl VaultClient for AzureVault {
         name: &str,
         version: Option<&str>,
     ) -> Result<SecretValue, VaultError> {
-        let (mut secret, props) = self
-            .get_object(name, version, |secret_version| {
-                let options = SecretClientGetSecretOptions {
-                    secret_version,
-                    ..Default::default()
-                };
-                self.secrets.get_secret(name, Some(options))
-            })
-            .await?;
+        let (mut secret, props) = self.get_object::<SecretBundle>(name, version).await?;
         // `SecretBundle::vet` has seen the value there.
         let value = secret.value.take().unwrap_or_default();
         Ok(SecretValue {
@@ -485,15 +455,7 @@ impl VaultClient for AzureVault {
     }
 
     async fn get_key(&self, name: &str, version: Option<&str>) -> Result<KeyValue, VaultError> {
-        let (key, props) = self
-            .get_object(name, version, |key_version| {
-                let options = KeyClientGetKeyOptions {
-                    key_version,
-                    ..Default::default()
-                };
-                self.keys.get_key(name, Some(options))
-            })
-            .await?;
+        let (key, props) = self.get_object::<KeyBundle>(name, version).await?;
         let jwk = key
             .key
             .as_ref()
@@ -509,15 +471,7 @@ impl VaultClient for AzureVault {
         name: &str,
         version: Option<&str>,
     ) -> Result<CertificateValue, VaultError> {
-        let (cert, props) = self
-            .get_object(name, version, |certificate_version| {
-                let options = CertificateClientGetCertificateOptions {
-                    certificate_version,
-                    ..Default::default()
-                };
-                self.certificates.get_certificate(name, Some(options))
-            })
-            .await?;
+        let (cert, props) = self.get_object::<CertificateBundle>(name, version).await?;
         let cer = cert.cer.clone().ok_or_else(|| {
             VaultError::Unexpected(format!(
                 "certificate '{name}' has no certificate yet (still being created?)"
@@ -653,12 +607,21 @@ pub(crate) fn certificate_props(
     )
 }
 
+/// A conversion of an SDK model (an object, or an item of a listing) to [`ObjectProps`].
+type PropsOf<M> = fn(&M, &url::Url) -> Result<ObjectProps, String>;
+
 /// What reading one object needs to know of its SDK model (see [`AzureVault::get_object`]).
 trait ObjectModel: DeserializeOwned {
     /// The object's kind, as errors name it.
     const KIND: &'static str;
     const OP: Op;
-    fn props(&self, vault: &url::Url) -> Result<ObjectProps, String>;
+    const PROPS: PropsOf<Self>;
+    /// The SDK's request for `name` at `version` (the latest without one).
+    fn request<'a>(
+        vault: &'a AzureVault,
+        name: &'a str,
+        version: Option<String>,
+    ) -> impl Future<Output = azure_core::Result<Response<Self>>> + Send + 'a;
     /// Why an answer that does not decode as this model is refused.
     fn undecodable(name: &str, e: &azure_core::Error) -> String {
         format!("the vault's answer for {} '{name}': {e}", Self::KIND)
@@ -669,12 +632,29 @@ trait ObjectModel: DeserializeOwned {
     }
 }
 
+/// [`ObjectModel::request`] through one client's get call: the three differ in names only.
+macro_rules! request {
+    ($client:ident.$get:ident, $options:ident.$version:ident) => {
+        fn request<'a>(
+            vault: &'a AzureVault,
+            name: &'a str,
+            version: Option<String>,
+        ) -> impl Future<Output = azure_core::Result<Response<Self>>> + Send + 'a {
+            let options = $options {
+                $version: version,
+                ..Default::default()
+            };
+            vault.$client.$get(name, Some(options))
+        }
+    };
+}
+
 impl ObjectModel for SecretBundle {
     const KIND: &'static str = "secret";
     const OP: Op = Op::GetSecret;
-    fn props(&self, vault: &url::Url) -> Result<ObjectProps, String> {
-        secret_props(self, vault)
-    }
+    const PROPS: PropsOf<Self> = secret_props;
+    request!(secrets.get_secret, GetSecretOptions.secret_version);
+
     /// Described by position only: serde's message can quote the offending JSON value, and in
     /// this body that could be the secret itself.
     fn undecodable(name: &str, e: &azure_core::Error) -> String {
@@ -684,6 +664,7 @@ impl ObjectModel for SecretBundle {
             .unwrap_or_default();
         format!("the vault's answer for secret '{name}' is not a secret bundle{at}")
     }
+
     fn vet(&self, name: &str) -> Result<(), String> {
         let value = self
             .value
@@ -704,17 +685,18 @@ impl ObjectModel for SecretBundle {
 impl ObjectModel for KeyBundle {
     const KIND: &'static str = "key";
     const OP: Op = Op::GetKey;
-    fn props(&self, vault: &url::Url) -> Result<ObjectProps, String> {
-        key_props(self, vault)
-    }
+    const PROPS: PropsOf<Self> = key_props;
+    request!(keys.get_key, GetKeyOptions.key_version);
 }
 
 impl ObjectModel for CertificateBundle {
     const KIND: &'static str = "certificate";
     const OP: Op = Op::GetCertificate;
-    fn props(&self, vault: &url::Url) -> Result<ObjectProps, String> {
-        certificate_props(self, vault)
-    }
+    const PROPS: PropsOf<Self> = certificate_props;
+    request!(
+        certificates.get_certificate,
+        GetCertificateOptions.certificate_version
+    );
 }
 
 /// An answer about another object than the one asked for is refused: it would put one object's
@@ -836,7 +818,7 @@ fn convert_all<T>(
     op: Op,
     vault: &url::Url,
     items: Vec<T>,
-    convert: fn(&T, &url::Url) -> Result<ObjectProps, String>,
+    convert: PropsOf<T>,
 ) -> Result<Vec<ObjectProps>, VaultError> {
     Ok(items
         .iter()
@@ -924,11 +906,6 @@ fn role_for_action(action: &str) -> &'static str {
     } else {
         "a Key Vault data-plane role that grants it"
     }
-}
-
-/// A bad `pager` call (it only fails on an empty name, which callers never pass).
-fn pager_error(op: Op) -> impl Fn(azure_core::Error) -> VaultError {
-    move |e| map_error(&e, op)
 }
 
 /// The service's error envelope: `{"error":{"code","message","innererror":{"code",…}}}`.
@@ -2041,27 +2018,33 @@ mod tests {
                         let props = secret_props(&s, &vault).expect(&what);
                         assert!(props.version.is_some() && s.value.is_some(), "{what}");
                     }
-                    "get_secrets.json" | "get_secret_versions.json" => {
-                        let list: azure_security_keyvault_secrets::models::ListSecretPropertiesResult =
-                            serde_json::from_slice(&raw).expect(&what);
-                        for item in &list.value {
-                            secret_item_props(item, &vault).expect(&what);
-                        }
-                    }
-                    "get_keys.json" | "get_key_versions.json" => {
-                        let list: azure_security_keyvault_keys::models::ListKeyPropertiesResult =
-                            serde_json::from_slice(&raw).expect(&what);
-                        for item in &list.value {
-                            key_item_props(item, &vault).expect(&what);
-                        }
-                    }
-                    "get_certificates.json" | "get_certificate_versions.json" => {
-                        let list: azure_security_keyvault_certificates::models::ListCertificatePropertiesResult =
-                            serde_json::from_slice(&raw).expect(&what);
-                        for item in &list.value {
-                            certificate_item_props(item, &vault).expect(&what);
-                        }
-                    }
+                    "get_secrets.json" | "get_secret_versions.json" => every_item_converts(
+                        &raw,
+                        &what,
+                        &vault,
+                        |list: azure_security_keyvault_secrets::models::ListSecretPropertiesResult| {
+                            list.value
+                        },
+                        secret_item_props,
+                    ),
+                    "get_keys.json" | "get_key_versions.json" => every_item_converts(
+                        &raw,
+                        &what,
+                        &vault,
+                        |list: azure_security_keyvault_keys::models::ListKeyPropertiesResult| {
+                            list.value
+                        },
+                        key_item_props,
+                    ),
+                    "get_certificates.json" | "get_certificate_versions.json" => every_item_converts(
+                        &raw,
+                        &what,
+                        &vault,
+                        |list: azure_security_keyvault_certificates::models::ListCertificatePropertiesResult| {
+                            list.value
+                        },
+                        certificate_item_props,
+                    ),
                     "get_key_rsa.json" | "get_key_ec.json" => {
                         let key: azure_security_keyvault_keys::models::Key =
                             serde_json::from_slice(&raw).expect(&what);
@@ -2084,6 +2067,20 @@ mod tests {
             }
         }
         assert!(checked >= 35, "only {checked} examples checked");
+    }
+
+    /// A recorded list page parses as `L`, and every item of it converts to props.
+    fn every_item_converts<L: DeserializeOwned, I>(
+        raw: &[u8],
+        what: &str,
+        vault: &url::Url,
+        items: fn(L) -> Vec<I>,
+        convert: fn(&I, &url::Url) -> Result<ObjectProps, String>,
+    ) {
+        let list: L = serde_json::from_slice(raw).expect(what);
+        for item in &items(list) {
+            convert(item, vault).expect(what);
+        }
     }
 
     /// The origin of the first id or kid in a recorded body (any URL if there is none).

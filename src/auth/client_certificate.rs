@@ -98,7 +98,8 @@ pub fn to_pkcs12(c: &ClientCert) -> Result<Vec<u8>, String> {
         .map_err(|e| format!("cannot build PKCS#12: {e}"))
 }
 
-/// Client assertions signed with a certificate's key (RS256), for [`ClientAssertionCredential`].
+/// Client assertions signed with a certificate's key (RS256), for
+/// [`azure_identity::ClientAssertionCredential`].
 ///
 /// Not the crate's `ClientCertificateCredential`: azure_identity 1.0.0 puts the thumbprint in
 /// the JWT header's `x5t` as *standard* base64 (`+`, `/`, `=`), where RFC 7515 §4.1.7 requires

@@ -17,9 +17,9 @@ use crate::http::error_chain;
 /// the metadata service at 169.254.169.254 (tests and `--imds-endpoint` need another address)
 /// and retries connection failures for about 72 s whatever retry options it is given, which
 /// would stall `auto` and every read during an outage. It also picks its source from the
-/// process environment, which would make `auto`'s decision (taken from an [`Env`]) and the
-/// credential disagree. Here each request has a bounded timeout and no retries: the cache and
-/// the vault client's retry policy decide what happens next.
+/// process environment, which would make `auto`'s decision (taken from an
+/// [`Env`](super::Env)) and the credential disagree. Here each request has a bounded timeout
+/// and no retries: the cache and the vault client's retry policy decide what happens next.
 #[derive(Debug)]
 pub struct MsiCredential {
     url: url::Url,

@@ -47,7 +47,7 @@ pub struct Selected {
 impl std::fmt::Debug for Selected {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Selected")
-            .field("method", &self.method)
+            .field("method", &self.method.name())
             .finish_non_exhaustive()
     }
 }

@@ -90,7 +90,7 @@ struct Strikes {
 }
 
 /// Reuses each scope's token until [`refresh_at`], one refresh at a time. When a refresh fails
-/// and the old token still has [`STALE_TOKEN_FLOOR`] to live, the old token is served (and the
+/// and the old token still has `STALE_TOKEN_FLOOR` to live, the old token is served (and the
 /// failure logged), so a token endpoint blip does not fail reads.
 ///
 /// It is also told the vault's verdict on each token ([`TokenVerdicts`], through the vault

@@ -46,7 +46,7 @@ pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
     clip(parts.join(": "))
 }
 
-/// `text` cut to [`MAX_MESSAGE_LEN`] bytes (on a character boundary), marked with `…` when cut.
+/// `text` cut to `MAX_MESSAGE_LEN` bytes (on a character boundary), marked with `…` when cut.
 pub fn clip(mut text: String) -> String {
     if text.len() > MAX_MESSAGE_LEN {
         let mut end = MAX_MESSAGE_LEN;

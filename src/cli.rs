@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::auth::AuthMethod;
 use crate::config::{self, MountOpt};
 use crate::fs::core::OpenMode;
 use crate::logging::{LineContext, LogFormat};
@@ -169,31 +170,6 @@ impl Cloud {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum AuthMethod {
-    Auto,
-    WorkloadIdentity,
-    ManagedIdentity,
-    AzureCli,
-    ClientSecret,
-    ClientCertificate,
-}
-
-impl AuthMethod {
-    /// The method `--auth` names.
-    pub fn parse(name: &str) -> Option<AuthMethod> {
-        Some(match name {
-            "auto" => AuthMethod::Auto,
-            "client-secret" => AuthMethod::ClientSecret,
-            "workload-identity" => AuthMethod::WorkloadIdentity,
-            "managed-identity" => AuthMethod::ManagedIdentity,
-            "azure-cli" => AuthMethod::AzureCli,
-            "client-certificate" => AuthMethod::ClientCertificate,
-            _ => return None,
-        })
-    }
-}
-
 /// What a supervisor does once a successor has taken its mount over (`--after-handoff`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AfterHandoff {
@@ -345,11 +321,7 @@ impl MountArgs {
         };
         let auth = match pick(&self.auth, "auth")? {
             None => AuthMethod::Auto,
-            Some(name) => AuthMethod::parse(&name).ok_or_else(|| {
-                format!(
-                    "unknown --auth {name:?}: use auto, workload-identity, managed-identity, azure-cli, client-secret or client-certificate"
-                )
-            })?,
+            Some(name) => name.parse()?,
         };
         let after_handoff = match pick(&self.after_handoff, "after_handoff")?.as_deref() {
             None | Some("exit") => AfterHandoff::Exit,

@@ -14,6 +14,7 @@ pub mod fusedev;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod harden;
+pub mod http;
 pub mod invalidate;
 pub mod ipc;
 pub mod lifecycle;

@@ -7,10 +7,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use azure_core::credentials::TokenCredential;
-use kvfs::vault::azure::{
-    AzureVault, AzureVaultOptions, DEFAULT_MAX_RETRIES, DEFAULT_REQUEST_TIMEOUT,
-    client_secret_credential, http_client,
-};
+use kvfs::auth::client_secret_credential;
+use kvfs::http::{DEFAULT_MAX_RETRIES, DEFAULT_REQUEST_TIMEOUT, http_client};
+use kvfs::vault::azure::{AzureVault, AzureVaultOptions};
 use kvfs::vault::{Collection, ObjectProps, VaultClient, VaultError, valid_version};
 use testvault::identities::{AccessPolicy, PermissionModel};
 use testvault::{Fault, FaultAction, IdentitySpec, Options, Seed, TestVault};

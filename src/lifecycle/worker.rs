@@ -10,14 +10,15 @@ use std::time::Duration;
 use super::adopt;
 use super::gate::{self, Gate};
 use super::messages::{FirstToken, FromWorker, Hints, Serve, ToWorker};
-use crate::auth::{self, AuthRequest, Env, Limits};
-use crate::cli::{AuthMethod, MountSettings};
+use crate::auth::{self, AuthMethod, AuthRequest, Env, Limits};
+use crate::cli::MountSettings;
 use crate::fs::cache::{Cache, CacheConfig};
 use crate::fs::core::{FsCore, Ownership};
 use crate::fs::inodes::Inodes;
 use crate::fs::journal::Journal;
 use crate::fuse::FuseAdapter;
 use crate::fusedev;
+use crate::http::{error_chain, http_client};
 use crate::invalidate::Invalidator;
 use crate::ipc::{Channel, Received};
 use crate::metrics;
@@ -117,7 +118,7 @@ fn serve(mut settings: MountSettings, control: &Channel) -> Result<i32, String> 
 
 fn apply_hints(settings: &mut MountSettings, hints: &Hints) {
     if settings.auth == AuthMethod::Auto
-        && let Some(method) = hints.auth.as_deref().and_then(AuthMethod::parse)
+        && let Some(method) = hints.auth.as_deref().and_then(|name| name.parse().ok())
     {
         settings.auth = method;
     }
@@ -175,7 +176,7 @@ fn prepare(settings: &MountSettings, first_token: FirstToken) -> Result<(Prepare
         .build()
         .map_err(|e| format!("cannot start the runtime: {e}"))?;
     let timeout = Duration::from_secs(10);
-    let http = azure::http_client(&extra_ca, timeout)?;
+    let http = http_client(&extra_ca, timeout)?;
     let env = Env::from_process();
     let mut request = auth_request(settings);
     if request.tenant_id.is_none()
@@ -212,7 +213,7 @@ fn prepare(settings: &MountSettings, first_token: FirstToken) -> Result<(Prepare
         });
         let failure = match got {
             Ok(Ok(_)) => None,
-            Ok(Err(e)) => Some(azure::error_chain(&e)),
+            Ok(Err(e)) => Some(error_chain(&e)),
             Err(_) => Some("no token within 5 s".to_string()),
         };
         match (failure, first_token) {

@@ -2,14 +2,11 @@
 //!
 //! `SecretClient` reads secret values and lists secrets; `KeyClient` and `CertificateClient` list
 //! keys and certificates (and their versions). All three share one HTTP client and one retry
-//! policy, both chosen here rather than taken from the crates' defaults:
+//! policy, both from [`crate::http`] rather than the crates' defaults:
 //!
-//! * **Retries are few and short.** The crate default (8 retries, up to 60 s) made a vault that
-//!   answers 503 take over a minute to fail. kvfs serves the last good value
-//!   while the vault is unwell, so it wants the failure *promptly*: [`DEFAULT_MAX_RETRIES`] retries,
-//!   200 ms then 400 ms (plus jitter), delays capped at [`RETRY_MAX_DELAY`] even when the server's
-//!   `Retry-After` asks for longer, and no new retry once `request_timeout` has passed since the
-//!   first answer. 408/429/5xx and transport errors are retried; nothing else is.
+//! * **Retries are few and short** (see [`crate::http::retry`]): [`DEFAULT_MAX_RETRIES`]
+//!   retries, delays capped at [`RETRY_MAX_DELAY`], so a vault that answers 503 fails in about a
+//!   second and the cache serves the last good value meanwhile.
 //! * **Every attempt has a deadline** (`request_timeout`, enforced by reqwest from connect to the
 //!   last body byte), and every SDK call — one page of a list, or one GET — has a hard cap above
 //!   that (see [`AzureVault::call_deadline`]), so even a credential with its own long retries (the
@@ -20,34 +17,31 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
-use azure_core::cloud::{CloudConfiguration, CustomConfiguration};
-use azure_core::credentials::{Secret, TokenCredential};
+use azure_core::credentials::TokenCredential;
 use azure_core::error::ErrorKind;
-use azure_core::http::headers::{RETRY_AFTER, RETRY_AFTER_MS, X_MS_RETRY_AFTER_MS};
 use azure_core::http::pager::{ItemIterator, Page, PagerContinuation};
-use azure_core::http::policies::{RetryHeaders, RetryPolicy};
-use azure_core::http::{ClientOptions, HttpClient, RetryOptions, StatusCode, Transport};
+use azure_core::http::{ClientOptions, HttpClient, Response, Transport};
 use azure_core::time::OffsetDateTime;
-use azure_identity::{ClientSecretCredential, ClientSecretCredentialOptions};
 use azure_security_keyvault_certificates::models::{
-    Certificate as CertificateBundle, CertificateClientGetCertificateOptions, CertificateProperties,
+    Certificate as CertificateBundle,
+    CertificateClientGetCertificateOptions as GetCertificateOptions, CertificateProperties,
 };
 use azure_security_keyvault_certificates::{CertificateClient, CertificateClientOptions};
 use azure_security_keyvault_keys::models::{
-    Key as KeyBundle, KeyClientGetKeyOptions, KeyProperties,
+    Key as KeyBundle, KeyClientGetKeyOptions as GetKeyOptions, KeyProperties,
 };
 use azure_security_keyvault_keys::{KeyClient, KeyClientOptions};
 use azure_security_keyvault_secrets::models::{
-    Secret as SecretBundle, SecretClientGetSecretOptions, SecretProperties,
+    Secret as SecretBundle, SecretClientGetSecretOptions as GetSecretOptions, SecretProperties,
 };
 use azure_security_keyvault_secrets::{SecretClient, SecretClientOptions};
 use futures::StreamExt;
 use parking_lot::Mutex;
+use serde::de::DeserializeOwned;
 
 use super::challenge::ChallengeTransport;
 use super::clock::{ClockWatch, VaultClock};
@@ -57,21 +51,11 @@ use super::{
     CertificateValue, Collection, KeyValue, MAX_SECRET_VALUE_BYTES, ObjectProps, SecretValue,
     VaultClient, VaultError, one_per_name, valid_name, valid_version,
 };
-
-/// Retries after the first attempt, unless the caller says otherwise.
-pub const DEFAULT_MAX_RETRIES: u32 = 2;
-/// Deadline of one HTTP attempt (connect, request, whole response body).
-pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-/// First retry delay; doubles per retry.
-pub const RETRY_INITIAL_DELAY: Duration = Duration::from_millis(200);
-/// No retry waits longer than this, whatever `Retry-After` says: a throttled or failing vault is
-/// reported (and the stale value served) rather than waited out.
-pub const RETRY_MAX_DELAY: Duration = Duration::from_secs(2);
-/// Connecting gets at most this long, so a black-holed address fails fast even with a long
-/// `request_timeout` meant for slow list pages.
-const MAX_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// Error strings are for log lines; a proxy's HTML error page should not flood them.
-const MAX_MESSAGE_LEN: usize = 1500;
+use crate::http::errors::clip;
+use crate::http::{
+    DEFAULT_MAX_RETRIES, DEFAULT_REQUEST_TIMEOUT, RETRY_MAX_DELAY, error_chain, http_client,
+    retry_options,
+};
 
 /// How to reach one vault.
 #[derive(Clone)]
@@ -194,38 +178,24 @@ impl AzureVault {
                 .collect(),
             ..Default::default()
         };
-        let verify = Some(opts.verify_challenge_resource);
-        let endpoint = url.as_str();
-        let secrets = SecretClient::new(
-            endpoint,
-            opts.credential.clone(),
-            Some(SecretClientOptions {
-                client_options: client_options.clone(),
-                verify_challenge_resource: verify,
-                ..Default::default()
-            }),
-        )
-        .map_err(|e| format!("secret client: {}", error_chain(&e)))?;
-        let keys = KeyClient::new(
-            endpoint,
-            opts.credential.clone(),
-            Some(KeyClientOptions {
-                client_options: client_options.clone(),
-                verify_challenge_resource: verify,
-                ..Default::default()
-            }),
-        )
-        .map_err(|e| format!("key client: {}", error_chain(&e)))?;
-        let certificates = CertificateClient::new(
-            endpoint,
-            opts.credential.clone(),
-            Some(CertificateClientOptions {
-                client_options,
-                verify_challenge_resource: verify,
-                ..Default::default()
-            }),
-        )
-        .map_err(|e| format!("certificate client: {}", error_chain(&e)))?;
+        // The three clients differ in their types only.
+        macro_rules! client {
+            ($client:ident, $options:ident, $what:literal) => {
+                $client::new(
+                    url.as_str(),
+                    opts.credential.clone(),
+                    Some($options {
+                        client_options: client_options.clone(),
+                        verify_challenge_resource: Some(opts.verify_challenge_resource),
+                        ..Default::default()
+                    }),
+                )
+                .map_err(|e| format!("{} client: {}", $what, error_chain(&e)))?
+            };
+        }
+        let secrets = client!(SecretClient, SecretClientOptions, "secret");
+        let keys = client!(KeyClient, KeyClientOptions, "key");
+        let certificates = client!(CertificateClient, CertificateClientOptions, "certificate");
         Ok(AzureVault {
             vault_url: opts.vault_url.clone(),
             secrets,
@@ -270,6 +240,31 @@ impl AzureVault {
             Ok(Err(e)) => Err(map_error(&e, op)),
             Err(_) => Err(self.deadline_error(op)),
         }
+    }
+
+    /// One object by name and version, whichever collection: a name or version the vault cannot
+    /// have is not found without a request (it never goes into a URL path); the request runs
+    /// under the hard cap; the answer must decode, pass the model's own checks and name the
+    /// object asked for.
+    async fn get_object<M: ObjectModel>(
+        &self,
+        name: &str,
+        version: Option<&str>,
+    ) -> Result<(M, ObjectProps), VaultError> {
+        if !valid_name(name) || version.is_some_and(|v| !valid_version(v)) {
+            return Err(VaultError::NotFound);
+        }
+        let request = M::request(self, name, version.map(str::to_string));
+        let response = self.bounded(M::OP, request).await?;
+        let model = response
+            .into_model()
+            .map_err(|e| VaultError::Unexpected(M::undecodable(name, &e)))?;
+        model.vet(name).map_err(VaultError::Unexpected)?;
+        let props = (M::PROPS)(&model, &self.vault_url).map_err(|e| {
+            VaultError::Unexpected(format!("the vault's answer for {} '{name}': {e}", M::KIND))
+        })?;
+        check_identity(M::KIND, name, version, &props)?;
+        Ok((model, props))
     }
 
     fn deadline_error(&self, op: Op) -> VaultError {
@@ -330,6 +325,24 @@ impl AzureVault {
         }
     }
 
+    /// One listing as props: the pager the SDK started (it refuses to start one only for an
+    /// empty name, which never gets here), walked page by page, and each item converted (one
+    /// that does not convert is skipped and logged).
+    async fn list_props<P>(
+        &self,
+        op: Op,
+        first: url::Url,
+        pager: azure_core::Result<ItemIterator<P>>,
+        convert: PropsOf<P::Item>,
+    ) -> Result<Vec<ObjectProps>, VaultError>
+    where
+        P: Page + Send + 'static,
+    {
+        let pager = pager.map_err(|e| map_error(&e, op))?;
+        let items = self.walk(op, first, pager).await?;
+        convert_all(op, &self.vault_url, items, convert)
+    }
+
     /// The URL of a listing's first page (query aside), which a paging loop may link back to.
     fn first_page(&self, collection: Collection, versions_of: Option<&str>) -> url::Url {
         let path = match versions_of {
@@ -366,27 +379,20 @@ impl VaultClient for AzureVault {
 
     async fn list(&self, collection: Collection) -> Result<Vec<ObjectProps>, VaultError> {
         let op = Op::List(collection);
-        let started = pager_error(op);
         let first = self.first_page(collection, None);
-        let vault = &self.vault_url;
         let items = match collection {
             Collection::Secrets => {
-                let pager = self.secrets.list_secret_properties(None).map_err(started)?;
-                let items = self.walk(op, first, pager).await?;
-                convert_all(op, vault, items, secret_item_props)
+                let pager = self.secrets.list_secret_properties(None);
+                self.list_props(op, first, pager, secret_item_props).await
             }
             Collection::Keys => {
-                let pager = self.keys.list_key_properties(None).map_err(started)?;
-                let items = self.walk(op, first, pager).await?;
-                convert_all(op, vault, items, key_item_props)
+                let pager = self.keys.list_key_properties(None);
+                self.list_props(op, first, pager, key_item_props).await
             }
             Collection::Certificates => {
-                let pager = self
-                    .certificates
-                    .list_certificate_properties(None)
-                    .map_err(started)?;
-                let items = self.walk(op, first, pager).await?;
-                convert_all(op, vault, items, certificate_item_props)
+                let pager = self.certificates.list_certificate_properties(None);
+                self.list_props(op, first, pager, certificate_item_props)
+                    .await
             }
         }?;
         Ok(self.one_per_name(collection, items))
@@ -402,36 +408,22 @@ impl VaultClient for AzureVault {
             return Ok(Vec::new());
         }
         let op = Op::ListVersions(collection);
-        let started = pager_error(op);
         let first = self.first_page(collection, Some(name));
-        let vault = &self.vault_url;
         let listed = match collection {
             Collection::Secrets => {
-                let pager = self
-                    .secrets
-                    .list_secret_properties_versions(name, None)
-                    .map_err(started)?;
-                self.walk(op, first, pager)
-                    .await
-                    .and_then(|items| convert_all(op, vault, items, secret_item_props))
+                let pager = self.secrets.list_secret_properties_versions(name, None);
+                self.list_props(op, first, pager, secret_item_props).await
             }
             Collection::Keys => {
-                let pager = self
-                    .keys
-                    .list_key_properties_versions(name, None)
-                    .map_err(started)?;
-                self.walk(op, first, pager)
-                    .await
-                    .and_then(|items| convert_all(op, vault, items, key_item_props))
+                let pager = self.keys.list_key_properties_versions(name, None);
+                self.list_props(op, first, pager, key_item_props).await
             }
             Collection::Certificates => {
                 let pager = self
                     .certificates
-                    .list_certificate_properties_versions(name, None)
-                    .map_err(started)?;
-                self.walk(op, first, pager)
+                    .list_certificate_properties_versions(name, None);
+                self.list_props(op, first, pager, certificate_item_props)
                     .await
-                    .and_then(|items| convert_all(op, vault, items, certificate_item_props))
             }
         };
         let mut versions = match listed {
@@ -453,45 +445,9 @@ impl VaultClient for AzureVault {
         name: &str,
         version: Option<&str>,
     ) -> Result<SecretValue, VaultError> {
-        if !valid_name(name) || version.is_some_and(|v| !valid_version(v)) {
-            return Err(VaultError::NotFound);
-        }
-        let op = Op::GetSecret;
-        let options = SecretClientGetSecretOptions {
-            secret_version: version.map(str::to_string),
-            ..Default::default()
-        };
-        let response = self
-            .bounded(op, self.secrets.get_secret(name, Some(options)))
-            .await?;
-        // Parse errors are described by position only: serde's message can quote the offending
-        // JSON value, and in this body that could be the secret itself.
-        let mut secret: SecretBundle = response.into_model().map_err(|e| {
-            let at = e
-                .downcast_ref::<serde_json::Error>()
-                .map(|j| format!(" (line {}, column {})", j.line(), j.column()))
-                .unwrap_or_default();
-            VaultError::Unexpected(format!(
-                "the vault's answer for secret '{name}' is not a secret bundle{at}"
-            ))
-        })?;
-        let value = secret.value.take().ok_or_else(|| {
-            VaultError::Unexpected(format!(
-                "the vault's answer for secret '{name}' has no value"
-            ))
-        })?;
-        if value.len() > MAX_SECRET_VALUE_BYTES {
-            // The size only: never a byte of the value.
-            return Err(VaultError::Unexpected(format!(
-                "the vault's answer for secret '{name}' holds a {}-byte value, over Key Vault's \
-                 {MAX_SECRET_VALUE_BYTES}-byte limit; not served",
-                value.len()
-            )));
-        }
-        let props = secret_props(&secret, &self.vault_url).map_err(|e| {
-            VaultError::Unexpected(format!("the vault's answer for secret '{name}': {e}"))
-        })?;
-        check_identity("secret", name, version, &props)?;
+        let (mut secret, props) = self.get_object::<SecretBundle>(name, version).await?;
+        // `SecretBundle::vet` has seen the value there.
+        let value = secret.value.take().unwrap_or_default();
         Ok(SecretValue {
             props,
             value: value.into_bytes(),
@@ -499,24 +455,7 @@ impl VaultClient for AzureVault {
     }
 
     async fn get_key(&self, name: &str, version: Option<&str>) -> Result<KeyValue, VaultError> {
-        if !valid_name(name) || version.is_some_and(|v| !valid_version(v)) {
-            return Err(VaultError::NotFound);
-        }
-        let op = Op::GetKey;
-        let options = KeyClientGetKeyOptions {
-            key_version: version.map(str::to_string),
-            ..Default::default()
-        };
-        let response = self
-            .bounded(op, self.keys.get_key(name, Some(options)))
-            .await?;
-        let key: KeyBundle = response.into_model().map_err(|e| {
-            VaultError::Unexpected(format!("the vault's answer for key '{name}': {e}"))
-        })?;
-        let props = key_props(&key, &self.vault_url).map_err(|e| {
-            VaultError::Unexpected(format!("the vault's answer for key '{name}': {e}"))
-        })?;
-        check_identity("key", name, version, &props)?;
+        let (key, props) = self.get_object::<KeyBundle>(name, version).await?;
         let jwk = key
             .key
             .as_ref()
@@ -532,24 +471,7 @@ impl VaultClient for AzureVault {
         name: &str,
         version: Option<&str>,
     ) -> Result<CertificateValue, VaultError> {
-        if !valid_name(name) || version.is_some_and(|v| !valid_version(v)) {
-            return Err(VaultError::NotFound);
-        }
-        let op = Op::GetCertificate;
-        let options = CertificateClientGetCertificateOptions {
-            certificate_version: version.map(str::to_string),
-            ..Default::default()
-        };
-        let response = self
-            .bounded(op, self.certificates.get_certificate(name, Some(options)))
-            .await?;
-        let cert: CertificateBundle = response.into_model().map_err(|e| {
-            VaultError::Unexpected(format!("the vault's answer for certificate '{name}': {e}"))
-        })?;
-        let props = certificate_props(&cert, &self.vault_url).map_err(|e| {
-            VaultError::Unexpected(format!("the vault's answer for certificate '{name}': {e}"))
-        })?;
-        check_identity("certificate", name, version, &props)?;
+        let (cert, props) = self.get_object::<CertificateBundle>(name, version).await?;
         let cer = cert.cer.clone().ok_or_else(|| {
             VaultError::Unexpected(format!(
                 "certificate '{name}' has no certificate yet (still being created?)"
@@ -579,157 +501,6 @@ impl VaultClient for AzureVault {
         }
         Ok(CertificateValue { props, cer, secret })
     }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Transport, retries, credentials
-// ---------------------------------------------------------------------------------------------
-
-/// The HTTP client for the vault and the credential: system roots plus `extra_ca_pem`,
-/// `timeout` per attempt (connect capped at 5 s), no redirects (Key Vault never redirects, and a
-/// redirect is no place to follow a bearer token). Proxies from the environment are honoured.
-pub fn http_client(extra_ca_pem: &[Vec<u8>], timeout: Duration) -> Result<reqwest::Client, String> {
-    let mut roots = Vec::new();
-    for (i, pem) in extra_ca_pem.iter().enumerate() {
-        let certs = reqwest::Certificate::from_pem_bundle(pem)
-            .map_err(|e| format!("extra CA file #{}: {}", i + 1, error_chain(&e)))?;
-        if certs.is_empty() {
-            return Err(format!(
-                "extra CA file #{}: no PEM certificate in it",
-                i + 1
-            ));
-        }
-        roots.extend(certs);
-    }
-    let mut builder = reqwest::Client::builder()
-        .timeout(timeout)
-        .connect_timeout(timeout.min(MAX_CONNECT_TIMEOUT))
-        .redirect(reqwest::redirect::Policy::none())
-        .tcp_keepalive(Duration::from_secs(30));
-    if !roots.is_empty() {
-        // Merge, not replace: a corporate CA for a TLS-inspecting proxy must not cost the
-        // public roots that login.microsoftonline.com and *.vault.azure.net chain to.
-        builder = builder.tls_certs_merge(roots);
-    }
-    builder
-        .build()
-        .map_err(|e| format!("HTTP client: {}", error_chain(&e)))
-}
-
-/// The bounded retry policy described in the module docs, for any `ClientOptions`.
-pub fn retry_options(max_retries: u32, request_timeout: Duration) -> RetryOptions {
-    RetryOptions::custom(Arc::new(BoundedRetry {
-        max_retries,
-        max_elapsed: request_timeout,
-        headers: RetryHeaders {
-            retry_headers: vec![X_MS_RETRY_AFTER_MS, RETRY_AFTER_MS, RETRY_AFTER],
-        },
-    }))
-}
-
-/// `ClientOptions` for a credential's own pipeline: the shared HTTP client (same trust, same
-/// timeouts) and the same bounded retries, so a token endpoint outage surfaces as quickly as a
-/// vault outage. The CLI uses it for the other credential types too.
-pub fn credential_client_options(http: &reqwest::Client) -> ClientOptions {
-    ClientOptions {
-        transport: Some(Transport::new(Arc::new(http.clone()))),
-        retry: retry_options(DEFAULT_MAX_RETRIES, DEFAULT_REQUEST_TIMEOUT),
-        ..Default::default()
-    }
-}
-
-/// `ClientSecretCredential` over `http`. `authority_host` (e.g. `https://login.microsoftonline.us`
-/// or a local token endpoint) goes through the options' cloud configuration; without it the crate
-/// reads `AZURE_AUTHORITY_HOST`, else uses the public cloud.
-pub fn client_secret_credential(
-    tenant: &str,
-    client_id: &str,
-    secret: String,
-    authority_host: Option<&str>,
-    http: &reqwest::Client,
-) -> Result<Arc<dyn TokenCredential>, String> {
-    let mut client_options = credential_client_options(http);
-    if let Some(host) = authority_host {
-        // `CustomConfiguration` is non-exhaustive: start from its default and set the host.
-        let mut cloud = CustomConfiguration::default();
-        cloud.authority_host = host.to_string();
-        client_options.cloud = Some(Arc::new(CloudConfiguration::Custom(cloud)));
-    }
-    let credential = ClientSecretCredential::new(
-        tenant,
-        client_id.to_string(),
-        Secret::new(secret),
-        Some(ClientSecretCredentialOptions { client_options }),
-    )
-    .map_err(|e| format!("client-secret credential: {}", error_chain(&e)))?;
-    Ok(credential)
-}
-
-/// Exponential retries bounded in count, per-delay and total time; `Retry-After` honoured only
-/// up to [`RETRY_MAX_DELAY`].
-#[derive(Debug)]
-struct BoundedRetry {
-    max_retries: u32,
-    /// No new retry once this much time has passed since the first answer.
-    max_elapsed: Duration,
-    headers: RetryHeaders,
-}
-
-/// What the SDK's own policies retry: timeouts, throttling and server errors.
-const RETRY_STATUS_CODES: &[StatusCode] = &[
-    StatusCode::RequestTimeout,
-    StatusCode::TooManyRequests,
-    StatusCode::InternalServerError,
-    StatusCode::BadGateway,
-    StatusCode::ServiceUnavailable,
-    StatusCode::GatewayTimeout,
-];
-
-#[async_trait]
-impl RetryPolicy for BoundedRetry {
-    fn is_expired(&self, since_first_answer: azure_core::time::Duration, retry_count: u32) -> bool {
-        retry_count >= self.max_retries || since_first_answer.unsigned_abs() >= self.max_elapsed
-    }
-
-    fn retry_headers(&self) -> Option<&RetryHeaders> {
-        Some(&self.headers)
-    }
-
-    fn retry_status_codes(&self) -> &[StatusCode] {
-        RETRY_STATUS_CODES
-    }
-
-    /// `retry_count` is 1 before the first retry: 200 ms, 400 ms, 800 ms… plus up to 25 %
-    /// jitter (so many nodes throttled together do not come back in lockstep), capped.
-    fn sleep_duration(&self, retry_count: u32) -> azure_core::time::Duration {
-        let doublings = retry_count.saturating_sub(1).min(16);
-        let base = RETRY_INITIAL_DELAY.saturating_mul(1 << doublings);
-        let jitter = base.mul_f64(f64::from(random_u8()) / 1024.0);
-        azure_core::time::Duration::try_from((base + jitter).min(RETRY_MAX_DELAY))
-            .unwrap_or(azure_core::time::Duration::ZERO)
-    }
-
-    async fn wait(&self, retry_count: u32, retry_after: Option<azure_core::time::Duration>) {
-        let ours = self.sleep_duration(retry_count).unsigned_abs();
-        // A server asking for more than we are willing to wait gets RETRY_MAX_DELAY: the cache
-        // above serves the stale value meanwhile and the next read tries again.
-        let theirs = retry_after
-            .map(|d| d.unsigned_abs().min(RETRY_MAX_DELAY))
-            .unwrap_or_default();
-        tokio::time::sleep(ours.max(theirs)).await;
-    }
-}
-
-/// A random byte without a `rand` dependency: std's `RandomState` is randomly keyed per instance.
-fn random_u8() -> u8 {
-    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    hasher.write_u64(
-        SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos().into())
-            .unwrap_or(0),
-    );
-    hasher.finish().to_le_bytes()[0]
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -834,6 +605,98 @@ pub(crate) fn certificate_props(
             cert.content_type.as_deref()
         ),
     )
+}
+
+/// A conversion of an SDK model (an object, or an item of a listing) to [`ObjectProps`].
+type PropsOf<M> = fn(&M, &url::Url) -> Result<ObjectProps, String>;
+
+/// What reading one object needs to know of its SDK model (see [`AzureVault::get_object`]).
+trait ObjectModel: DeserializeOwned {
+    /// The object's kind, as errors name it.
+    const KIND: &'static str;
+    const OP: Op;
+    const PROPS: PropsOf<Self>;
+    /// The SDK's request for `name` at `version` (the latest without one).
+    fn request<'a>(
+        vault: &'a AzureVault,
+        name: &'a str,
+        version: Option<String>,
+    ) -> impl Future<Output = azure_core::Result<Response<Self>>> + Send + 'a;
+    /// Why an answer that does not decode as this model is refused.
+    fn undecodable(name: &str, e: &azure_core::Error) -> String {
+        format!("the vault's answer for {} '{name}': {e}", Self::KIND)
+    }
+    /// What else the answer must hold to be served.
+    fn vet(&self, _name: &str) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+/// [`ObjectModel::request`] through one client's get call: the three differ in names only.
+macro_rules! request {
+    ($client:ident.$get:ident, $options:ident.$version:ident) => {
+        fn request<'a>(
+            vault: &'a AzureVault,
+            name: &'a str,
+            version: Option<String>,
+        ) -> impl Future<Output = azure_core::Result<Response<Self>>> + Send + 'a {
+            let options = $options {
+                $version: version,
+                ..Default::default()
+            };
+            vault.$client.$get(name, Some(options))
+        }
+    };
+}
+
+impl ObjectModel for SecretBundle {
+    const KIND: &'static str = "secret";
+    const OP: Op = Op::GetSecret;
+    const PROPS: PropsOf<Self> = secret_props;
+    request!(secrets.get_secret, GetSecretOptions.secret_version);
+
+    /// Described by position only: serde's message can quote the offending JSON value, and in
+    /// this body that could be the secret itself.
+    fn undecodable(name: &str, e: &azure_core::Error) -> String {
+        let at = e
+            .downcast_ref::<serde_json::Error>()
+            .map(|j| format!(" (line {}, column {})", j.line(), j.column()))
+            .unwrap_or_default();
+        format!("the vault's answer for secret '{name}' is not a secret bundle{at}")
+    }
+
+    fn vet(&self, name: &str) -> Result<(), String> {
+        let value = self
+            .value
+            .as_ref()
+            .ok_or_else(|| format!("the vault's answer for secret '{name}' has no value"))?;
+        if value.len() > MAX_SECRET_VALUE_BYTES {
+            // The size only: never a byte of the value.
+            return Err(format!(
+                "the vault's answer for secret '{name}' holds a {}-byte value, over Key Vault's \
+                 {MAX_SECRET_VALUE_BYTES}-byte limit; not served",
+                value.len()
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl ObjectModel for KeyBundle {
+    const KIND: &'static str = "key";
+    const OP: Op = Op::GetKey;
+    const PROPS: PropsOf<Self> = key_props;
+    request!(keys.get_key, GetKeyOptions.key_version);
+}
+
+impl ObjectModel for CertificateBundle {
+    const KIND: &'static str = "certificate";
+    const OP: Op = Op::GetCertificate;
+    const PROPS: PropsOf<Self> = certificate_props;
+    request!(
+        certificates.get_certificate,
+        GetCertificateOptions.certificate_version
+    );
 }
 
 /// An answer about another object than the one asked for is refused: it would put one object's
@@ -955,7 +818,7 @@ fn convert_all<T>(
     op: Op,
     vault: &url::Url,
     items: Vec<T>,
-    convert: fn(&T, &url::Url) -> Result<ObjectProps, String>,
+    convert: PropsOf<T>,
 ) -> Result<Vec<ObjectProps>, VaultError> {
     Ok(items
         .iter()
@@ -1043,11 +906,6 @@ fn role_for_action(action: &str) -> &'static str {
     } else {
         "a Key Vault data-plane role that grants it"
     }
-}
-
-/// A bad `pager` call (it only fails on an empty name, which callers never pass).
-fn pager_error(op: Op) -> impl Fn(azure_core::Error) -> VaultError {
-    move |e| map_error(&e, op)
 }
 
 /// The service's error envelope: `{"error":{"code","message","innererror":{"code",…}}}`.
@@ -1214,18 +1072,6 @@ fn first_line(text: &str) -> &str {
         .unwrap_or("")
 }
 
-fn clip(mut text: String) -> String {
-    if text.len() > MAX_MESSAGE_LEN {
-        let mut end = MAX_MESSAGE_LEN;
-        while !text.is_char_boundary(end) {
-            end -= 1;
-        }
-        text.truncate(end);
-        text.push('…');
-    }
-    text
-}
-
 /// Whether a credential failure comes from the token endpoint being unreachable, slow,
 /// throttling or failing (rather than refusing the identity).
 fn transient_cause(err: &azure_core::Error) -> bool {
@@ -1253,45 +1099,6 @@ fn transient_cause(err: &azure_core::Error) -> bool {
     false
 }
 
-/// Every message down an error's `source()` chain on one line, each said once: the SDK's top
-/// message is generic ("non-transport error occurred which will not be retried") and the reason
-/// (e.g. `AADSTS7000215: Invalid client secret provided.`) sits further down.
-pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut parts: Vec<String> = Vec::new();
-    let mut next = Some(err);
-    while let Some(e) = next {
-        let text = e
-            .to_string()
-            .split_whitespace()
-            .collect::<Vec<_>>()
-            .join(" ");
-        // The retry policy's wrapper around an error it passes through says nothing about the
-        // cause, and reads as if nothing had been retried even when the cause was a 503.
-        if !text.is_empty() && text != NOT_RETRIED && !parts.iter().any(|p| p.contains(&text)) {
-            parts.push(text);
-        }
-        // An HTTP error's message can be empty (a token endpoint answering 503 with a body that
-        // is not Entra's error format): the status is then the only clue.
-        if let Some(ErrorKind::HttpResponse {
-            status, error_code, ..
-        }) = e.downcast_ref::<azure_core::Error>().map(|c| c.kind())
-        {
-            let code = error_code
-                .as_deref()
-                .map(|c| format!(" {c}"))
-                .unwrap_or_default();
-            let http = format!("HTTP {}{code}", u16::from(*status));
-            if !parts.iter().any(|p| p.contains(&http)) {
-                parts.push(http);
-            }
-        }
-        next = e.source();
-    }
-    clip(parts.join(": "))
-}
-
-const NOT_RETRIED: &str = "non-transport error occurred which will not be retried";
-
 #[cfg(test)]
 mod tests {
     //! Replays of the real Key Vault responses in `tests/recordings` through the whole
@@ -1300,9 +1107,9 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::time::{Duration, Instant, UNIX_EPOCH};
 
-    use azure_core::credentials::{AccessToken, TokenRequestOptions};
+    use azure_core::credentials::{AccessToken, Secret, TokenRequestOptions};
     use azure_core::http::headers::{HeaderName, Headers};
-    use azure_core::http::{AsyncRawResponse, Request};
+    use azure_core::http::{AsyncRawResponse, Request, StatusCode};
     use parking_lot::Mutex;
     use serde_json::Value;
 
@@ -2211,27 +2018,33 @@ mod tests {
                         let props = secret_props(&s, &vault).expect(&what);
                         assert!(props.version.is_some() && s.value.is_some(), "{what}");
                     }
-                    "get_secrets.json" | "get_secret_versions.json" => {
-                        let list: azure_security_keyvault_secrets::models::ListSecretPropertiesResult =
-                            serde_json::from_slice(&raw).expect(&what);
-                        for item in &list.value {
-                            secret_item_props(item, &vault).expect(&what);
-                        }
-                    }
-                    "get_keys.json" | "get_key_versions.json" => {
-                        let list: azure_security_keyvault_keys::models::ListKeyPropertiesResult =
-                            serde_json::from_slice(&raw).expect(&what);
-                        for item in &list.value {
-                            key_item_props(item, &vault).expect(&what);
-                        }
-                    }
-                    "get_certificates.json" | "get_certificate_versions.json" => {
-                        let list: azure_security_keyvault_certificates::models::ListCertificatePropertiesResult =
-                            serde_json::from_slice(&raw).expect(&what);
-                        for item in &list.value {
-                            certificate_item_props(item, &vault).expect(&what);
-                        }
-                    }
+                    "get_secrets.json" | "get_secret_versions.json" => every_item_converts(
+                        &raw,
+                        &what,
+                        &vault,
+                        |list: azure_security_keyvault_secrets::models::ListSecretPropertiesResult| {
+                            list.value
+                        },
+                        secret_item_props,
+                    ),
+                    "get_keys.json" | "get_key_versions.json" => every_item_converts(
+                        &raw,
+                        &what,
+                        &vault,
+                        |list: azure_security_keyvault_keys::models::ListKeyPropertiesResult| {
+                            list.value
+                        },
+                        key_item_props,
+                    ),
+                    "get_certificates.json" | "get_certificate_versions.json" => every_item_converts(
+                        &raw,
+                        &what,
+                        &vault,
+                        |list: azure_security_keyvault_certificates::models::ListCertificatePropertiesResult| {
+                            list.value
+                        },
+                        certificate_item_props,
+                    ),
                     "get_key_rsa.json" | "get_key_ec.json" => {
                         let key: azure_security_keyvault_keys::models::Key =
                             serde_json::from_slice(&raw).expect(&what);
@@ -2254,6 +2067,20 @@ mod tests {
             }
         }
         assert!(checked >= 35, "only {checked} examples checked");
+    }
+
+    /// A recorded list page parses as `L`, and every item of it converts to props.
+    fn every_item_converts<L: DeserializeOwned, I>(
+        raw: &[u8],
+        what: &str,
+        vault: &url::Url,
+        items: fn(L) -> Vec<I>,
+        convert: fn(&I, &url::Url) -> Result<ObjectProps, String>,
+    ) {
+        let list: L = serde_json::from_slice(raw).expect(what);
+        for item in &items(list) {
+            convert(item, vault).expect(what);
+        }
     }
 
     /// The origin of the first id or kid in a recorded body (any URL if there is none).
@@ -2313,24 +2140,7 @@ mod tests {
     }
 
     #[test]
-    fn retry_delays_are_short_and_capped() {
-        let policy = BoundedRetry {
-            max_retries: 2,
-            max_elapsed: Duration::from_secs(10),
-            headers: RetryHeaders::default(),
-        };
-        let delay = |n| policy.sleep_duration(n).unsigned_abs();
-        for _ in 0..50 {
-            assert!((Duration::from_millis(200)..Duration::from_millis(251)).contains(&delay(1)));
-            assert!((Duration::from_millis(400)..Duration::from_millis(501)).contains(&delay(2)));
-            assert_eq!(delay(10), RETRY_MAX_DELAY);
-            assert_eq!(delay(u32::MAX), RETRY_MAX_DELAY);
-        }
-        let zero = azure_core::time::Duration::ZERO;
-        assert!(!policy.is_expired(zero, 0));
-        assert!(!policy.is_expired(zero, 1));
-        assert!(policy.is_expired(zero, 2));
-        assert!(policy.is_expired(azure_core::time::Duration::seconds(10), 0));
+    fn one_call_is_capped_at_every_attempt_and_retry_delay_plus_one() {
         assert_eq!(
             AzureVault::call_deadline(DEFAULT_REQUEST_TIMEOUT, DEFAULT_MAX_RETRIES),
             Duration::from_secs(44)
@@ -2348,8 +2158,6 @@ mod tests {
         assert!(build("https://myvault.vault.azure.net/secrets").is_err());
         assert!(build("https://myvault.vault.azure.net/").is_ok());
         assert!(build("https://myvault.vault.azure.net").is_ok());
-        assert!(http_client(&[b"not a certificate".to_vec()], DEFAULT_REQUEST_TIMEOUT).is_err());
-        assert!(http_client(&[], DEFAULT_REQUEST_TIMEOUT).is_ok());
     }
 
     #[test]

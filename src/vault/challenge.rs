@@ -184,7 +184,7 @@ async fn send_probe(inner: &dyn HttpClient, url: url::Url) -> Outcome {
     let probe = Request::new(url, Method::Get);
     let response = match inner.execute_request(&probe).await {
         Ok(response) => response,
-        Err(e) => return Outcome::Failed(e.kind().clone(), super::azure::error_chain(&e)),
+        Err(e) => return Outcome::Failed(e.kind().clone(), crate::http::error_chain(&e)),
     };
     let status = response.status();
     let challenge = response

@@ -9,7 +9,8 @@
 //!   that goes past it is refused: a hostile or broken server cannot make kvfs buffer 50 MiB.
 //!
 //! Token requests do not come through here: every credential gets its own client
-//! (`azure::credential_client_options`), since the token endpoint is, by design, another origin.
+//! (`crate::http::credential_client_options`), since the token endpoint is, by design, another
+//! origin.
 
 use std::fmt;
 use std::sync::Arc;

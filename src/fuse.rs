@@ -189,6 +189,20 @@ fn file_type(k: Kind) -> FileType {
     }
 }
 
+/// Callbacks that answer an errno at once (see [`FuseAdapter::refuse`]), one line each:
+/// `name(argument types…) -> reply type: metric op, errno;`. The arguments are fuser's, after
+/// `&self` and the request, none of them looked at.
+macro_rules! refused {
+    ($($(#[$doc:meta])* $name:ident($($arg:ty),* $(,)?) -> $reply:ty: $op:ident, $errno:ident;)*) => {
+        $(
+            $(#[$doc])*
+            fn $name(&self, _: &Request, $(_: $arg,)* reply: $reply) {
+                self.refuse(FuseOp::$op, Errno::$errno, reply);
+            }
+        )*
+    };
+}
+
 impl Filesystem for FuseAdapter {
     /// - `FUSE_AUTO_INVAL_DATA`: a read whose cached attributes have expired revalidates them,
     ///   and a changed mtime or size drops the page cache: what lets a kernel-cached file
@@ -347,19 +361,6 @@ impl Filesystem for FuseAdapter {
         reply.ok();
     }
 
-    /// Nothing is buffered for writing, so there is nothing to flush: "not implemented" makes
-    /// the kernel stop sending FLUSH on every close (one round trip less per open file).
-    fn flush(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        _fh: FileHandle,
-        _lock_owner: LockOwner,
-        reply: ReplyEmpty,
-    ) {
-        self.refuse(FuseOp::Flush, Errno::ENOSYS, reply);
-    }
-
     /// Directories are listed once per open. The kernel may cache the listing
     /// (`FOPEN_CACHE_DIR`), and keeps what it cached when the listing is the one it got last
     /// time; otherwise it drops it, so a created or deleted object shows at the next `ls`.
@@ -455,206 +456,60 @@ impl Filesystem for FuseAdapter {
     // Operations with nothing to do on a read-only tree of small files. fuser's defaults answer
     // the same but log a warning each time, and `isatty()` (Python's `open`, for one) sends an
     // ioctl on every open: a healthy read must not log.
-
-    fn ioctl(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        _fh: FileHandle,
-        _flags: fuser::IoctlFlags,
-        _cmd: u32,
-        _in_data: &[u8],
-        _out_size: u32,
-        reply: fuser::ReplyIoctl,
-    ) {
-        self.refuse(FuseOp::Ioctl, Errno::ENOTTY, reply);
-    }
-
-    fn poll(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        _fh: FileHandle,
-        _ph: fuser::PollNotifier,
-        _events: fuser::PollEvents,
-        _flags: fuser::PollFlags,
-        reply: fuser::ReplyPoll,
-    ) {
-        // "Not implemented": the kernel then treats files as always ready, and stops asking.
-        self.refuse(FuseOp::Poll, Errno::ENOSYS, reply);
-    }
-
-    fn lseek(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        _fh: FileHandle,
-        _offset: i64,
-        _whence: i32,
-        reply: fuser::ReplyLseek,
-    ) {
-        // SEEK_DATA/SEEK_HOLE: "not implemented" lets the kernel answer from the file size.
-        self.refuse(FuseOp::Lseek, Errno::ENOSYS, reply);
-    }
-
-    fn fsync(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        _fh: FileHandle,
-        _datasync: bool,
-        reply: ReplyEmpty,
-    ) {
-        // Nothing is ever written; "not implemented" makes the kernel succeed without asking.
-        self.refuse(FuseOp::Fsync, Errno::ENOSYS, reply);
-    }
-
-    fn fsyncdir(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        _fh: FileHandle,
-        _datasync: bool,
-        reply: ReplyEmpty,
-    ) {
-        self.refuse(FuseOp::Fsyncdir, Errno::ENOSYS, reply);
+    refused! {
+        /// Nothing is buffered for writing, so there is nothing to flush: "not implemented"
+        /// makes the kernel stop sending FLUSH on every close (one round trip less per open
+        /// file).
+        flush(INodeNo, FileHandle, LockOwner) -> ReplyEmpty: Flush, ENOSYS;
+        ioctl(INodeNo, FileHandle, fuser::IoctlFlags, u32, &[u8], u32) -> fuser::ReplyIoctl:
+            Ioctl, ENOTTY;
+        /// "Not implemented": the kernel then treats files as always ready, and stops asking.
+        poll(INodeNo, FileHandle, fuser::PollNotifier, fuser::PollEvents, fuser::PollFlags)
+            -> fuser::ReplyPoll: Poll, ENOSYS;
+        /// SEEK_DATA/SEEK_HOLE: "not implemented" lets the kernel answer from the file size.
+        lseek(INodeNo, FileHandle, i64, i32) -> fuser::ReplyLseek: Lseek, ENOSYS;
+        /// Nothing is ever written; "not implemented" makes the kernel succeed without asking.
+        fsync(INodeNo, FileHandle, bool) -> ReplyEmpty: Fsync, ENOSYS;
+        fsyncdir(INodeNo, FileHandle, bool) -> ReplyEmpty: Fsyncdir, ENOSYS;
     }
 
     // Every mutation is refused. The mount is also `ro`, so the kernel usually answers these
     // itself; the daemon gives the same answer when asked.
-
-    fn setattr(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        _mode: Option<u32>,
-        _uid: Option<u32>,
-        _gid: Option<u32>,
-        _size: Option<u64>,
-        _atime: Option<TimeOrNow>,
-        _mtime: Option<TimeOrNow>,
-        _ctime: Option<SystemTime>,
-        _fh: Option<FileHandle>,
-        _crtime: Option<SystemTime>,
-        _chgtime: Option<SystemTime>,
-        _bkuptime: Option<SystemTime>,
-        _flags: Option<fuser::BsdFileFlags>,
-        reply: ReplyAttr,
-    ) {
-        self.refuse(FuseOp::Setattr, Errno::EROFS, reply);
-    }
-
-    fn mknod(
-        &self,
-        _req: &Request,
-        _parent: INodeNo,
-        _name: &OsStr,
-        _mode: u32,
-        _umask: u32,
-        _rdev: u32,
-        reply: ReplyEntry,
-    ) {
-        self.refuse(FuseOp::Mknod, Errno::EROFS, reply);
-    }
-
-    fn mkdir(
-        &self,
-        _req: &Request,
-        _parent: INodeNo,
-        _name: &OsStr,
-        _mode: u32,
-        _umask: u32,
-        reply: ReplyEntry,
-    ) {
-        self.refuse(FuseOp::Mkdir, Errno::EROFS, reply);
-    }
-
-    fn unlink(&self, _req: &Request, _parent: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
-        self.refuse(FuseOp::Unlink, Errno::EROFS, reply);
-    }
-
-    fn rmdir(&self, _req: &Request, _parent: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
-        self.refuse(FuseOp::Rmdir, Errno::EROFS, reply);
-    }
-
-    fn symlink(
-        &self,
-        _req: &Request,
-        _parent: INodeNo,
-        _link_name: &OsStr,
-        _target: &Path,
-        reply: ReplyEntry,
-    ) {
-        self.refuse(FuseOp::Symlink, Errno::EROFS, reply);
-    }
-
-    fn rename(
-        &self,
-        _req: &Request,
-        _parent: INodeNo,
-        _name: &OsStr,
-        _newparent: INodeNo,
-        _newname: &OsStr,
-        _flags: RenameFlags,
-        reply: ReplyEmpty,
-    ) {
-        self.refuse(FuseOp::Rename, Errno::EROFS, reply);
-    }
-
-    fn link(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        _newparent: INodeNo,
-        _newname: &OsStr,
-        reply: ReplyEntry,
-    ) {
-        self.refuse(FuseOp::Link, Errno::EROFS, reply);
-    }
-
-    fn write(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        _fh: FileHandle,
-        _offset: u64,
-        _data: &[u8],
-        _write_flags: WriteFlags,
-        _flags: OpenFlags,
-        _lock_owner: Option<LockOwner>,
-        reply: ReplyWrite,
-    ) {
-        self.refuse(FuseOp::Write, Errno::EROFS, reply);
-    }
-
-    fn create(
-        &self,
-        _req: &Request,
-        _parent: INodeNo,
-        _name: &OsStr,
-        _mode: u32,
-        _umask: u32,
-        _flags: i32,
-        reply: ReplyCreate,
-    ) {
-        self.refuse(FuseOp::Create, Errno::EROFS, reply);
-    }
-
-    fn setxattr(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        _name: &OsStr,
-        _value: &[u8],
-        _flags: i32,
-        _position: u32,
-        reply: ReplyEmpty,
-    ) {
-        self.refuse(FuseOp::Setxattr, Errno::EROFS, reply);
-    }
-
-    fn removexattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
-        self.refuse(FuseOp::Removexattr, Errno::EROFS, reply);
+    refused! {
+        setattr(
+            INodeNo,
+            Option<u32>,
+            Option<u32>,
+            Option<u32>,
+            Option<u64>,
+            Option<TimeOrNow>,
+            Option<TimeOrNow>,
+            Option<SystemTime>,
+            Option<FileHandle>,
+            Option<SystemTime>,
+            Option<SystemTime>,
+            Option<SystemTime>,
+            Option<fuser::BsdFileFlags>
+        ) -> ReplyAttr: Setattr, EROFS;
+        mknod(INodeNo, &OsStr, u32, u32, u32) -> ReplyEntry: Mknod, EROFS;
+        mkdir(INodeNo, &OsStr, u32, u32) -> ReplyEntry: Mkdir, EROFS;
+        unlink(INodeNo, &OsStr) -> ReplyEmpty: Unlink, EROFS;
+        rmdir(INodeNo, &OsStr) -> ReplyEmpty: Rmdir, EROFS;
+        symlink(INodeNo, &OsStr, &Path) -> ReplyEntry: Symlink, EROFS;
+        rename(INodeNo, &OsStr, INodeNo, &OsStr, RenameFlags) -> ReplyEmpty: Rename, EROFS;
+        link(INodeNo, INodeNo, &OsStr) -> ReplyEntry: Link, EROFS;
+        write(
+            INodeNo,
+            FileHandle,
+            u64,
+            &[u8],
+            WriteFlags,
+            OpenFlags,
+            Option<LockOwner>
+        ) -> ReplyWrite: Write, EROFS;
+        create(INodeNo, &OsStr, u32, u32, i32) -> ReplyCreate: Create, EROFS;
+        setxattr(INodeNo, &OsStr, &[u8], i32, u32) -> ReplyEmpty: Setxattr, EROFS;
+        removexattr(INodeNo, &OsStr) -> ReplyEmpty: Removexattr, EROFS;
     }
 }
 

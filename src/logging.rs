@@ -5,8 +5,8 @@
 //!   a pipe nobody drains, or a disk is slow, the queue fills and further lines are dropped and
 //!   counted; once the sink takes lines again, one line says how many were lost.
 //! - A failure that can repeat on every request goes through [`rate_limited`] (or a
-//!   [`RateLimiter`] of its owner's): a few lines a minute per kind, the next one carrying the
-//!   number of repeats left out.
+//!   [`RateLimiter`] of its owner's, keyed by a fixed kind or by what failed): a few lines a
+//!   minute per key, the next one carrying the number of repeats left out.
 //! - `--log-file` is created 0600 (it names the vault's objects and the identity's tenant), and
 //!   colour codes go only to a terminal.
 //! - `--log-format json` writes one JSON object per line instead of text ([`json`]).

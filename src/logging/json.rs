@@ -4,7 +4,8 @@
 //! Every line carries `timestamp` (RFC 3339, UTC), `level`, `target`, `message`, and the two
 //! fields that tell mounts apart on a node: `mount` (the mountpoint) and `vault` (the vault's
 //! host). An event's own fields follow under their names: the failure lines of the cache carry
-//! `kind` (secrets, keys, certificates), `object`, `op`, `errno` and `cause`.
+//! `kind` (secrets, keys, certificates), `object`, `op`, `errno` and `cause`; the line of a failed
+//! request (`kvfs::fuse::failures`) carries `op`, `path`, `errno` and `cause`.
 //!
 //! Written here rather than with tracing-subscriber's `json` feature because that formatter
 //! cannot add process-wide fields (`mount`, `vault`) to every line without a span entered on

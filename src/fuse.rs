@@ -2,6 +2,8 @@
 //! No behaviour lives here. Each request runs as a task on the tokio runtime, so a slow vault
 //! call never blocks the kernel channel and concurrent readers of one object meet in the cache.
 
+mod failures;
+
 use std::ffi::OsStr;
 use std::future::Future;
 use std::os::unix::ffi::OsStrExt;
@@ -38,40 +40,127 @@ impl FuseAdapter {
         }
     }
 
-    /// Run `op` and hand its result to `reply`. It is polled once right here, on the session
-    /// thread: an answer from a warm cache goes back without a hop to another thread, which is
-    /// most of the cost of a warm `stat` or `open`. If it has to wait (a vault call), it carries
-    /// on as a task, so the session thread never blocks on the network.
-    fn answer<T: Send + 'static>(
+    /// Run `work` and answer with its result: `ok` replies with a value, a failure is counted,
+    /// logged if it has a cause ([`failures`]) and replied as its errno. It is polled once right
+    /// here, on the session thread: an answer from a warm cache goes back without a hop to
+    /// another thread, which is most of the cost of a warm `stat` or `open`. If it has to wait
+    /// (a vault call), it carries on as a task, so the session thread never blocks on the
+    /// network.
+    fn answer<T: Send + 'static, R: ErrorReply>(
         &self,
-        op: impl Future<Output = T> + Send + 'static,
-        reply: impl FnOnce(T) + Send + 'static,
+        asked: Asked,
+        work: impl Future<Output = Result<T, FsError>> + Send + 'static,
+        reply: R,
+        ok: impl FnOnce(R, T) + Send + 'static,
     ) {
         // Cache fetches are spawned on the runtime, which the inline poll must be able to reach.
         let _runtime = self.runtime.enter();
-        let mut op = Box::pin(op);
-        match (&mut op).now_or_never() {
-            Some(result) => reply(result),
+        let mut work = Box::pin(work);
+        match (&mut work).now_or_never() {
+            Some(result) => finish(&self.core, asked, result, reply, ok),
             None => {
                 let gate = self.gate.clone();
+                let core = self.core.clone();
                 self.runtime.spawn(async move {
                     let _owed = gate.owe();
-                    reply(op.await)
+                    finish(&core, asked, work.await, reply, ok)
                 });
             }
         }
     }
+
+    /// Answer `errno` at once, asking the core nothing: what a read-only tree of small files
+    /// refuses (`EROFS`) or leaves to the kernel (`ENOSYS`, `ENOTTY`).
+    fn refuse(&self, op: FuseOp, errno: Errno, reply: impl ErrorReply) {
+        let _turn = self.gate.turn();
+        reply.error(counted(metrics::fuse_request(op), errno));
+    }
 }
 
-/// Count `m` as failed with `e`, and give `e` back for the reply.
-fn failed(m: FuseRequest, e: Errno) -> Errno {
+fn finish<T, R: ErrorReply>(
+    core: &FsCore,
+    asked: Asked,
+    result: Result<T, FsError>,
+    reply: R,
+    ok: impl FnOnce(R, T),
+) {
+    match result {
+        Ok(value) => ok(reply, value),
+        Err(e) => reply.error(asked.failed(core, &e)),
+    }
+}
+
+/// Count `m` as answered with `e`, and give `e` back for the reply.
+fn counted(m: FuseRequest, e: Errno) -> Errno {
     m.fail(e.code());
     e
 }
 
-fn errno(e: &FsError) -> Errno {
-    Errno::from_i32(e.errno())
+/// A request being answered: its metric, and what a line about its failure names.
+struct Asked {
+    op: FuseOp,
+    metric: FuseRequest,
+    ino: u64,
+    /// The name a lookup looks for in directory `ino`.
+    name: Option<Arc<str>>,
 }
+
+impl Asked {
+    /// Start counting (and timing) a request of kind `op` about inode `ino`.
+    fn new(op: FuseOp, ino: INodeNo) -> Asked {
+        Asked {
+            op,
+            metric: metrics::fuse_request(op),
+            ino: ino.0,
+            name: None,
+        }
+    }
+
+    /// Count the request as answered with `errno`, and give `errno` back for the reply.
+    fn answered(self, errno: Errno) -> Errno {
+        counted(self.metric, errno)
+    }
+
+    /// [`Asked::answered`] with the errno of `e`, logging `e` first if it has a cause: before
+    /// the reply, so the line is on its way when the caller sees the error.
+    fn failed(self, core: &FsCore, e: &FsError) -> Errno {
+        failures::log(self.op, e, || {
+            core.path_of(self.ino, self.name.as_deref())
+                .unwrap_or_else(|| format!("<inode {}>", self.ino))
+        });
+        self.answered(Errno::from_i32(e.errno()))
+    }
+}
+
+/// A reply of any kind, as far as failing it goes (fuser gives each kind its own `error`).
+trait ErrorReply: Send + 'static {
+    fn error(self, errno: Errno);
+}
+
+macro_rules! error_replies {
+    ($($reply:ty),* $(,)?) => {
+        $(impl ErrorReply for $reply {
+            fn error(self, errno: Errno) {
+                <$reply>::error(self, errno)
+            }
+        })*
+    };
+}
+
+error_replies!(
+    ReplyAttr,
+    ReplyCreate,
+    ReplyData,
+    ReplyDirectory,
+    ReplyEmpty,
+    ReplyEntry,
+    ReplyOpen,
+    ReplyWrite,
+    ReplyXattr,
+    fuser::ReplyIoctl,
+    fuser::ReplyLseek,
+    fuser::ReplyPoll,
+);
 
 fn file_attr(a: &Attr) -> FileAttr {
     FileAttr {
@@ -100,9 +189,18 @@ fn file_type(k: Kind) -> FileType {
     }
 }
 
-/// Names that are not UTF-8 cannot be Key Vault names.
-fn utf8(name: &OsStr) -> Option<String> {
-    name.to_str().map(str::to_string)
+/// Callbacks that answer an errno at once (see [`FuseAdapter::refuse`]), one line each:
+/// `name(argument types…) -> reply type: metric op, errno;`. The arguments are fuser's, after
+/// `&self` and the request, none of them looked at.
+macro_rules! refused {
+    ($($(#[$doc:meta])* $name:ident($($arg:ty),* $(,)?) -> $reply:ty: $op:ident, $errno:ident;)*) => {
+        $(
+            $(#[$doc])*
+            fn $name(&self, _: &Request, $(_: $arg,)* reply: $reply) {
+                self.refuse(FuseOp::$op, Errno::$errno, reply);
+            }
+        )*
+    };
 }
 
 impl Filesystem for FuseAdapter {
@@ -141,21 +239,26 @@ impl Filesystem for FuseAdapter {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let _turn = self.gate.turn();
-        let m = metrics::fuse_request(FuseOp::Lookup);
+        let asked = Asked::new(FuseOp::Lookup, parent);
         // Before anything else: a name no vault object can have costs no request.
         if let Err(e) = check_name_length(name.as_bytes()) {
-            return reply.error(failed(m, errno(&e)));
+            return reply.error(asked.failed(&self.core, &e));
         }
-        let Some(name) = utf8(name) else {
-            return reply.error(failed(m, Errno::ENOENT));
+        // Names that are not UTF-8 cannot be Key Vault names. Shared with `asked`, which names
+        // it should the lookup fail.
+        let Some(name) = name.to_str().map(Arc::<str>::from) else {
+            return reply.error(asked.answered(Errno::ENOENT));
+        };
+        let asked = Asked {
+            name: Some(name.clone()),
+            ..asked
         };
         let core = self.core.clone();
         self.answer(
+            asked,
             async move { core.lookup(parent.0, &name).await },
-            move |result| match result {
-                Ok(e) => reply.entry(&e.ttl, &file_attr(&e.attr), Generation(0)),
-                Err(e) => reply.error(failed(m, errno(&e))),
-            },
+            reply,
+            |reply, e| reply.entry(&e.ttl, &file_attr(&e.attr), Generation(0)),
         );
     }
 
@@ -175,39 +278,40 @@ impl Filesystem for FuseAdapter {
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         let _turn = self.gate.turn();
-        let m = metrics::fuse_request(FuseOp::Getattr);
         let core = self.core.clone();
         self.answer(
+            Asked::new(FuseOp::Getattr, ino),
             async move { core.getattr(ino.0).await },
-            move |result| match result {
-                Ok(e) => reply.attr(&e.ttl, &file_attr(&e.attr)),
-                Err(e) => reply.error(failed(m, errno(&e))),
-            },
+            reply,
+            |reply, e| reply.attr(&e.ttl, &file_attr(&e.attr)),
         );
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let _turn = self.gate.turn();
-        let m = metrics::fuse_request(FuseOp::Open);
+        let asked = Asked::new(FuseOp::Open, ino);
         if self.core.open_mode() == OpenMode::Cached {
             // "Not implemented" makes the kernel stop sending OPEN and RELEASE for good: files
             // then read through its page cache, which is what cached mode is for.
-            return reply.error(failed(m, Errno::ENOSYS));
+            return reply.error(asked.answered(Errno::ENOSYS));
         }
         let write = flags.acc_mode() != OpenAccMode::O_RDONLY
             || flags.0 & (libc::O_TRUNC | libc::O_APPEND | libc::O_CREAT) != 0;
         let core = self.core.clone();
         self.answer(
+            asked,
             async move { core.open(ino.0, write).await },
-            move |result| match result {
-                // An explicit version never changes: its pages may stay cached across opens.
-                Ok(o) if o.immutable => {
+            reply,
+            |reply, o| {
+                if o.immutable {
+                    // An explicit version never changes: its pages may stay cached across opens.
                     reply.opened(FileHandle(o.fh), FopenFlags::FOPEN_KEEP_CACHE)
+                } else {
+                    // Direct I/O: reads always come to the daemon, which serves the snapshot
+                    // taken here, so a stale page cache or a stale size can never mix two
+                    // versions.
+                    reply.opened(FileHandle(o.fh), FopenFlags::FOPEN_DIRECT_IO)
                 }
-                // Direct I/O: reads always come to the daemon, which serves the snapshot taken
-                // here, so a stale page cache or a stale size can never mix two versions.
-                Ok(o) => reply.opened(FileHandle(o.fh), FopenFlags::FOPEN_DIRECT_IO),
-                Err(e) => reply.error(failed(m, errno(&e))),
             },
         );
     }
@@ -224,30 +328,21 @@ impl Filesystem for FuseAdapter {
         reply: ReplyData,
     ) {
         let _turn = self.gate.turn();
-        let m = metrics::fuse_request(FuseOp::Read);
+        let asked = Asked::new(FuseOp::Read, ino);
+        let data = |reply: ReplyData, bytes: Vec<u8>| reply.data(&bytes);
         // Handle 0: the kernel did not open the file (cached mode); read the inode as it is now.
         if fh.0 == 0 {
             let core = self.core.clone();
-            return self.answer(
-                async move { core.read_inode(ino.0, offset, size).await },
-                move |result| match result {
-                    Ok(bytes) => reply.data(&bytes),
-                    Err(e) => reply.error(failed(m, errno(&e))),
-                },
-            );
+            let work = async move { core.read_inode(ino.0, offset, size).await };
+            return self.answer(asked, work, reply, data);
         }
         if let Some(bytes) = self.core.read(ino.0, fh.0, offset, size) {
             return reply.data(&bytes);
         }
         // A handle this process never opened: a predecessor did, before a restart or upgrade.
         let core = self.core.clone();
-        self.answer(
-            async move { core.read_reopened(ino.0, fh.0, offset, size).await },
-            move |result| match result {
-                Ok(bytes) => reply.data(&bytes),
-                Err(e) => reply.error(failed(m, errno(&e))),
-            },
-        );
+        let work = async move { core.read_reopened(ino.0, fh.0, offset, size).await };
+        self.answer(asked, work, reply, data);
     }
 
     fn release(
@@ -266,39 +361,22 @@ impl Filesystem for FuseAdapter {
         reply.ok();
     }
 
-    /// Nothing is buffered for writing, so there is nothing to flush: "not implemented" makes
-    /// the kernel stop sending FLUSH on every close (one round trip less per open file).
-    fn flush(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        _fh: FileHandle,
-        _lock_owner: LockOwner,
-        reply: ReplyEmpty,
-    ) {
-        let _turn = self.gate.turn();
-        let m = metrics::fuse_request(FuseOp::Flush);
-        reply.error(failed(m, Errno::ENOSYS));
-    }
-
     /// Directories are listed once per open. The kernel may cache the listing
     /// (`FOPEN_CACHE_DIR`), and keeps what it cached when the listing is the one it got last
     /// time; otherwise it drops it, so a created or deleted object shows at the next `ls`.
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         let _turn = self.gate.turn();
-        let m = metrics::fuse_request(FuseOp::Opendir);
         let core = self.core.clone();
         self.answer(
+            Asked::new(FuseOp::Opendir, ino),
             async move { core.opendir(ino.0).await },
-            move |result| match result {
-                Ok(d) => {
-                    let mut flags = FopenFlags::FOPEN_CACHE_DIR;
-                    if d.unchanged {
-                        flags |= FopenFlags::FOPEN_KEEP_CACHE;
-                    }
-                    reply.opened(FileHandle(d.fh), flags)
+            reply,
+            |reply, d| {
+                let mut flags = FopenFlags::FOPEN_CACHE_DIR;
+                if d.unchanged {
+                    flags |= FopenFlags::FOPEN_KEEP_CACHE;
                 }
-                Err(e) => reply.error(failed(m, errno(&e))),
+                reply.opened(FileHandle(d.fh), flags)
             },
         );
     }
@@ -312,7 +390,7 @@ impl Filesystem for FuseAdapter {
         reply: ReplyDirectory,
     ) {
         let _turn = self.gate.turn();
-        let m = metrics::fuse_request(FuseOp::Readdir);
+        let asked = Asked::new(FuseOp::Readdir, ino);
         // Every directory is opened through `opendir`, which holds its entries.
         if let Some(entries) = self.core.dir_entries(fh.0) {
             return fill_dir(reply, &entries, offset);
@@ -320,11 +398,10 @@ impl Filesystem for FuseAdapter {
         // Opened by a predecessor, before a restart or upgrade: list it again.
         let core = self.core.clone();
         self.answer(
+            asked,
             async move { core.reopen_dir(ino.0, fh.0).await },
-            move |result| match result {
-                Ok(entries) => fill_dir(reply, &entries, offset),
-                Err(e) => reply.error(failed(m, errno(&e))),
-            },
+            reply,
+            move |reply, entries| fill_dir(reply, &entries, offset),
         );
     }
 
@@ -344,278 +421,95 @@ impl Filesystem for FuseAdapter {
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
         let _turn = self.gate.turn();
-        let m = metrics::fuse_request(FuseOp::Getxattr);
-        let Some(name) = utf8(name) else {
-            return reply.error(failed(m, Errno::from_i32(libc::ENODATA)));
+        let asked = Asked::new(FuseOp::Getxattr, ino);
+        // Names that are not UTF-8 cannot be kvfs's attributes.
+        let Some(name) = name.to_str().map(str::to_string) else {
+            return reply.error(asked.answered(Errno::from_i32(libc::ENODATA)));
         };
         let core = self.core.clone();
         self.answer(
+            asked,
             async move { core.getxattr(ino.0, &name).await },
-            move |result| match result {
-                Ok(value) => reply_xattr(reply, size, &value),
-                Err(e) => reply.error(failed(m, errno(&e))),
-            },
+            reply,
+            move |reply, value| reply_xattr(reply, size, &value),
         );
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
         let _turn = self.gate.turn();
-        let m = metrics::fuse_request(FuseOp::Listxattr);
         let core = self.core.clone();
-        let gate = self.gate.clone();
-        self.runtime.spawn(async move {
-            let _owed = gate.owe();
-            match core.listxattr(ino.0).await {
-                Ok(names) => {
-                    let mut buf = Vec::new();
-                    for n in names {
-                        buf.extend_from_slice(n.as_bytes());
-                        buf.push(0);
-                    }
-                    reply_xattr(reply, size, &buf);
+        self.answer(
+            Asked::new(FuseOp::Listxattr, ino),
+            async move { core.listxattr(ino.0).await },
+            reply,
+            move |reply, names| {
+                let mut buf = Vec::new();
+                for n in names {
+                    buf.extend_from_slice(n.as_bytes());
+                    buf.push(0);
                 }
-                Err(e) => reply.error(failed(m, errno(&e))),
-            }
-        });
+                reply_xattr(reply, size, &buf);
+            },
+        );
     }
 
     // Operations with nothing to do on a read-only tree of small files. fuser's defaults answer
     // the same but log a warning each time, and `isatty()` (Python's `open`, for one) sends an
     // ioctl on every open: a healthy read must not log.
-
-    fn ioctl(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        _fh: FileHandle,
-        _flags: fuser::IoctlFlags,
-        _cmd: u32,
-        _in_data: &[u8],
-        _out_size: u32,
-        reply: fuser::ReplyIoctl,
-    ) {
-        let _turn = self.gate.turn();
-        let m = metrics::fuse_request(FuseOp::Ioctl);
-        reply.error(failed(m, Errno::ENOTTY));
-    }
-
-    fn poll(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        _fh: FileHandle,
-        _ph: fuser::PollNotifier,
-        _events: fuser::PollEvents,
-        _flags: fuser::PollFlags,
-        reply: fuser::ReplyPoll,
-    ) {
-        let _turn = self.gate.turn();
-        let m = metrics::fuse_request(FuseOp::Poll);
-        // "Not implemented": the kernel then treats files as always ready, and stops asking.
-        reply.error(failed(m, Errno::ENOSYS));
-    }
-
-    fn lseek(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        _fh: FileHandle,
-        _offset: i64,
-        _whence: i32,
-        reply: fuser::ReplyLseek,
-    ) {
-        let _turn = self.gate.turn();
-        let m = metrics::fuse_request(FuseOp::Lseek);
-        // SEEK_DATA/SEEK_HOLE: "not implemented" lets the kernel answer from the file size.
-        reply.error(failed(m, Errno::ENOSYS));
-    }
-
-    fn fsync(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        _fh: FileHandle,
-        _datasync: bool,
-        reply: ReplyEmpty,
-    ) {
-        let _turn = self.gate.turn();
-        let m = metrics::fuse_request(FuseOp::Fsync);
-        // Nothing is ever written; "not implemented" makes the kernel succeed without asking.
-        reply.error(failed(m, Errno::ENOSYS));
-    }
-
-    fn fsyncdir(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        _fh: FileHandle,
-        _datasync: bool,
-        reply: ReplyEmpty,
-    ) {
-        let _turn = self.gate.turn();
-        let m = metrics::fuse_request(FuseOp::Fsyncdir);
-        reply.error(failed(m, Errno::ENOSYS));
+    refused! {
+        /// Nothing is buffered for writing, so there is nothing to flush: "not implemented"
+        /// makes the kernel stop sending FLUSH on every close (one round trip less per open
+        /// file).
+        flush(INodeNo, FileHandle, LockOwner) -> ReplyEmpty: Flush, ENOSYS;
+        ioctl(INodeNo, FileHandle, fuser::IoctlFlags, u32, &[u8], u32) -> fuser::ReplyIoctl:
+            Ioctl, ENOTTY;
+        /// "Not implemented": the kernel then treats files as always ready, and stops asking.
+        poll(INodeNo, FileHandle, fuser::PollNotifier, fuser::PollEvents, fuser::PollFlags)
+            -> fuser::ReplyPoll: Poll, ENOSYS;
+        /// SEEK_DATA/SEEK_HOLE: "not implemented" lets the kernel answer from the file size.
+        lseek(INodeNo, FileHandle, i64, i32) -> fuser::ReplyLseek: Lseek, ENOSYS;
+        /// Nothing is ever written; "not implemented" makes the kernel succeed without asking.
+        fsync(INodeNo, FileHandle, bool) -> ReplyEmpty: Fsync, ENOSYS;
+        fsyncdir(INodeNo, FileHandle, bool) -> ReplyEmpty: Fsyncdir, ENOSYS;
     }
 
     // Every mutation is refused. The mount is also `ro`, so the kernel usually answers these
     // itself; the daemon gives the same answer when asked.
-
-    fn setattr(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        _mode: Option<u32>,
-        _uid: Option<u32>,
-        _gid: Option<u32>,
-        _size: Option<u64>,
-        _atime: Option<TimeOrNow>,
-        _mtime: Option<TimeOrNow>,
-        _ctime: Option<SystemTime>,
-        _fh: Option<FileHandle>,
-        _crtime: Option<SystemTime>,
-        _chgtime: Option<SystemTime>,
-        _bkuptime: Option<SystemTime>,
-        _flags: Option<fuser::BsdFileFlags>,
-        reply: ReplyAttr,
-    ) {
-        let _turn = self.gate.turn();
-        let m = metrics::fuse_request(FuseOp::Setattr);
-        reply.error(failed(m, Errno::EROFS));
-    }
-
-    fn mknod(
-        &self,
-        _req: &Request,
-        _parent: INodeNo,
-        _name: &OsStr,
-        _mode: u32,
-        _umask: u32,
-        _rdev: u32,
-        reply: ReplyEntry,
-    ) {
-        let _turn = self.gate.turn();
-        let m = metrics::fuse_request(FuseOp::Mknod);
-        reply.error(failed(m, Errno::EROFS));
-    }
-
-    fn mkdir(
-        &self,
-        _req: &Request,
-        _parent: INodeNo,
-        _name: &OsStr,
-        _mode: u32,
-        _umask: u32,
-        reply: ReplyEntry,
-    ) {
-        let _turn = self.gate.turn();
-        let m = metrics::fuse_request(FuseOp::Mkdir);
-        reply.error(failed(m, Errno::EROFS));
-    }
-
-    fn unlink(&self, _req: &Request, _parent: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
-        let _turn = self.gate.turn();
-        let m = metrics::fuse_request(FuseOp::Unlink);
-        reply.error(failed(m, Errno::EROFS));
-    }
-
-    fn rmdir(&self, _req: &Request, _parent: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
-        let _turn = self.gate.turn();
-        let m = metrics::fuse_request(FuseOp::Rmdir);
-        reply.error(failed(m, Errno::EROFS));
-    }
-
-    fn symlink(
-        &self,
-        _req: &Request,
-        _parent: INodeNo,
-        _link_name: &OsStr,
-        _target: &Path,
-        reply: ReplyEntry,
-    ) {
-        let _turn = self.gate.turn();
-        let m = metrics::fuse_request(FuseOp::Symlink);
-        reply.error(failed(m, Errno::EROFS));
-    }
-
-    fn rename(
-        &self,
-        _req: &Request,
-        _parent: INodeNo,
-        _name: &OsStr,
-        _newparent: INodeNo,
-        _newname: &OsStr,
-        _flags: RenameFlags,
-        reply: ReplyEmpty,
-    ) {
-        let _turn = self.gate.turn();
-        let m = metrics::fuse_request(FuseOp::Rename);
-        reply.error(failed(m, Errno::EROFS));
-    }
-
-    fn link(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        _newparent: INodeNo,
-        _newname: &OsStr,
-        reply: ReplyEntry,
-    ) {
-        let _turn = self.gate.turn();
-        let m = metrics::fuse_request(FuseOp::Link);
-        reply.error(failed(m, Errno::EROFS));
-    }
-
-    fn write(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        _fh: FileHandle,
-        _offset: u64,
-        _data: &[u8],
-        _write_flags: WriteFlags,
-        _flags: OpenFlags,
-        _lock_owner: Option<LockOwner>,
-        reply: ReplyWrite,
-    ) {
-        let _turn = self.gate.turn();
-        let m = metrics::fuse_request(FuseOp::Write);
-        reply.error(failed(m, Errno::EROFS));
-    }
-
-    fn create(
-        &self,
-        _req: &Request,
-        _parent: INodeNo,
-        _name: &OsStr,
-        _mode: u32,
-        _umask: u32,
-        _flags: i32,
-        reply: ReplyCreate,
-    ) {
-        let _turn = self.gate.turn();
-        let m = metrics::fuse_request(FuseOp::Create);
-        reply.error(failed(m, Errno::EROFS));
-    }
-
-    fn setxattr(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        _name: &OsStr,
-        _value: &[u8],
-        _flags: i32,
-        _position: u32,
-        reply: ReplyEmpty,
-    ) {
-        let _turn = self.gate.turn();
-        let m = metrics::fuse_request(FuseOp::Setxattr);
-        reply.error(failed(m, Errno::EROFS));
-    }
-
-    fn removexattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
-        let _turn = self.gate.turn();
-        let m = metrics::fuse_request(FuseOp::Removexattr);
-        reply.error(failed(m, Errno::EROFS));
+    refused! {
+        setattr(
+            INodeNo,
+            Option<u32>,
+            Option<u32>,
+            Option<u32>,
+            Option<u64>,
+            Option<TimeOrNow>,
+            Option<TimeOrNow>,
+            Option<SystemTime>,
+            Option<FileHandle>,
+            Option<SystemTime>,
+            Option<SystemTime>,
+            Option<SystemTime>,
+            Option<fuser::BsdFileFlags>
+        ) -> ReplyAttr: Setattr, EROFS;
+        mknod(INodeNo, &OsStr, u32, u32, u32) -> ReplyEntry: Mknod, EROFS;
+        mkdir(INodeNo, &OsStr, u32, u32) -> ReplyEntry: Mkdir, EROFS;
+        unlink(INodeNo, &OsStr) -> ReplyEmpty: Unlink, EROFS;
+        rmdir(INodeNo, &OsStr) -> ReplyEmpty: Rmdir, EROFS;
+        symlink(INodeNo, &OsStr, &Path) -> ReplyEntry: Symlink, EROFS;
+        rename(INodeNo, &OsStr, INodeNo, &OsStr, RenameFlags) -> ReplyEmpty: Rename, EROFS;
+        link(INodeNo, INodeNo, &OsStr) -> ReplyEntry: Link, EROFS;
+        write(
+            INodeNo,
+            FileHandle,
+            u64,
+            &[u8],
+            WriteFlags,
+            OpenFlags,
+            Option<LockOwner>
+        ) -> ReplyWrite: Write, EROFS;
+        create(INodeNo, &OsStr, u32, u32, i32) -> ReplyCreate: Create, EROFS;
+        setxattr(INodeNo, &OsStr, &[u8], i32, u32) -> ReplyEmpty: Setxattr, EROFS;
+        removexattr(INodeNo, &OsStr) -> ReplyEmpty: Removexattr, EROFS;
     }
 }
 

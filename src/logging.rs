@@ -5,8 +5,8 @@
 //!   a pipe nobody drains, or a disk is slow, the queue fills and further lines are dropped and
 //!   counted; once the sink takes lines again, one line says how many were lost.
 //! - A failure that can repeat on every request goes through [`rate_limited`] (or a
-//!   [`RateLimiter`] of its owner's): a few lines a minute per kind, the next one carrying the
-//!   number of repeats left out.
+//!   [`RateLimiter`] of its owner's, keyed by a fixed kind or by what failed): a few lines a
+//!   minute per key, the next one carrying the number of repeats left out.
 //! - `--log-file` is created 0600 (it names the vault's objects and the identity's tenant), and
 //!   colour codes go only to a terminal.
 //! - `--log-format json` writes one JSON object per line instead of text ([`json`]).
@@ -24,6 +24,8 @@ use parking_lot::Mutex;
 use tracing_appender::non_blocking::{ErrorCounter, NonBlocking, NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::fmt::time::{FormatTime, SystemTime};
 
+#[cfg(test)]
+pub(crate) mod capture;
 pub mod json;
 pub use json::LineContext;
 
@@ -221,12 +223,27 @@ macro_rules! log_limited {
     };
 }
 
-/// At most [`BURST`] lines per kind per [`WINDOW`]. A failure that repeats on every request
-/// (a vault refusing every object, a stale handle read in a loop) shows up a few times a minute
-/// with a count, instead of burying everything else in the log.
-#[derive(Default)]
-pub struct RateLimiter {
-    kinds: Mutex<HashMap<&'static str, Window>>,
+/// At most `burst` lines per key per [`WINDOW`] ([`BURST`] per kind for the [`Default`] one,
+/// keyed by a fixed kind). A failure that repeats on every request (a vault refusing every
+/// object, a stale handle read in a loop) shows up a few times a minute with a count, instead of
+/// burying everything else in the log.
+///
+/// Keys may also be made at run time (a request's operation and path): the table then holds at
+/// most [`MAX_KEYS`] of them. When it is full of keys seen within the window, a new key shares
+/// one overflow window with every other such key, so a storm of distinct failures is still
+/// bounded in lines and memory, at the price of a count that covers several keys.
+pub struct RateLimiter<K = &'static str> {
+    windows: Mutex<Windows<K>>,
+    burst: u32,
+}
+
+/// Keys a [`RateLimiter`] tracks at once; a few hundred KiB of keys at most.
+pub const MAX_KEYS: usize = 4096;
+
+struct Windows<K> {
+    by_key: HashMap<K, Window>,
+    /// Shared by the keys that found the table full.
+    overflow: Option<Window>,
 }
 
 struct Window {
@@ -236,35 +253,79 @@ struct Window {
     suppressed: u64,
 }
 
-impl RateLimiter {
-    /// `Some(n)` if a line of `kind` may be logged now, `n` being how many were held back since
-    /// the last one that was; `None` if this one is to be held back (and counted).
-    pub fn allow(&self, kind: &'static str) -> Option<u64> {
-        self.allow_at(kind, Instant::now())
-    }
-
-    fn allow_at(&self, kind: &'static str, now: Instant) -> Option<u64> {
-        let mut kinds = self.kinds.lock();
-        let window = kinds.entry(kind).or_insert(Window {
+impl Window {
+    fn new(now: Instant) -> Window {
+        Window {
             started: now,
             logged: 0,
             suppressed: 0,
-        });
-        if now.saturating_duration_since(window.started) >= WINDOW {
-            window.started = now;
-            window.logged = 0;
         }
-        if window.logged < BURST {
-            window.logged += 1;
-            Some(std::mem::take(&mut window.suppressed))
+    }
+
+    fn expired(&self, now: Instant) -> bool {
+        now.saturating_duration_since(self.started) >= WINDOW
+    }
+
+    fn allow(&mut self, burst: u32, now: Instant) -> Option<u64> {
+        if self.expired(now) {
+            self.started = now;
+            self.logged = 0;
+        }
+        if self.logged < burst {
+            self.logged += 1;
+            Some(std::mem::take(&mut self.suppressed))
         } else {
-            window.suppressed += 1;
+            self.suppressed += 1;
             None
         }
     }
 }
 
-impl std::fmt::Debug for RateLimiter {
+impl Default for RateLimiter {
+    fn default() -> Self {
+        RateLimiter::new(BURST)
+    }
+}
+
+impl<K: std::hash::Hash + Eq> RateLimiter<K> {
+    /// At most `burst` lines per key per [`WINDOW`].
+    pub fn new(burst: u32) -> Self {
+        RateLimiter {
+            windows: Mutex::new(Windows {
+                by_key: HashMap::new(),
+                overflow: None,
+            }),
+            burst,
+        }
+    }
+
+    /// `Some(n)` if a line of `key` may be logged now, `n` being how many were held back since
+    /// the last one that was; `None` if this one is to be held back (and counted).
+    pub fn allow(&self, key: K) -> Option<u64> {
+        self.allow_at(key, Instant::now())
+    }
+
+    fn allow_at(&self, key: K, now: Instant) -> Option<u64> {
+        let mut windows = self.windows.lock();
+        let Windows { by_key, overflow } = &mut *windows;
+        if !by_key.contains_key(&key) && by_key.len() >= MAX_KEYS {
+            // Only when full, so the scan is rare: a key whose window has passed holds nothing
+            // a line still has to say except a count of repeats, which is forgotten.
+            by_key.retain(|_, w| !w.expired(now));
+            if by_key.len() >= MAX_KEYS {
+                return overflow
+                    .get_or_insert_with(|| Window::new(now))
+                    .allow(self.burst, now);
+            }
+        }
+        by_key
+            .entry(key)
+            .or_insert_with(|| Window::new(now))
+            .allow(self.burst, now)
+    }
+}
+
+impl<K> std::fmt::Debug for RateLimiter<K> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RateLimiter").finish_non_exhaustive()
     }
@@ -289,6 +350,36 @@ mod tests {
         // The next window's first line says how many were left out.
         assert_eq!(limiter.allow_at("refused", t0 + WINDOW), Some(8));
         assert_eq!(limiter.allow_at("refused", t0 + WINDOW), Some(0));
+    }
+
+    #[test]
+    fn run_time_keys_have_a_window_each_and_the_table_stays_bounded() {
+        let limiter = RateLimiter::<(&str, String)>::new(1);
+        let t0 = Instant::now();
+        let key = |path: &str| ("read", path.to_string());
+        // The first of each key, then nothing for the rest of the window.
+        assert_eq!(limiter.allow_at(key("secrets/a"), t0), Some(0));
+        for _ in 0..49 {
+            assert_eq!(limiter.allow_at(key("secrets/a"), t0), None);
+        }
+        assert_eq!(limiter.allow_at(key("secrets/b"), t0), Some(0));
+        assert_eq!(limiter.allow_at(key("secrets/a"), t0 + WINDOW), Some(49));
+
+        // Fill the table: a key beyond it shares the overflow window.
+        let later = t0 + 2 * WINDOW;
+        for i in 0..MAX_KEYS {
+            assert_eq!(limiter.allow_at(key(&format!("full/{i}")), later), Some(0));
+        }
+        assert_eq!(limiter.windows.lock().by_key.len(), MAX_KEYS);
+        assert_eq!(limiter.allow_at(key("extra/1"), later), Some(0));
+        assert_eq!(limiter.allow_at(key("extra/2"), later), None);
+        assert_eq!(limiter.allow_at(key("extra/3"), later), None);
+        assert_eq!(limiter.windows.lock().by_key.len(), MAX_KEYS);
+        // Once the window has passed, old keys make room for new ones.
+        let after = later + WINDOW;
+        assert_eq!(limiter.allow_at(key("extra/4"), after), Some(0));
+        assert_eq!(limiter.windows.lock().by_key.len(), 1);
+        assert_eq!(limiter.allow_at(key("extra/4"), after), None);
     }
 
     #[test]

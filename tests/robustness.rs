@@ -1,5 +1,6 @@
 //! What keeps a mount safe and quiet under ordinary abuse, on real mounts: `isatty` on every
-//! open, a log pipe nobody reads, a debugger or core dump, and the log file's mode and contents.
+//! open, a log pipe nobody reads, a debugger or core dump, the log file's mode and contents, and
+//! the one line a failed request leaves however often it fails.
 
 mod common;
 
@@ -394,5 +395,80 @@ fn json_log_lines_name_mount_vault_kind_op_errno_and_cause() {
         failure["cause"].as_str().unwrap().contains("503"),
         "{failure}"
     );
+    assert!(!text.contains(API_KEY), "a value in the log");
+}
+
+/// The JSON lines in `text` that tell of a request on `path` that failed (the FUSE boundary's,
+/// not the cache's, which name an `object`).
+fn request_failures(text: &str, path: &str) -> Vec<serde_json::Value> {
+    text.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|l| l["target"] == "kvfs::fuse::failures" && l["path"] == path)
+        .collect()
+}
+
+fn refuse_secret(vault: &testvault::TestVault, name: &str, status: u16) {
+    vault.add_fault(testvault::Fault {
+        op: "GetSecret".into(),
+        name: Some(name.into()),
+        action: testvault::FaultAction::Status {
+            status,
+            retry_after: None,
+        },
+        count: None,
+    });
+}
+
+#[test]
+fn a_failed_request_leaves_one_line_with_op_path_errno_and_cause_and_a_missing_name_none() {
+    let vault = start_vault();
+    let mut m = Mount::start_with_env(
+        &vault,
+        &["--log-format", "json"],
+        &default_level_env(&vault),
+    );
+    // A missing name is an answer, not a failure: nothing to log.
+    for _ in 0..5 {
+        let e = std::fs::metadata(m.path("secrets/no-such-secret")).unwrap_err();
+        assert_eq!(common::errno(&e), libc::ENOENT, "{e}");
+    }
+    refuse_secret(&vault, "app-config", 503);
+    refuse_secret(&vault, "db-password", 403);
+    // A reader failing in a loop.
+    for _ in 0..50 {
+        let e = m.read("secrets/app-config").unwrap_err();
+        assert_eq!(common::errno(&e), libc::EIO, "{e}");
+    }
+    let e = m.read("secrets/db-password").unwrap_err();
+    assert_eq!(common::errno(&e), libc::EACCES, "{e}");
+    // A failure's line is queued before its reply, so once the last failure's line is in the
+    // log every earlier one is too.
+    m.wait_for_log("the line of the refused read", |t| {
+        !request_failures(t, "secrets/db-password").is_empty()
+    });
+    m.stop();
+    let text = m.log_text();
+
+    let failing = request_failures(&text, "secrets/app-config");
+    assert_eq!(failing.len(), 1, "50 failed reads, one line:\n{text}");
+    let line = &failing[0];
+    // `cat` fails where the kernel first asks: the lookup of the name.
+    assert_eq!(line["op"], "lookup", "{line}");
+    assert_eq!(line["errno"], "EIO", "{line}");
+    assert!(line["cause"].as_str().unwrap().contains("503"), "{line}");
+
+    let refused = request_failures(&text, "secrets/db-password");
+    assert_eq!(refused.len(), 1, "{text}");
+    assert_eq!(refused[0]["errno"], "EACCES", "{}", refused[0]);
+    assert!(
+        refused[0]["cause"]
+            .as_str()
+            .unwrap()
+            .starts_with("access denied"),
+        "{}",
+        refused[0]
+    );
+
+    assert!(!text.contains("no-such-secret"), "ENOENT logged:\n{text}");
     assert!(!text.contains(API_KEY), "a value in the log");
 }

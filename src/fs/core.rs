@@ -11,7 +11,7 @@ use futures::StreamExt;
 use parking_lot::Mutex;
 
 use super::cache::Cache;
-use super::error::FsError;
+use super::error::{Cause, FsError};
 use super::inodes::Inodes;
 use super::node::{CERT_FILES, Node};
 use super::prefetch::{self, Prefetcher};
@@ -303,6 +303,18 @@ impl FsCore {
             .collect()
     }
 
+    /// Where inode `ino` is in the tree, or the name `child` in it (a lookup): `secrets/db`,
+    /// `certs/web/cert.pem`. What a failure's log line names (names are not secrets; values
+    /// are). `None` for an inode this process does not know.
+    pub fn path_of(&self, ino: u64, child: Option<&str>) -> Option<String> {
+        let path = self.inodes.node(ino)?.path();
+        Some(match child {
+            None => path,
+            Some(name) if path.is_empty() => name.to_string(),
+            Some(name) => format!("{path}/{name}"),
+        })
+    }
+
     /// The inode of a collection's directory (`secrets`, `keys`, `certs`).
     pub fn collection_inode(&self, collection: Collection) -> Option<u64> {
         self.inodes.existing(&Node::Collection(collection))
@@ -360,10 +372,7 @@ impl FsCore {
             }
             r
         });
-        result.map_err(|e| match e {
-            RenderError::Unsupported(_) => FsError::NotFound,
-            RenderError::Malformed(_) => FsError::Io,
-        })
+        result.map_err(FsError::from)
     }
 
     async fn key_file(&self, name: &str, version: Option<&str>) -> Result<Resolved, FsError> {
@@ -380,7 +389,9 @@ impl FsCore {
             })
         })?
         else {
-            return Err(FsError::Io);
+            return Err(FsError::Io(Cause::Internal(
+                "a key rendered as a certificate",
+            )));
         };
         Ok(Resolved::File {
             content: Arc::new(FileContent {
@@ -413,7 +424,9 @@ impl FsCore {
             Ok(RenderedValue::Cert(Arc::new(cert::render(&c.cer, secret)?)))
         })?
         else {
-            return Err(FsError::Io);
+            return Err(FsError::Io(Cause::Internal(
+                "a certificate rendered as a key",
+            )));
         };
         Ok((files, c.props.clone(), self.bounded(got.valid_for)))
     }
@@ -1176,17 +1189,39 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn paths_name_an_inode_or_a_name_in_it_as_the_tree_shows_them() {
+        let vault = Arc::new(MemoryVault::new());
+        vault.set_secret("db", b"x");
+        let core = core_with(vault, Duration::from_secs(60));
+        let secrets = path(&core, "secrets").await.unwrap().attr.ino;
+        let db = path(&core, "secrets/db").await.unwrap().attr.ino;
+        assert_eq!(core.path_of(db, None).as_deref(), Some("secrets/db"));
+        assert_eq!(
+            core.path_of(secrets, Some("db-password")).as_deref(),
+            Some("secrets/db-password")
+        );
+        assert_eq!(core.path_of(ROOT, Some("certs")).as_deref(), Some("certs"));
+        assert_eq!(core.path_of(ROOT, None).as_deref(), Some(""));
+        assert_eq!(core.path_of(999_999, None), None);
+    }
+
+    #[tokio::test]
     async fn vault_failures_become_errnos() {
         let vault = Arc::new(MemoryVault::new());
         vault.set_secret("db", b"x");
         let core = core_with(vault.clone(), Duration::from_secs(60));
-        vault.fail_with(Some(VaultError::Forbidden("Key Vault Secrets User".into())));
+        let refused = VaultError::Forbidden("Key Vault Secrets User".into());
+        vault.fail_with(Some(refused.clone()));
         assert_eq!(
             path(&core, "secrets/db").await.unwrap_err(),
-            FsError::AccessDenied
+            FsError::AccessDenied(Cause::Vault(Arc::new(refused)))
         );
-        vault.fail_with(Some(VaultError::Unavailable("503".into())));
-        assert_eq!(path(&core, "secrets/other").await.unwrap_err(), FsError::Io);
+        let failing = VaultError::Unavailable("503".into());
+        vault.fail_with(Some(failing.clone()));
+        assert_eq!(
+            path(&core, "secrets/other").await.unwrap_err(),
+            FsError::Io(Cause::Vault(Arc::new(failing)))
+        );
     }
 
     fn b64url(bytes: &[u8]) -> String {
@@ -1230,7 +1265,12 @@ mod tests {
             path(&core, "keys/symmetric").await.unwrap_err(),
             FsError::NotFound
         );
-        assert_eq!(path(&core, "keys/broken").await.unwrap_err(), FsError::Io);
+        let broken = path(&core, "keys/broken").await.unwrap_err();
+        assert!(
+            matches!(broken.cause(), Some(Cause::Render(r)) if matches!(**r, RenderError::Malformed(_))),
+            "{broken:?}"
+        );
+        assert_eq!(broken.errno(), libc::EIO);
     }
 
     fn self_signed() -> (Vec<u8>, String) {
@@ -1277,14 +1317,8 @@ mod tests {
         let files = core.readdir(web.attr.ino).await.unwrap();
         assert_eq!(
             names(&files),
-            [
-                "cert.pem",
-                "chain.pem",
-                "fullchain.pem",
-                "privkey.pem",
-                "bundle.pem",
-                "cert.pfx"
-            ]
+            CERT_FILES,
+            "every file, in their fixed order"
         );
         let internal = path(&core, "certs/internal").await.unwrap();
         let files = core.readdir(internal.attr.ino).await.unwrap();

@@ -4,7 +4,8 @@
 //! Every line carries `timestamp` (RFC 3339, UTC), `level`, `target`, `message`, and the two
 //! fields that tell mounts apart on a node: `mount` (the mountpoint) and `vault` (the vault's
 //! host). An event's own fields follow under their names: the failure lines of the cache carry
-//! `kind` (secrets, keys, certificates), `object`, `op`, `errno` and `cause`.
+//! `kind` (secrets, keys, certificates), `object`, `op`, `errno` and `cause`; the line of a failed
+//! request (`kvfs::fuse::failures`) carries `op`, `path`, `errno` and `cause`.
 //!
 //! Written here rather than with tracing-subscriber's `json` feature because that formatter
 //! cannot add process-wide fields (`mount`, `vault`) to every line without a span entered on
@@ -114,40 +115,15 @@ impl Visit for FieldMap {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::{Arc, Mutex};
-    use tracing_subscriber::fmt::MakeWriter;
-
-    #[derive(Clone, Default)]
-    struct Capture(Arc<Mutex<Vec<u8>>>);
-    impl std::io::Write for Capture {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    impl<'a> MakeWriter<'a> for Capture {
-        type Writer = Capture;
-        fn make_writer(&'a self) -> Capture {
-            self.clone()
-        }
-    }
+    use crate::logging::capture::json_lines_in;
 
     #[test]
     fn every_line_is_one_object_with_the_mount_the_vault_and_the_events_fields() {
-        let out = Capture::default();
-        let subscriber = tracing_subscriber::fmt()
-            .event_format(JsonLines {
-                context: LineContext {
-                    mount: "/var/lib/kvfs/prod".into(),
-                    vault: "prod.vault.azure.net".into(),
-                },
-            })
-            .with_writer(out.clone())
-            .finish();
-        tracing::subscriber::with_default(subscriber, || {
+        let context = LineContext {
+            mount: "/var/lib/kvfs/prod".into(),
+            vault: "prod.vault.azure.net".into(),
+        };
+        let lines = json_lines_in(context, || {
             tracing::warn!(
                 kind = "secrets",
                 object = %"secrets/db",
@@ -160,12 +136,7 @@ mod tests {
             // An event field cannot pose as a fixed one.
             tracing::info!(mount = "elsewhere", "second");
         });
-        let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
-        let lines: Vec<Value> = text
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect();
-        assert_eq!(lines.len(), 2, "{text}");
+        assert_eq!(lines.len(), 2, "{lines:?}");
         let first = &lines[0];
         assert_eq!(first["level"], "WARN");
         assert_eq!(first["mount"], "/var/lib/kvfs/prod");

@@ -70,15 +70,16 @@ impl fmt::Display for HumanDuration {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let d = self.0;
         if d.subsec_nanos() != 0 {
-            return match d.subsec_nanos() % 1_000_000 {
-                0 => write!(f, "{}ms", d.as_millis()),
-                _ => write!(f, "{}s", d.as_secs_f64()),
+            return if d.subsec_nanos().is_multiple_of(1_000_000) {
+                write!(f, "{}ms", d.as_millis())
+            } else {
+                write!(f, "{}s", d.as_secs_f64())
             };
         }
         let seconds = d.as_secs();
         let unit = [("d", 86_400), ("h", 3600), ("m", 60)]
             .into_iter()
-            .find(|&(_, size)| seconds % size == 0 && seconds / size >= 2);
+            .find(|&(_, size)| seconds.is_multiple_of(size) && seconds / size >= 2);
         match unit {
             Some((unit, size)) => write!(f, "{}{unit}", seconds / size),
             None => write!(f, "{seconds}s"),

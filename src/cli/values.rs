@@ -89,31 +89,23 @@ pub(super) fn imds_endpoint(text: &str) -> Result<String, String> {
     Ok(text.to_owned())
 }
 
-/// `--open-mode`'s names (the filesystem core knows the modes, not how the command line
-/// spells them).
-impl ValueEnum for OpenMode {
-    fn value_variants<'a>() -> &'a [Self] {
-        &[OpenMode::Snapshot, OpenMode::Cached]
-    }
+/// The names the command line gives the variants of an enum another layer defines (the
+/// filesystem core knows open modes, not how `--open-mode` spells them).
+macro_rules! command_line_names {
+    ($type:ident { $($variant:ident => $name:literal),+ $(,)? }) => {
+        impl ValueEnum for $type {
+            fn value_variants<'a>() -> &'a [Self] {
+                &[$($type::$variant),+]
+            }
 
-    fn to_possible_value(&self) -> Option<PossibleValue> {
-        Some(PossibleValue::new(match self {
-            OpenMode::Snapshot => "snapshot",
-            OpenMode::Cached => "cached",
-        }))
-    }
+            fn to_possible_value(&self) -> Option<PossibleValue> {
+                Some(PossibleValue::new(match self {
+                    $($type::$variant => $name),+
+                }))
+            }
+        }
+    };
 }
 
-/// `--log-format`'s names.
-impl ValueEnum for LogFormat {
-    fn value_variants<'a>() -> &'a [Self] {
-        &[LogFormat::Text, LogFormat::Json]
-    }
-
-    fn to_possible_value(&self) -> Option<PossibleValue> {
-        Some(PossibleValue::new(match self {
-            LogFormat::Text => "text",
-            LogFormat::Json => "json",
-        }))
-    }
-}
+command_line_names!(OpenMode { Snapshot => "snapshot", Cached => "cached" });
+command_line_names!(LogFormat { Text => "text", Json => "json" });

@@ -24,7 +24,8 @@ use crate::fs::prefetch::DEFAULT_CONCURRENCY;
 use crate::lifecycle::worker::DEFAULT_HANG_TIMEOUT;
 use crate::logging::LogFormat;
 pub use helper::{Invocation, normalize_args};
-pub use parse::{CliError, mount_settings, parse};
+pub(crate) use parse::mount_settings;
+pub use parse::{CliError, parse};
 pub use settings::MountSettings;
 pub(crate) use settings::vault_url;
 use values::{

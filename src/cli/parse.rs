@@ -52,7 +52,7 @@ pub fn parse(args: Vec<OsString>) -> Result<Cli, CliError> {
 
 /// `kvfs mount ARGS…` resolved as `main` resolves it for the user `uid`/`gid`; a refusal as the
 /// text the user reads. For tests and fuzzing.
-pub fn mount_settings<T: Into<OsString>>(
+pub(crate) fn mount_settings<T: Into<OsString>>(
     args: impl IntoIterator<Item = T>,
     uid: u32,
     gid: u32,

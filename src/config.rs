@@ -1,6 +1,8 @@
-//! Typed mount configuration: durations, modes, and the `-o` mount(8)-style options, which set
-//! the same things as the flags (for fstab and `mount -t fuse.kvfs`).
+//! Option values as text: durations, modes, addresses and numbers, each with the parser clap runs
+//! and, where a default is shown in `--help`, the form it prints; and the mount(8) `-o` syntax
+//! (`a,b=c`), whose options `cli` rewrites into the long flags they name.
 
+use std::fmt;
 use std::time::Duration;
 
 /// `30s`, `5m`, `1h`, `2d`, `500ms`, or plain seconds.
@@ -50,6 +52,50 @@ pub fn parse_listen_addr(text: &str) -> Result<std::net::SocketAddr, String> {
     text.trim().parse().map_err(|_| {
         format!("invalid address {text:?}: expected IP:PORT, e.g. 127.0.0.1:9464 or [::]:9464")
     })
+}
+
+/// A whole number (`1000`), for uids, gids and counts.
+pub fn parse_number<T: std::str::FromStr>(text: &str) -> Result<T, String> {
+    text.parse()
+        .map_err(|_| format!("{text:?} is not a number"))
+}
+
+/// A duration as an option's value: parsed by [`parse_duration`], shown in `--help` defaults in
+/// the largest unit that keeps a whole number of at least 2 (`60s`, `2m`, `24h`), as
+/// doc/CONFIGURATION.md writes them; printing and parsing again gives the same duration.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HumanDuration(pub Duration);
+
+impl fmt::Display for HumanDuration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let d = self.0;
+        if d.subsec_nanos() != 0 {
+            return if d.subsec_nanos().is_multiple_of(1_000_000) {
+                write!(f, "{}ms", d.as_millis())
+            } else {
+                write!(f, "{}s", d.as_secs_f64())
+            };
+        }
+        let seconds = d.as_secs();
+        let unit = [("d", 86_400), ("h", 3600), ("m", 60)]
+            .into_iter()
+            .find(|&(_, size)| seconds.is_multiple_of(size) && seconds / size >= 2);
+        match unit {
+            Some((unit, size)) => write!(f, "{}{unit}", seconds / size),
+            None => write!(f, "{seconds}s"),
+        }
+    }
+}
+
+/// A file or directory mode as an option's value: parsed by [`parse_mode`], shown in octal
+/// (`0400`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OctalMode(pub u16);
+
+impl fmt::Display for OctalMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:04o}", self.0)
+    }
 }
 
 /// One `-o` option: a flag (`allow_other`) or `key=value`.
@@ -151,6 +197,37 @@ mod tests {
         assert_eq!(parse_mode("440").unwrap(), 0o440);
         assert!(parse_mode("0800").is_err());
         assert!(parse_mode("1777").is_err());
+    }
+
+    #[test]
+    fn numbers() {
+        assert_eq!(parse_number::<u32>("1000"), Ok(1000));
+        assert_eq!(
+            parse_number::<u32>("many"),
+            Err("\"many\" is not a number".to_string())
+        );
+        assert!(parse_number::<u32>("-1").is_err());
+    }
+
+    #[test]
+    fn defaults_print_as_configuration_md_writes_them_and_parse_back() {
+        for (duration, text) in [
+            (Duration::from_secs(60), "60s"),
+            (Duration::from_secs(86_400), "24h"),
+            (Duration::from_secs(120), "2m"),
+            (Duration::from_secs(30), "30s"),
+            (Duration::from_secs(3600), "60m"),
+            (Duration::from_secs(2 * 86_400), "2d"),
+            (Duration::from_millis(500), "500ms"),
+            (Duration::from_secs(1), "1s"),
+            (Duration::ZERO, "0s"),
+            (Duration::from_millis(1500), "1500ms"),
+        ] {
+            assert_eq!(HumanDuration(duration).to_string(), text);
+            assert_eq!(parse_duration(text).unwrap(), duration, "{text}");
+        }
+        assert_eq!(OctalMode(0o400).to_string(), "0400");
+        assert_eq!(parse_mode(&OctalMode(0o55).to_string()), Ok(0o55));
     }
 
     #[test]

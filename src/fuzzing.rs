@@ -15,7 +15,6 @@ use openssl::pkcs12::Pkcs12;
 use openssl::pkey::PKey;
 use openssl::x509::{X509, X509Ref};
 
-use crate::cli::MountArgs;
 use crate::config;
 use crate::render::{cert, key};
 use crate::vault::azure;
@@ -513,7 +512,8 @@ mod pool_builder {
 // ---------------------------------------------------------------------------------------------
 
 /// Fuzz target `mount_options`: `vault\n-o text`. Invariants: `-o` parsing is stable (printing
-/// the parsed options and parsing them again gives the same options); resolution never panics,
+/// the parsed options and parsing them again gives the same options); the command line's parsing
+/// (`-o` rewritten into flags, then clap) and resolution never panic,
 /// is deterministic, and does not depend on how the options are split across `-o` arguments;
 /// a resolved vault URL is https with a host.
 pub fn mount_options(data: &[u8]) {
@@ -528,14 +528,15 @@ pub fn mount_options(data: &[u8]) {
         "-o parsing is stable"
     );
 
+    // Each `-o` argument after a comma (which `-o` parsing drops) so that clap takes it as
+    // `-o`'s value even when it starts with `-`; the vault after `--`, for the same reason.
     let resolve = |options: Vec<String>| {
-        let args = MountArgs {
-            vault: vault.to_string(),
-            mountpoint: "/mnt/kv".into(),
-            options,
-            ..Default::default()
-        };
-        format!("{:?}", args.resolve(1000, 1000))
+        let mut args: Vec<String> = options
+            .into_iter()
+            .flat_map(|o| ["-o".to_string(), format!(",{o}")])
+            .collect();
+        args.extend(["--".into(), vault.to_string(), "/mnt/kv".into()]);
+        format!("{:?}", crate::cli::mount_settings(args, 1000, 1000))
     };
     let whole = resolve(vec![options.to_string()]);
     assert_eq!(whole, resolve(vec![options.to_string()]), "deterministic");

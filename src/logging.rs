@@ -37,16 +37,6 @@ pub enum LogFormat {
     Json,
 }
 
-impl LogFormat {
-    pub fn parse(name: &str) -> Result<LogFormat, String> {
-        match name {
-            "text" => Ok(LogFormat::Text),
-            "json" => Ok(LogFormat::Json),
-            other => Err(format!("unknown --log-format {other:?}: use text or json")),
-        }
-    }
-}
-
 /// Lines queued for the sink before new ones are dropped. Enough for any burst a healthy sink
 /// falls behind on; small enough that a dead sink costs at most a few MiB.
 const QUEUE_LINES: usize = 8192;

@@ -2,8 +2,7 @@
 
 use std::os::fd::{FromRawFd, OwnedFd};
 
-use clap::Parser;
-use kvfs::cli::{Cli, Command, MountSettings};
+use kvfs::cli::{Cli, CliError, Command, MountSettings};
 use kvfs::ipc::Channel;
 use kvfs::lifecycle::worker::{self, WORKER_FD_ENV};
 use kvfs::{daemon, harden, logging, mount};
@@ -63,12 +62,21 @@ fn main() {
         kvfs::cli::Invocation::Run(args) => args,
         kvfs::cli::Invocation::Fake => return,
     };
-    let cli = Cli::parse_from(args);
+    let cli = match kvfs::cli::parse(args) {
+        Ok(cli) => cli,
+        // clap's report with the usage (or the help or version asked for) and its exit code.
+        Err(CliError::Usage(e)) => e.exit(),
+        Err(CliError::Invalid(line)) => fail(&line),
+    };
     let result = run(cli, readiness);
     // Queued log lines first, then the one-line reason after them.
     logging::flush();
     if let Err(e) = result {
-        eprintln!("kvfs: {e}");
-        std::process::exit(1);
+        fail(&e);
     }
+}
+
+fn fail(reason: &str) -> ! {
+    eprintln!("kvfs: {reason}");
+    std::process::exit(1);
 }

@@ -30,6 +30,13 @@ pub struct Ownership {
     pub dir_mode: u16,
 }
 
+impl Ownership {
+    /// `--file-mode` unless given: the owner reads, nobody else.
+    pub const DEFAULT_FILE_MODE: u16 = 0o400;
+    /// `--dir-mode` unless given: the owner lists and enters, nobody else.
+    pub const DEFAULT_DIR_MODE: u16 = 0o500;
+}
+
 /// How opens and reads reach the daemon (`--open-mode`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum OpenMode {

@@ -252,8 +252,7 @@ fn prepare(settings: &MountSettings, first_token: FirstToken) -> Result<(Prepare
         CacheConfig {
             ttl: settings.cache_ttl,
             max_stale: settings.max_stale,
-            max_entries: 100_000,
-            max_bytes: 256 * 1024 * 1024,
+            ..CacheConfig::default()
         },
     );
     Ok((Prepared { runtime, cache }, hints))
@@ -525,6 +524,10 @@ fn drain(settings: &MountSettings, running: &Running) {
     }
 }
 
+/// `--hang-timeout` unless given: long enough for the slowest answer kvfs gives (a listing of a
+/// large vault over a slow link), short enough that readers of a stopped kvfs do not hang for ever.
+pub const DEFAULT_HANG_TIMEOUT: Duration = Duration::from_secs(120);
+
 /// `--hang-timeout` as the kernel takes it: whole seconds, rounded up, at most u16::MAX
 /// (about 18 h); `None` for zero (off).
 fn hang_timeout_seconds(timeout: Duration) -> Option<u16> {
@@ -550,15 +553,9 @@ mod tests {
             Some(u16::MAX)
         );
     }
-    use crate::cli::MountArgs;
 
     fn scope(vault: &str) -> String {
-        let args = MountArgs {
-            vault: vault.into(),
-            mountpoint: "/mnt/kv".into(),
-            ..Default::default()
-        };
-        token_scope(&args.resolve(0, 0).unwrap())
+        token_scope(&crate::cli::mount_settings([vault, "/mnt/kv"], 0, 0).unwrap())
     }
 
     #[test]

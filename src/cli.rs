@@ -17,17 +17,17 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-pub use crate::auth::AuthMethod;
+pub(crate) use crate::auth::AuthMethod;
 use crate::config::{HumanDuration, OctalMode};
 use crate::fs::cache::CacheConfig;
 use crate::fs::core::{OpenMode, Ownership};
 use crate::fs::prefetch::DEFAULT_CONCURRENCY;
-use crate::lifecycle::worker::DEFAULT_HANG_TIMEOUT;
+use crate::fusedev::DEFAULT_HANG_TIMEOUT;
 use crate::logging::LogFormat;
 pub use helper::{Invocation, normalize_args};
 pub(crate) use parse::mount_settings;
 pub use parse::{CliError, parse};
-pub use settings::MountSettings;
+pub(crate) use settings::MountSettings;
 pub(crate) use settings::vault_url;
 use values::{
     authority_host, duration, imds_endpoint, listen_addr, mode, number, prefetch_concurrency,
@@ -41,11 +41,11 @@ use values::{
 )]
 pub struct Cli {
     #[command(subcommand)]
-    pub command: Command,
+    pub(crate) command: Command,
 }
 
 #[derive(Subcommand, Debug)]
-pub enum Command {
+pub(crate) enum Command {
     /// Mount a vault (a vault name or an https:// URL) on a directory.
     // The last of a flag's occurrences wins: `-o` options are put before the command line's
     // flags so that a flag given there wins over the same option in `-o`.
@@ -56,7 +56,7 @@ pub enum Command {
 }
 
 #[derive(Args, Debug, Clone)]
-pub struct MountArgs {
+pub(crate) struct MountArgs {
     /// A vault name (myvault) or its URL (https://myvault.vault.azure.net).
     pub vault: String,
     pub mountpoint: PathBuf,
@@ -171,7 +171,7 @@ pub struct MountArgs {
 
 /// Which Entra ID cloud: vault DNS suffix and default authority host.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
-pub enum Cloud {
+pub(crate) enum Cloud {
     #[default]
     #[value(alias = "AzurePublicCloud")]
     Public,
@@ -182,7 +182,7 @@ pub enum Cloud {
 }
 
 impl Cloud {
-    pub fn vault_suffix(self) -> &'static str {
+    pub(crate) fn vault_suffix(self) -> &'static str {
         match self {
             Cloud::Public => "vault.azure.net",
             Cloud::China => "vault.azure.cn",
@@ -190,7 +190,7 @@ impl Cloud {
         }
     }
 
-    pub fn authority_host(self) -> &'static str {
+    pub(crate) fn authority_host(self) -> &'static str {
         match self {
             Cloud::Public => "https://login.microsoftonline.com",
             Cloud::China => "https://login.chinacloudapi.cn",
@@ -201,7 +201,7 @@ impl Cloud {
 
 /// What a supervisor does once a successor has taken its mount over (`--after-handoff`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
-pub enum AfterHandoff {
+pub(crate) enum AfterHandoff {
     #[default]
     Exit,
     Wait,

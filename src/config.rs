@@ -6,7 +6,7 @@ use std::fmt;
 use std::time::Duration;
 
 /// `30s`, `5m`, `1h`, `2d`, `500ms`, or plain seconds.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
     let t = text.trim();
     let split = t
         .find(|c: char| !c.is_ascii_digit() && c != '.')
@@ -34,7 +34,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 }
 
 /// File and directory modes in octal (`0400`, `440`); only permission bits.
-pub fn parse_mode(text: &str) -> Result<u16, String> {
+pub(crate) fn parse_mode(text: &str) -> Result<u16, String> {
     let digits = text.trim().trim_start_matches("0o");
     let mode = u16::from_str_radix(digits, 8)
         .map_err(|_| format!("invalid mode {text:?}: expected octal like 0400"))?;
@@ -48,14 +48,14 @@ pub fn parse_mode(text: &str) -> Result<u16, String> {
 
 /// A listening address: `IP:PORT`, IPv6 in brackets (`127.0.0.1:9464`, `[::]:9464`). No host
 /// names: what a name resolves to is not something to learn at mount time.
-pub fn parse_listen_addr(text: &str) -> Result<std::net::SocketAddr, String> {
+pub(crate) fn parse_listen_addr(text: &str) -> Result<std::net::SocketAddr, String> {
     text.trim().parse().map_err(|_| {
         format!("invalid address {text:?}: expected IP:PORT, e.g. 127.0.0.1:9464 or [::]:9464")
     })
 }
 
 /// A whole number (`1000`), for uids, gids and counts.
-pub fn parse_number<T: std::str::FromStr>(text: &str) -> Result<T, String> {
+pub(crate) fn parse_number<T: std::str::FromStr>(text: &str) -> Result<T, String> {
     text.parse()
         .map_err(|_| format!("{text:?} is not a number"))
 }
@@ -64,7 +64,7 @@ pub fn parse_number<T: std::str::FromStr>(text: &str) -> Result<T, String> {
 /// the largest unit that keeps a whole number of at least 2 (`60s`, `2m`, `24h`), as
 /// doc/CONFIGURATION.md writes them; printing and parsing again gives the same duration.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct HumanDuration(pub Duration);
+pub(crate) struct HumanDuration(pub Duration);
 
 impl fmt::Display for HumanDuration {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -90,7 +90,7 @@ impl fmt::Display for HumanDuration {
 /// A file or directory mode as an option's value: parsed by [`parse_mode`], shown in octal
 /// (`0400`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct OctalMode(pub u16);
+pub(crate) struct OctalMode(pub u16);
 
 impl fmt::Display for OctalMode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

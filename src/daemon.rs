@@ -1,19 +1,17 @@
 //! Detaching: `kvfs mount` without `--foreground` starts itself again in a new session with
 //! `--foreground`, waits until that child reports the mount ready (or failed) over a pipe, and
 //! exits 0 (or 1 with the child's one-line reason). Re-executing instead of fork() keeps the
-//! child free of a half-copied multi-threaded runtime.
+//! child free of a half-copied multi-threaded runtime. The child reports through [`Readiness`].
 
-use std::io::Read;
+use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 
-use crate::mount::READY_FD_ENV;
-
 /// The fd number the child finds its end of the pipe on.
 const CHILD_FD: i32 = 3;
 
-pub fn detach_and_wait() -> Result<(), String> {
+pub(crate) fn detach_and_wait() -> Result<(), String> {
     let mut fds = [0i32; 2];
     // SAFETY: fds has room for the two descriptors pipe2 writes.
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
@@ -99,6 +97,44 @@ fn names_stream(value: &str, dev: u64, ino: u64) -> bool {
     value
         .split_once(':')
         .is_some_and(|(d, i)| d.parse() == Ok(dev) && i.parse() == Ok(ino))
+}
+
+/// Environment variable naming the fd a detached child reports readiness on (see `daemon`).
+pub(crate) const READY_FD_ENV: &str = "KVFS_READY_FD";
+
+/// Reports the outcome of mounting to whoever waits for it (the detaching parent), once.
+pub struct Readiness {
+    pipe: Option<std::fs::File>,
+}
+
+impl Readiness {
+    /// From `KVFS_READY_FD`, when this process is the detached child.
+    pub fn from_env() -> Readiness {
+        let pipe = std::env::var(READY_FD_ENV)
+            .ok()
+            .and_then(|v| v.parse::<i32>().ok())
+            .filter(|fd| *fd > 2)
+            // SAFETY: the parent passed this fd for us alone and nothing else in this process
+            // owns it; we take ownership exactly once.
+            .map(|fd| unsafe { std::fs::File::from_raw_fd(fd) });
+        // SAFETY: no other thread is running yet (called first thing in main).
+        unsafe { std::env::remove_var(READY_FD_ENV) };
+        Readiness { pipe }
+    }
+
+    fn send(&mut self, line: &str) {
+        if let Some(mut p) = self.pipe.take() {
+            let _ = writeln!(p, "{line}");
+        }
+    }
+
+    pub(crate) fn ready(&mut self) {
+        self.send("ready");
+    }
+
+    pub(crate) fn failed(&mut self, reason: &str) {
+        self.send(&format!("error: {reason}"));
+    }
 }
 
 #[cfg(test)]

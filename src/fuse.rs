@@ -3,6 +3,7 @@
 //! call never blocks the kernel channel and concurrent readers of one object meet in the cache.
 
 mod failures;
+pub(crate) mod gate;
 
 use std::ffi::OsStr;
 use std::future::Future;
@@ -21,10 +22,10 @@ use futures::FutureExt;
 
 use crate::fs::core::{Attr, FsCore, Kind, MAX_NAME_LEN, OpenMode, check_name_length};
 use crate::fs::error::FsError;
-use crate::lifecycle::gate::Gate;
 use crate::metrics::{self, FuseOp, FuseRequest};
+use gate::Gate;
 
-pub struct FuseAdapter {
+pub(crate) struct FuseAdapter {
     core: Arc<FsCore>,
     runtime: tokio::runtime::Handle,
     /// Lets a worker that hands over stop taking requests (every handler holds a turn).
@@ -32,7 +33,7 @@ pub struct FuseAdapter {
 }
 
 impl FuseAdapter {
-    pub fn new(core: Arc<FsCore>, runtime: tokio::runtime::Handle, gate: Arc<Gate>) -> Self {
+    pub(crate) fn new(core: Arc<FsCore>, runtime: tokio::runtime::Handle, gate: Arc<Gate>) -> Self {
         FuseAdapter {
             core,
             runtime,

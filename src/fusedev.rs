@@ -26,6 +26,10 @@ use nix::sys::socket::{self, AddressFamily, ControlMessageOwned, MsgFlags, SockF
 use nix::sys::stat::Mode;
 use nix::unistd::{geteuid, getgid, getuid};
 
+/// `--hang-timeout` unless given: long enough for the slowest answer kvfs gives (a listing of a
+/// large vault over a slow link), short enough that readers of a stopped kvfs do not hang for ever.
+pub(crate) const DEFAULT_HANG_TIMEOUT: Duration = Duration::from_secs(120);
+
 const FUSE_DEV: &str = "/dev/fuse";
 const FUSE_CONNECTIONS: &str = "/sys/fs/fuse/connections";
 const FUSERMOUNT: &str = "fusermount3";
@@ -57,7 +61,7 @@ const FUSE_NOTIFY_RESEND: i32 = 7;
 const READ_BUFFER_LEN: usize = (1 << 20) + 4096;
 
 /// What to mount.
-pub struct MountSpec<'a> {
+pub(crate) struct MountSpec<'a> {
     pub mountpoint: &'a Path,
     /// Mount source, e.g. "kvfs:myvault.vault.azure.net".
     pub fsname: &'a str,
@@ -71,7 +75,7 @@ pub struct MountSpec<'a> {
 /// Mounts and returns the `/dev/fuse` fd of the new connection (O_CLOEXEC): mount(2) when we are
 /// root (euid 0), otherwise through the setuid `fusermount3`. The mountpoint must be a directory.
 /// The error is one line naming the mountpoint and the cause.
-pub fn mount(spec: &MountSpec) -> Result<OwnedFd, String> {
+pub(crate) fn mount(spec: &MountSpec) -> Result<OwnedFd, String> {
     let result = if geteuid().is_root() {
         mount_directly(spec)
     } else {
@@ -238,7 +242,7 @@ fn io_cause(e: &io::Error) -> String {
 }
 
 /// Unmounts `path`: umount2 (MNT_DETACH when `lazy`) as root, `fusermount3 -u [-z]` otherwise.
-pub fn unmount(path: &Path, lazy: bool) -> io::Result<()> {
+pub(crate) fn unmount(path: &Path, lazy: bool) -> io::Result<()> {
     if geteuid().is_root() {
         let flags = if lazy {
             MntFlags::MNT_DETACH
@@ -276,7 +280,7 @@ fn open_dev() -> nix::Result<OwnedFd> {
 
 /// Blocks until the first message of a new connection arrives and returns its bytes; an error
 /// (InvalidData) if it is not an INIT request.
-pub fn read_init(dev: BorrowedFd) -> io::Result<Vec<u8>> {
+pub(crate) fn read_init(dev: BorrowedFd) -> io::Result<Vec<u8>> {
     let mut buf = vec![0u8; READ_BUFFER_LEN];
     let n = loop {
         match nix::unistd::read(dev, &mut buf) {
@@ -292,7 +296,7 @@ pub fn read_init(dev: BorrowedFd) -> io::Result<Vec<u8>> {
 
 /// The parts of an INIT request kvfs needs.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct InitRequest {
+pub(crate) struct InitRequest {
     pub unique: u64,
     pub major: u32,
     pub minor: u32,
@@ -302,7 +306,7 @@ pub struct InitRequest {
 }
 
 impl InitRequest {
-    pub fn parse(bytes: &[u8]) -> Result<InitRequest, String> {
+    pub(crate) fn parse(bytes: &[u8]) -> Result<InitRequest, String> {
         if bytes.len() < IN_HEADER_LEN + INIT_IN_SHORT_LEN {
             return Err(format!(
                 "INIT request too short: {} bytes, need at least {}",
@@ -338,12 +342,12 @@ impl InitRequest {
     }
 
     /// Whether the kernel takes a request time limit from the daemon (`FUSE_REQUEST_TIMEOUT`).
-    pub fn has_request_timeout(&self) -> bool {
+    pub(crate) fn has_request_timeout(&self) -> bool {
         self.flags & FUSE_REQUEST_TIMEOUT != 0
     }
 
     /// Whether the kernel accepts `FUSE_NOTIFY_RESEND` on this connection.
-    pub fn has_resend(&self) -> bool {
+    pub(crate) fn has_resend(&self) -> bool {
         self.flags & FUSE_HAS_RESEND != 0 && self.minor >= RESEND_MINOR
     }
 }
@@ -357,7 +361,7 @@ impl InitRequest {
 ///
 /// Not applied (the reply is left as it is, and the reason returned) when the kernel does not
 /// offer the flag, or the reply is an error or not laid out as expected.
-pub fn set_request_timeout(
+pub(crate) fn set_request_timeout(
     reply: &mut [u8],
     kernel: &InitRequest,
     seconds: u16,
@@ -397,7 +401,7 @@ nix::ioctl_read!(fuse_dev_ioc_clone, 229, 0, u32);
 
 /// A new `/dev/fuse` file attached to `dev`'s connection (FUSE_DEV_IOC_CLONE), O_CLOEXEC. Each
 /// file has its own list of requests read but not yet answered.
-pub fn clone_dev(dev: BorrowedFd) -> io::Result<OwnedFd> {
+pub(crate) fn clone_dev(dev: BorrowedFd) -> io::Result<OwnedFd> {
     let new = open_dev()?;
     let mut old = u32::try_from(dev.as_raw_fd()).map_err(|_| io::Error::from(Errno::EBADF))?;
     // SAFETY: `new` is an open fd and `old` outlives the call; the kernel only reads the u32.
@@ -409,7 +413,7 @@ pub fn clone_dev(dev: BorrowedFd) -> io::Result<OwnedFd> {
 /// its device files) back in the queue. Requests read again this way carry bit 63
 /// (`FUSE_UNIQUE_RESEND`) in `unique`; the reply must echo `unique` exactly as read. Kernels
 /// without it (before 6.9) give an error whose kind is Unsupported.
-pub fn notify_resend(dev: BorrowedFd) -> io::Result<()> {
+pub(crate) fn notify_resend(dev: BorrowedFd) -> io::Result<()> {
     let mut msg = [0u8; OUT_HEADER_LEN];
     msg[0..4].copy_from_slice(&(OUT_HEADER_LEN as u32).to_ne_bytes());
     msg[4..8].copy_from_slice(&FUSE_NOTIFY_RESEND.to_ne_bytes());
@@ -424,7 +428,7 @@ pub fn notify_resend(dev: BorrowedFd) -> io::Result<()> {
 }
 
 /// Writes one whole message (a reply or a notification) to `/dev/fuse`.
-pub fn write_message(dev: BorrowedFd, bytes: &[u8]) -> io::Result<()> {
+pub(crate) fn write_message(dev: BorrowedFd, bytes: &[u8]) -> io::Result<()> {
     let n = loop {
         match nix::unistd::write(dev, bytes) {
             Err(Errno::EINTR) => continue,
@@ -443,7 +447,7 @@ pub fn write_message(dev: BorrowedFd, bytes: &[u8]) -> io::Result<()> {
 
 /// One line of `/proc/self/mountinfo`.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct MountEntry {
+pub(crate) struct MountEntry {
     pub mount_id: u32,
     pub dev_major: u32,
     pub dev_minor: u32,
@@ -455,14 +459,14 @@ pub struct MountEntry {
 impl MountEntry {
     /// The id of the connection under `/sys/fs/fuse/connections` when this is a FUSE mount: FUSE
     /// superblocks get anonymous devices (major 0) and the directory is named after the minor.
-    pub fn fuse_connection(&self) -> Option<u32> {
+    pub(crate) fn fuse_connection(&self) -> Option<u32> {
         let fuse = self.fstype == "fuse" || self.fstype.starts_with("fuse.");
         (fuse && self.dev_major == 0).then_some(self.dev_minor)
     }
 }
 
 /// Parses mountinfo text, skipping lines it does not understand.
-pub fn parse_mountinfo(text: &str) -> Vec<MountEntry> {
+pub(crate) fn parse_mountinfo(text: &str) -> Vec<MountEntry> {
     text.lines().filter_map(parse_mountinfo_line).collect()
 }
 
@@ -508,7 +512,7 @@ fn unescape(field: &str) -> Vec<u8> {
 
 /// Mounts whose mountpoint is exactly `path`, in mountinfo order (the last one is on top).
 /// `path` is compared as given, not resolved: resolving it would stat a possibly dead mount.
-pub fn mounts_at(path: &Path) -> io::Result<Vec<MountEntry>> {
+pub(crate) fn mounts_at(path: &Path) -> io::Result<Vec<MountEntry>> {
     let text = std::fs::read_to_string("/proc/self/mountinfo")?;
     let mut entries = parse_mountinfo(&text);
     entries.retain(|e| e.mountpoint == path);
@@ -517,7 +521,7 @@ pub fn mounts_at(path: &Path) -> io::Result<Vec<MountEntry>> {
 
 /// Aborts FUSE connection `id`: every pending and future request fails with ENOTCONN. Mounts
 /// fusectl on `/sys/fs/fuse/connections` first when nothing is mounted there yet.
-pub fn abort_connection(id: u32) -> io::Result<()> {
+pub(crate) fn abort_connection(id: u32) -> io::Result<()> {
     let connections = Path::new(FUSE_CONNECTIONS);
     let empty = || -> io::Result<bool> {
         match std::fs::read_dir(connections) {
@@ -557,7 +561,7 @@ pub fn abort_connection(id: u32) -> io::Result<()> {
 
 /// Whether something answers for the filesystem at `path`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Liveness {
+pub(crate) enum Liveness {
     /// stat came back (with attributes or with an error other than ENOTCONN).
     Answers,
     /// ENOTCONN: the connection is gone (aborted, or its last device file closed).
@@ -572,7 +576,7 @@ pub enum Liveness {
 ///
 /// On a connection nobody serves the stat blocks in the kernel and cannot be cancelled, so the
 /// helper thread is left behind; it ends when the connection is aborted or finally answered.
-pub fn probe(path: &Path, timeout: Duration) -> Liveness {
+pub(crate) fn probe(path: &Path, timeout: Duration) -> Liveness {
     let Ok(path) = CString::new(path.as_os_str().as_bytes()) else {
         // A path with a NUL byte cannot name a filesystem; nothing is there to answer.
         return Liveness::Answers;

@@ -26,7 +26,7 @@ use crate::vault::{Collection, ObjectProps, valid_name};
 
 /// Which answer `vault_response` parses its input as (its first byte, modulo the count).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Answer {
+pub(crate) enum Answer {
     SecretBundle,
     KeyBundle,
     CertificateBundle,
@@ -36,7 +36,7 @@ pub enum Answer {
 }
 
 impl Answer {
-    pub const ALL: [Answer; 6] = [
+    pub(crate) const ALL: [Answer; 6] = [
         Answer::SecretBundle,
         Answer::KeyBundle,
         Answer::CertificateBundle,
@@ -44,17 +44,12 @@ impl Answer {
         Answer::KeyList,
         Answer::CertificateList,
     ];
-
-    /// The selector byte of a fuzz input for this answer.
-    pub fn selector(self) -> u8 {
-        Answer::ALL.iter().position(|a| *a == self).expect("listed") as u8
-    }
 }
 
 /// A response body parsed with the SDK model kvfs uses for `answer`, then converted to
 /// [`ObjectProps`] exactly as kvfs converts it (for a key, its JWK rendered too). Returns the
 /// converted objects; an `Err` is a refusal.
-pub fn parse_answer(answer: Answer, body: &[u8]) -> Result<Vec<ObjectProps>, String> {
+pub(crate) fn parse_answer(answer: Answer, body: &[u8]) -> Result<Vec<ObjectProps>, String> {
     use azure_security_keyvault_certificates::models as certs;
     use azure_security_keyvault_keys::models as keys;
     use azure_security_keyvault_secrets::models as secrets;
@@ -127,7 +122,7 @@ pub fn vault_response(data: &[u8]) {
 
 /// What the filesystem relies on: the name is a valid vault name and the version (which
 /// becomes a directory entry under `versions/`) is one path component.
-pub fn assert_safe_props(props: &ObjectProps) {
+pub(crate) fn assert_safe_props(props: &ObjectProps) {
     assert!(valid_name(&props.name), "accepted name {:?}", props.name);
     if let Some(v) = &props.version {
         assert!(is_one_component(v), "accepted version {v:?}");
@@ -135,7 +130,7 @@ pub fn assert_safe_props(props: &ObjectProps) {
 }
 
 /// Usable as one file name: not empty, not `.`/`..`, no `/` or NUL, at most 255 bytes.
-pub fn is_one_component(s: &str) -> bool {
+pub(crate) fn is_one_component(s: &str) -> bool {
     !s.is_empty() && s != "." && s != ".." && s.len() <= 255 && !s.contains(['/', '\0'])
 }
 
@@ -182,7 +177,7 @@ fn jwk_pem_value(jwk: &serde_json::Value) {
 
 /// How `cert_render` reads its input (its first byte, modulo the count).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CertInput {
+pub(crate) enum CertInput {
     /// The rest is `cer` (DER), no backing secret.
     CerOnly,
     /// The rest is a PEM backing secret; `cer` is its first certificate.
@@ -195,19 +190,12 @@ pub enum CertInput {
 }
 
 impl CertInput {
-    pub const ALL: [CertInput; 4] = [
+    pub(crate) const ALL: [CertInput; 4] = [
         CertInput::CerOnly,
         CertInput::PemSecret,
         CertInput::PfxSecret,
         CertInput::AnySecret,
     ];
-
-    pub fn selector(self) -> u8 {
-        CertInput::ALL
-            .iter()
-            .position(|a| *a == self)
-            .expect("listed") as u8
-    }
 }
 
 /// Fuzz target `cert_render`. Invariants of a rendered version: cert.pem is `cer`; fullchain is
@@ -446,18 +434,18 @@ mod pool_builder {
     };
     use openssl::x509::{X509, X509Builder, X509NameBuilder};
 
-    pub struct Issued {
+    pub(super) struct Issued {
         pub cert: X509,
         pub key: PKey<Private>,
     }
 
-    pub fn issue(cn: &str, issuer: Option<&Issued>, ca: bool, ids: bool) -> Issued {
+    pub(super) fn issue(cn: &str, issuer: Option<&Issued>, ca: bool, ids: bool) -> Issued {
         let group = EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).expect("curve");
         let key = PKey::from_ec_key(EcKey::generate(&group).expect("key")).expect("key");
         issue_with_key(cn, key, issuer, ca, ids)
     }
 
-    pub fn issue_with_key(
+    pub(super) fn issue_with_key(
         cn: &str,
         key: PKey<Private>,
         issuer: Option<&Issued>,

@@ -13,7 +13,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 
 /// Make this process non-dumpable and its core limit zero. Best effort: a failure is logged,
 /// not fatal (the values are no less safe than before).
-pub fn process() {
+pub(crate) fn process() {
     // SAFETY: PR_SET_DUMPABLE takes a plain integer and touches no memory of ours.
     if unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) } != 0 {
         tracing::warn!(

@@ -18,12 +18,12 @@ use crate::fs::node::collection_dir;
 
 /// Sends invalidations for [`Change`] events; cheap to clone, never blocks the caller.
 #[derive(Clone)]
-pub struct Invalidator {
+pub(crate) struct Invalidator {
     tx: mpsc::Sender<Change>,
 }
 
 /// Where the notifications go: the kernel in production, a recorder in tests.
-pub trait KernelCache: Send + 'static {
+pub(crate) trait KernelCache: Send + 'static {
     /// Drop the attributes and cached pages of `ino`.
     fn inval_inode(&self, ino: u64) -> std::io::Result<()>;
     /// Drop the dentry `name` in directory `parent`.
@@ -44,7 +44,7 @@ impl KernelCache for Notifier {
 impl Invalidator {
     /// Start the notification thread. It ends when every `Invalidator` clone is dropped or the
     /// filesystem is gone (it holds the core weakly: the core's cache holds the `Invalidator`).
-    pub fn start(core: &Arc<FsCore>, kernel: impl KernelCache) -> Invalidator {
+    pub(crate) fn start(core: &Arc<FsCore>, kernel: impl KernelCache) -> Invalidator {
         let (tx, rx) = mpsc::channel::<Change>();
         let core: Weak<FsCore> = Arc::downgrade(core);
         let spawned = std::thread::Builder::new()
@@ -62,7 +62,7 @@ impl Invalidator {
         Invalidator { tx }
     }
 
-    pub fn changed(&self, change: Change) {
+    pub(crate) fn changed(&self, change: Change) {
         // A send fails only once the thread is gone (unmounting): nothing left to invalidate.
         let _ = self.tx.send(change);
     }

@@ -24,9 +24,9 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 /// Largest message we send or accept (JSON text); bigger sends are an error, never truncated.
-pub const MAX_MESSAGE: usize = 64 * 1024;
+pub(crate) const MAX_MESSAGE: usize = 64 * 1024;
 /// Most fds one message carries.
-pub const MAX_FDS: usize = 8;
+pub(crate) const MAX_FDS: usize = 8;
 
 /// The kernel's own limit of fds in one message (SCM_MAX_FD). Room for this many means the
 /// kernel never truncates the fds a peer sends, so every fd that arrives is seen and owned
@@ -35,13 +35,13 @@ const KERNEL_MAX_FDS: usize = 253;
 
 /// One end of a `SOCK_SEQPACKET` unix socket (CLOEXEC).
 #[derive(Debug)]
-pub struct Channel {
+pub(crate) struct Channel {
     fd: OwnedFd,
 }
 
 /// What [`Channel::recv`] got.
 #[derive(Debug)]
-pub enum Received<T> {
+pub(crate) enum Received<T> {
     /// A message and the fds that came with it (CLOEXEC).
     Message(T, Vec<OwnedFd>),
     /// The peer closed its end.
@@ -52,7 +52,7 @@ pub enum Received<T> {
 
 /// Credentials of the process on the other end of a [`Channel`], as of when it connected.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Peer {
+pub(crate) struct Peer {
     pub pid: i32,
     pub uid: u32,
     pub gid: u32,
@@ -60,7 +60,7 @@ pub struct Peer {
 
 impl Channel {
     /// A connected pair, e.g. for a worker process to inherit one end.
-    pub fn pair() -> io::Result<(Channel, Channel)> {
+    pub(crate) fn pair() -> io::Result<(Channel, Channel)> {
         let (a, b) = socketpair(
             AddressFamily::Unix,
             SockType::SeqPacket,
@@ -72,7 +72,7 @@ impl Channel {
     }
 
     /// Connects to a [`Listener`] at `path`.
-    pub fn connect(path: &Path) -> io::Result<Channel> {
+    pub(crate) fn connect(path: &Path) -> io::Result<Channel> {
         let what = || format!("cannot connect to {}", path.display());
         let addr = UnixAddr::new(path).map_err(|e| context(e, what()))?;
         let fd = seqpacket_socket(SockFlag::empty()).map_err(|e| context(e, what()))?;
@@ -90,17 +90,17 @@ impl Channel {
     /// Wraps an fd that is one end of a `SOCK_SEQPACKET` unix socket (one that came from
     /// [`Channel::into_fd`], e.g. through a message or an inherited fd). Any other kind of fd
     /// makes `send` and `recv` fail with the kernel's error.
-    pub fn from_fd(fd: OwnedFd) -> Channel {
+    pub(crate) fn from_fd(fd: OwnedFd) -> Channel {
         Channel { fd }
     }
 
-    pub fn into_fd(self) -> OwnedFd {
+    pub(crate) fn into_fd(self) -> OwnedFd {
         self.fd
     }
 
     /// One message, with `fds` attached (SCM_RIGHTS). MSG_NOSIGNAL: a closed peer is an error
     /// (BrokenPipe), never SIGPIPE.
-    pub fn send<T: Serialize>(&self, msg: &T, fds: &[BorrowedFd<'_>]) -> io::Result<()> {
+    pub(crate) fn send<T: Serialize>(&self, msg: &T, fds: &[BorrowedFd<'_>]) -> io::Result<()> {
         if fds.len() > MAX_FDS {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -153,7 +153,10 @@ impl Channel {
     ///
     /// A packet carrying more than [`MAX_FDS`] fds is InvalidData too. An empty packet with no
     /// fds cannot be told apart from end-of-stream and reads as `Closed`; we never send one.
-    pub fn recv<T: DeserializeOwned>(&self, timeout: Option<Duration>) -> io::Result<Received<T>> {
+    pub(crate) fn recv<T: DeserializeOwned>(
+        &self,
+        timeout: Option<Duration>,
+    ) -> io::Result<Received<T>> {
         let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
         let mut buf = vec![0u8; MAX_MESSAGE];
         let mut cmsg_buf = nix::cmsg_space!([RawFd; KERNEL_MAX_FDS]);
@@ -213,7 +216,7 @@ impl Channel {
     }
 
     /// SO_PEERCRED of the other end.
-    pub fn peer(&self) -> io::Result<Peer> {
+    pub(crate) fn peer(&self) -> io::Result<Peer> {
         let cred = getsockopt(&self.fd, PeerCredentials)
             .map_err(|e| context(e, "cannot read the peer's credentials".into()))?;
         Ok(Peer {
@@ -232,7 +235,7 @@ impl AsFd for Channel {
 
 /// A listening `SOCK_SEQPACKET` socket at a path.
 #[derive(Debug)]
-pub struct Listener {
+pub(crate) struct Listener {
     fd: OwnedFd,
     path: PathBuf,
     /// The socket file's (dev, ino), so Drop removes only the file this listener bound.
@@ -246,7 +249,7 @@ impl Listener {
     ///
     /// Finding out whether a socket answers means connecting to it: a live listener there sees
     /// a connection that closes at once.
-    pub fn bind(path: &Path) -> io::Result<Listener> {
+    pub(crate) fn bind(path: &Path) -> io::Result<Listener> {
         let what = || format!("cannot listen on {}", path.display());
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             fs::DirBuilder::new()
@@ -285,7 +288,7 @@ impl Listener {
     }
 
     /// Accept one connection; `None` when the timeout passes first. CLOEXEC.
-    pub fn accept(&self, timeout: Option<Duration>) -> io::Result<Option<Channel>> {
+    pub(crate) fn accept(&self, timeout: Option<Duration>) -> io::Result<Option<Channel>> {
         let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
         loop {
             if !wait_readable(self.fd.as_fd(), deadline)? {
@@ -309,7 +312,8 @@ impl Listener {
     }
 
     /// Where the socket is, made absolute.
-    pub fn path(&self) -> &Path {
+    #[cfg(test)]
+    pub(crate) fn path(&self) -> &Path {
         &self.path
     }
 }

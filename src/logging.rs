@@ -26,12 +26,12 @@ use tracing_subscriber::fmt::time::{FormatTime, SystemTime};
 
 #[cfg(test)]
 pub(crate) mod capture;
-pub mod json;
-pub use json::LineContext;
+pub(crate) mod json;
+pub(crate) use json::LineContext;
 
 /// How lines are written: text for people, JSON for log pipelines (`--log-format`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum LogFormat {
+pub(crate) enum LogFormat {
     #[default]
     Text,
     Json,
@@ -42,20 +42,20 @@ pub enum LogFormat {
 const QUEUE_LINES: usize = 8192;
 
 /// How many lines of one kind [`rate_limited`] lets through per [`WINDOW`].
-pub const BURST: u32 = 3;
-pub const WINDOW: Duration = Duration::from_secs(60);
+pub(crate) const BURST: u32 = 3;
+pub(crate) const WINDOW: Duration = Duration::from_secs(60);
 
 /// The background writer's guard: dropping it writes what is queued and stops the thread.
 static GUARD: Mutex<Option<WorkerGuard>> = Mutex::new(None);
 
 /// Install a text logger on stderr (or `file`); see [`init_with`].
-pub fn init(file: Option<&Path>) -> Result<(), String> {
+pub(crate) fn init(file: Option<&Path>) -> Result<(), String> {
     init_with(file, LogFormat::Text, LineContext::default())
 }
 
 /// Install the process's logger: the filter from `KVFS_LOG` (default `kvfs=info,warn`), lines to
 /// `file` if given (created 0600), else to stderr, in `format`; JSON lines carry `context`.
-pub fn init_with(
+pub(crate) fn init_with(
     file: Option<&Path>,
     format: LogFormat,
     context: LineContext,
@@ -185,7 +185,7 @@ impl Write for ReportingDrops {
 }
 
 /// Whether a line of `kind` may be logged now, process-wide; see [`RateLimiter::allow`].
-pub fn rate_limited(kind: &'static str) -> Option<u64> {
+pub(crate) fn rate_limited(kind: &'static str) -> Option<u64> {
     static GLOBAL: std::sync::OnceLock<RateLimiter> = std::sync::OnceLock::new();
     GLOBAL.get_or_init(RateLimiter::default).allow(kind)
 }
@@ -222,13 +222,13 @@ macro_rules! log_limited {
 /// most [`MAX_KEYS`] of them. When it is full of keys seen within the window, a new key shares
 /// one overflow window with every other such key, so a storm of distinct failures is still
 /// bounded in lines and memory, at the price of a count that covers several keys.
-pub struct RateLimiter<K = &'static str> {
+pub(crate) struct RateLimiter<K = &'static str> {
     windows: Mutex<Windows<K>>,
     burst: u32,
 }
 
 /// Keys a [`RateLimiter`] tracks at once; a few hundred KiB of keys at most.
-pub const MAX_KEYS: usize = 4096;
+pub(crate) const MAX_KEYS: usize = 4096;
 
 struct Windows<K> {
     by_key: HashMap<K, Window>,
@@ -279,7 +279,7 @@ impl Default for RateLimiter {
 
 impl<K: std::hash::Hash + Eq> RateLimiter<K> {
     /// At most `burst` lines per key per [`WINDOW`].
-    pub fn new(burst: u32) -> Self {
+    pub(crate) fn new(burst: u32) -> Self {
         RateLimiter {
             windows: Mutex::new(Windows {
                 by_key: HashMap::new(),
@@ -291,7 +291,7 @@ impl<K: std::hash::Hash + Eq> RateLimiter<K> {
 
     /// `Some(n)` if a line of `key` may be logged now, `n` being how many were held back since
     /// the last one that was; `None` if this one is to be held back (and counted).
-    pub fn allow(&self, key: K) -> Option<u64> {
+    pub(crate) fn allow(&self, key: K) -> Option<u64> {
         self.allow_at(key, Instant::now())
     }
 

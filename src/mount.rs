@@ -1,53 +1,61 @@
 //! `kvfs mount` and `kvfs unmount`: readiness reporting to a detaching parent, the supervisor
 //! that runs a mount, and a plain unmount.
 
-use std::io::Write;
-use std::os::fd::FromRawFd;
+use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::Path;
 
-use crate::cli::MountSettings;
+use crate::cli::{Cli, Command, MountSettings};
+use crate::daemon::{self, Readiness};
+use crate::ipc::Channel;
 use crate::lifecycle::supervisor;
+use crate::lifecycle::worker::{self, WORKER_FD_ENV};
+use crate::{harden, logging};
 
-/// Environment variable naming the fd a detached child reports readiness on (see `daemon`).
-pub const READY_FD_ENV: &str = "KVFS_READY_FD";
-
-/// Reports the outcome of mounting to whoever waits for it (the detaching parent), once.
-pub struct Readiness {
-    pipe: Option<std::fs::File>,
-}
-
-impl Readiness {
-    /// From `KVFS_READY_FD`, when this process is the detached child.
-    pub fn from_env() -> Readiness {
-        let pipe = std::env::var(READY_FD_ENV)
-            .ok()
-            .and_then(|v| v.parse::<i32>().ok())
-            .filter(|fd| *fd > 2)
-            // SAFETY: the parent passed this fd for us alone and nothing else in this process
-            // owns it; we take ownership exactly once.
-            .map(|fd| unsafe { std::fs::File::from_raw_fd(fd) });
-        // SAFETY: no other thread is running yet (called first thing in main).
-        unsafe { std::env::remove_var(READY_FD_ENV) };
-        Readiness { pipe }
-    }
-
-    pub fn none() -> Readiness {
-        Readiness { pipe: None }
-    }
-
-    fn send(&mut self, line: &str) {
-        if let Some(mut p) = self.pipe.take() {
-            let _ = writeln!(p, "{line}");
+/// Run a parsed command line: `kvfs unmount`, or `kvfs mount` as whichever process this is (a
+/// worker its supervisor started, the detaching parent, or the supervisor itself).
+pub fn run_command(cli: Cli, readiness: Readiness) -> Result<(), String> {
+    match cli.command {
+        Command::Unmount { mountpoint } => {
+            logging::init(None)?;
+            unmount(&mountpoint)
+        }
+        Command::Mount(args) => {
+            // SAFETY: getuid/getgid cannot fail and have no preconditions.
+            let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+            let settings = args.resolve(uid, gid)?;
+            if let Some(control) = worker_channel() {
+                init_serving_process(&settings)?;
+                worker::run(settings, control);
+            }
+            if !settings.foreground {
+                return daemon::detach_and_wait();
+            }
+            init_serving_process(&settings)?;
+            run(settings, readiness)
         }
     }
+}
 
-    pub fn ready(&mut self) {
-        self.send("ready");
-    }
+/// Logs go to stderr, or to `--log-file` (a detached daemon's stderr is /dev/null). A process
+/// that holds secrets (the supervisor's environment may carry the credential; the worker holds
+/// tokens and values) is made non-dumpable as soon as its logger can say if that failed.
+fn init_serving_process(settings: &MountSettings) -> Result<(), String> {
+    logging::init_with(
+        settings.log_file.as_deref(),
+        settings.log_format,
+        settings.log_context(),
+    )?;
+    harden::process();
+    Ok(())
+}
 
-    pub fn failed(&mut self, reason: &str) {
-        self.send(&format!("error: {reason}"));
-    }
+/// A worker finds its channel to the supervisor on the fd `KVFS_WORKER_FD` names.
+fn worker_channel() -> Option<Channel> {
+    let fd: i32 = std::env::var(WORKER_FD_ENV).ok()?.parse().ok()?;
+    // SAFETY: the supervisor put this fd there for us alone (see lifecycle::supervisor); we take
+    // ownership once, and remove the variable so no child of ours inherits the claim.
+    unsafe { std::env::remove_var(WORKER_FD_ENV) };
+    (fd > 2).then(|| Channel::from_fd(unsafe { OwnedFd::from_raw_fd(fd) }))
 }
 
 fn c_path(path: &Path) -> Result<std::ffi::CString, String> {
@@ -57,7 +65,7 @@ fn c_path(path: &Path) -> Result<std::ffi::CString, String> {
 }
 
 /// `kvfs unmount`: a plain unmount; busy mounts are reported, not forced.
-pub fn unmount(path: &Path) -> Result<(), String> {
+pub(crate) fn unmount(path: &Path) -> Result<(), String> {
     let c = c_path(path)?;
     // SAFETY: as above.
     let rc = unsafe { libc::umount2(c.as_ptr(), 0) };
@@ -83,7 +91,7 @@ pub fn unmount(path: &Path) -> Result<(), String> {
 
 /// Mount and serve until stopped: this process supervises, workers serve (see
 /// [`crate::lifecycle`]).
-pub fn run(settings: MountSettings, mut readiness: Readiness) -> Result<(), String> {
+pub(crate) fn run(settings: MountSettings, mut readiness: Readiness) -> Result<(), String> {
     let result = supervisor::run(settings, &mut readiness);
     if let Err(e) = &result {
         readiness.failed(e);

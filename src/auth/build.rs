@@ -15,7 +15,7 @@ use super::workload_identity::FederatedTokenFile;
 
 /// The credential for one spec, wrapped in the token cache, which builds it again (from the
 /// same spec, re-reading a certificate file) whenever the vault refuses a token.
-pub fn build(
+pub(crate) fn build(
     spec: &Spec,
     http: &reqwest::Client,
     limits: &Limits,

@@ -8,7 +8,7 @@ use azure_core::time::OffsetDateTime;
 use azure_identity::ClientAssertion;
 
 /// A client certificate and its private key, from `AZURE_CLIENT_CERTIFICATE_PATH`.
-pub struct ClientCert {
+pub(crate) struct ClientCert {
     pub key: openssl::pkey::PKey<openssl::pkey::Private>,
     pub cert: openssl::x509::X509,
     /// The other certificates in the file (sent as `x5c` with
@@ -29,7 +29,10 @@ impl std::fmt::Debug for ClientCert {
 /// `password`) or PKCS#12 (`password`, else empty). In PEM the leaf is the certificate whose
 /// public key matches the private key; the others are the chain. RSA only: Entra ID takes RS256
 /// client assertions.
-pub fn load_client_certificate(bytes: &[u8], password: Option<&str>) -> Result<ClientCert, String> {
+pub(crate) fn load_client_certificate(
+    bytes: &[u8],
+    password: Option<&str>,
+) -> Result<ClientCert, String> {
     use openssl::pkcs12::Pkcs12;
     use openssl::pkey::{Id, PKey};
     use openssl::x509::X509;
@@ -82,7 +85,8 @@ pub fn load_client_certificate(bytes: &[u8], password: Option<&str>) -> Result<C
 }
 
 /// The same key and certificates as PKCS#12 (empty password), for tools that want one.
-pub fn to_pkcs12(c: &ClientCert) -> Result<Vec<u8>, String> {
+#[cfg(test)]
+pub(crate) fn to_pkcs12(c: &ClientCert) -> Result<Vec<u8>, String> {
     let mut chain = openssl::stack::Stack::new().map_err(|e| e.to_string())?;
     for x in &c.chain {
         chain.push(x.clone()).map_err(|e| e.to_string())?;
@@ -106,7 +110,7 @@ pub fn to_pkcs12(c: &ClientCert) -> Result<Vec<u8>, String> {
 /// base64url; a verifier that follows the RFC (testvault does) rejects it for most certificates
 /// (AADSTS700027). Here `x5t` and `x5t#S256` are base64url, a fresh assertion is made for every
 /// token request, and the same pipeline options (trust, retries) apply.
-pub struct CertificateAssertion {
+pub(crate) struct CertificateAssertion {
     client_id: String,
     audience: String,
     key: openssl::pkey::PKey<openssl::pkey::Private>,
@@ -131,7 +135,7 @@ fn b64url(bytes: &[u8]) -> String {
 
 impl CertificateAssertion {
     /// `audience` is the token endpoint (`{authority}/{tenant}/oauth2/v2.0/token`).
-    pub fn new(
+    pub(crate) fn new(
         client_id: &str,
         audience: &str,
         cert: ClientCert,
@@ -171,7 +175,7 @@ impl CertificateAssertion {
     }
 
     /// A signed assertion valid from `now` for ten minutes.
-    pub fn assertion(&self, now: i64) -> Result<String, String> {
+    pub(crate) fn assertion(&self, now: i64) -> Result<String, String> {
         use openssl::hash::MessageDigest;
         use openssl::sign::Signer;
         let mut jti = [0u8; 16];

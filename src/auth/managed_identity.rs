@@ -21,7 +21,7 @@ use crate::http::error_chain;
 /// [`Env`](super::Env)) and the credential disagree. Here each request has a bounded timeout
 /// and no retries: the cache and the vault client's retry policy decide what happens next.
 #[derive(Debug)]
-pub struct MsiCredential {
+pub(crate) struct MsiCredential {
     url: url::Url,
     header: (&'static str, String),
     client_id: Option<String>,
@@ -32,7 +32,7 @@ pub struct MsiCredential {
 impl MsiCredential {
     /// `GET {endpoint}/metadata/identity/oauth2/token?api-version=2018-02-01&resource=…` with
     /// `Metadata: true`.
-    pub fn imds(
+    pub(crate) fn imds(
         endpoint: &str,
         client_id: Option<String>,
         timeout: Duration,
@@ -51,7 +51,7 @@ impl MsiCredential {
     }
 
     /// `GET {IDENTITY_ENDPOINT}?api-version=2019-08-01&resource=…` with `X-IDENTITY-HEADER`.
-    pub fn app_service(
+    pub(crate) fn app_service(
         endpoint: &str,
         header: &str,
         client_id: Option<String>,
@@ -94,7 +94,7 @@ impl MsiCredential {
     }
 
     /// The request URL for one scope.
-    pub fn request_url(&self, scope: &str) -> url::Url {
+    pub(crate) fn request_url(&self, scope: &str) -> url::Url {
         let mut url = self.url.clone();
         {
             let mut q = url.query_pairs_mut();
@@ -203,7 +203,7 @@ fn msi_error_text(body: &[u8]) -> String {
 
 /// A managed-identity token answer: `access_token` and `expires_on` (Unix seconds, as a string
 /// in both IMDS and App Service answers, sometimes a number), else `expires_in` from `now`.
-pub fn parse_msi_token(body: &[u8], now: OffsetDateTime) -> Result<AccessToken, String> {
+pub(crate) fn parse_msi_token(body: &[u8], now: OffsetDateTime) -> Result<AccessToken, String> {
     let v: serde_json::Value =
         serde_json::from_slice(body).map_err(|e| format!("answer is not JSON: {e}"))?;
     let token = v

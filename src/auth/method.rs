@@ -9,7 +9,7 @@ use clap::builder::PossibleValue;
 
 /// A credential method `--auth` (or `-o auth=`) can name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum AuthMethod {
+pub(crate) enum AuthMethod {
     Auto,
     WorkloadIdentity,
     ManagedIdentity,
@@ -55,7 +55,7 @@ const ALL: [AuthMethod; METHODS.len()] = {
 /// The order `--auth auto` tries the methods in, the first usable one winning. Managed identity
 /// stands here for its App Service form (`IDENTITY_ENDPOINT`); its instance-metadata form has to
 /// be probed, so it comes after all of them (see [`super::plan`]).
-pub const AUTO_ORDER: [AuthMethod; 5] = [
+pub(crate) const AUTO_ORDER: [AuthMethod; 5] = [
     AuthMethod::ClientSecret,
     AuthMethod::ClientCertificate,
     AuthMethod::WorkloadIdentity,
@@ -65,7 +65,7 @@ pub const AUTO_ORDER: [AuthMethod; 5] = [
 
 impl AuthMethod {
     /// The name `--auth` spells it with.
-    pub const fn name(self) -> &'static str {
+    pub(crate) const fn name(self) -> &'static str {
         METHODS[self as usize].1
     }
 }

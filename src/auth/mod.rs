@@ -41,21 +41,10 @@ mod testing;
 mod token_cache;
 mod workload_identity;
 
-pub use build::build;
-pub use client_certificate::{
-    CertificateAssertion, ClientCert, load_client_certificate, to_pkcs12,
-};
 pub use entra::client_secret_credential;
-pub use managed_identity::{MsiCredential, parse_msi_token};
-pub use method::{AUTO_ORDER, AuthMethod};
-pub use plan::{AuthRequest, DEFAULT_IMDS_ENDPOINT, Env, Redacted, Spec, Step, plan};
-pub use select::{Limits, Selected, select};
-pub use token_cache::{
-    CachedCredential, MAX_FRESH_TOKEN_DELAY, Rebuild, fresh_token_delay, refresh_at,
-};
-pub use workload_identity::FederatedTokenFile;
+pub(crate) use method::AuthMethod;
+pub(crate) use plan::{AuthRequest, Env};
+pub(crate) use select::{Limits, select};
 
 /// The scope of every token kvfs asks for.
-pub const VAULT_SCOPE: &str = "https://vault.azure.net/.default";
-/// The same as a managed-identity `resource`.
-pub const VAULT_RESOURCE: &str = "https://vault.azure.net";
+pub(crate) const VAULT_SCOPE: &str = "https://vault.azure.net/.default";

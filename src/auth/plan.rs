@@ -9,21 +9,22 @@ use super::azure_cli::find_on_path;
 use super::method::{AUTO_ORDER, AuthMethod};
 
 /// The instance metadata service, unless `--imds-endpoint`/`KVFS_IMDS_ENDPOINT` says otherwise.
-pub const DEFAULT_IMDS_ENDPOINT: &str = "http://169.254.169.254";
+pub(crate) const DEFAULT_IMDS_ENDPOINT: &str = "http://169.254.169.254";
 
 const TENANT: &str = "AZURE_TENANT_ID (or --tenant-id)";
 const CLIENT: &str = "AZURE_CLIENT_ID (or --client-id)";
 
 /// The environment variables credentials read. Empty values count as unset.
 #[derive(Clone, Debug, Default)]
-pub struct Env(HashMap<String, String>);
+pub(crate) struct Env(HashMap<String, String>);
 
 impl Env {
-    pub fn from_process() -> Env {
+    pub(crate) fn from_process() -> Env {
         Env(std::env::vars().collect())
     }
 
-    pub fn from_pairs<K: Into<String>, V: Into<String>>(
+    #[cfg(test)]
+    pub(crate) fn from_pairs<K: Into<String>, V: Into<String>>(
         pairs: impl IntoIterator<Item = (K, V)>,
     ) -> Env {
         Env(pairs
@@ -32,7 +33,7 @@ impl Env {
             .collect())
     }
 
-    pub fn get(&self, name: &str) -> Option<&str> {
+    pub(crate) fn get(&self, name: &str) -> Option<&str> {
         self.0
             .get(name)
             .map(String::as_str)
@@ -43,7 +44,7 @@ impl Env {
 /// What the command line says about identity (flags and `-o` already merged; the environment is
 /// consulted here, flags win).
 #[derive(Clone, Debug)]
-pub struct AuthRequest {
+pub(crate) struct AuthRequest {
     pub method: AuthMethod,
     pub client_id: Option<String>,
     pub tenant_id: Option<String>,
@@ -57,7 +58,7 @@ pub struct AuthRequest {
 
 /// A secret input: compared in tests, never shown by `Debug`.
 #[derive(Clone, PartialEq, Eq)]
-pub struct Redacted(pub String);
+pub(crate) struct Redacted(pub String);
 
 impl std::fmt::Debug for Redacted {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -67,7 +68,7 @@ impl std::fmt::Debug for Redacted {
 
 /// One method with its inputs present.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Spec {
+pub(crate) enum Spec {
     ClientSecret {
         tenant: String,
         client_id: String,
@@ -108,7 +109,7 @@ pub enum Spec {
 
 impl Spec {
     /// The method it is a form of.
-    pub fn method(&self) -> AuthMethod {
+    pub(crate) fn method(&self) -> AuthMethod {
         match self {
             Spec::ClientSecret { .. } => AuthMethod::ClientSecret,
             Spec::ClientCertificate { .. } => AuthMethod::ClientCertificate,
@@ -119,7 +120,7 @@ impl Spec {
     }
 
     /// How the error and log lines name it (`auto` distinguishes the two managed-identity forms).
-    pub fn label(&self) -> &'static str {
+    pub(crate) fn label(&self) -> &'static str {
         match self {
             Spec::Imds { .. } => "instance metadata",
             other => other.method().name(),
@@ -129,7 +130,7 @@ impl Spec {
 
 /// One step of the plan: a method to try, or why it cannot be.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Step {
+pub(crate) enum Step {
     Try(Spec),
     Skip { label: &'static str, reason: String },
 }
@@ -256,7 +257,7 @@ fn imds_endpoint(req: &AuthRequest, env: &Env) -> String {
 
 /// The methods to try, in order, each with its inputs or why it is skipped. Pure: no I/O but
 /// looking for `az` on the given PATH.
-pub fn plan(req: &AuthRequest, env: &Env) -> Result<Vec<Step>, String> {
+pub(crate) fn plan(req: &AuthRequest, env: &Env) -> Result<Vec<Step>, String> {
     if req.method != AuthMethod::Auto {
         return match inputs(req.method, req, env) {
             Ok(spec) => Ok(vec![Step::Try(spec)]),

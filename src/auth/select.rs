@@ -17,7 +17,7 @@ use crate::vault::refusals::TokenVerdicts;
 
 /// How long `auto` may wait for its probes.
 #[derive(Clone, Copy, Debug)]
-pub struct Limits {
+pub(crate) struct Limits {
     /// `az account get-access-token`, in the probe and for every later token.
     pub cli_timeout: Duration,
     /// The whole instance-metadata probe (one token request).
@@ -37,7 +37,7 @@ impl Default for Limits {
 }
 
 /// The credential chosen, and by which method.
-pub struct Selected {
+pub(crate) struct Selected {
     pub method: AuthMethod,
     pub credential: Arc<dyn TokenCredential>,
     /// The same credential, to be told which of its tokens the vault refused.
@@ -55,7 +55,7 @@ impl std::fmt::Debug for Selected {
 /// Decide the credential (probing the Azure CLI and the metadata service in `auto` mode) and
 /// build it. `http` is the shared client: the Entra ID credentials use it (same trust, same
 /// timeouts).
-pub async fn select(
+pub(crate) async fn select(
     req: &AuthRequest,
     env: &Env,
     http: &reqwest::Client,

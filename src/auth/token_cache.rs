@@ -39,7 +39,7 @@ fn mark_timeouts_transient(e: azure_core::Error) -> azure_core::Error {
 /// When a token obtained at `obtained` and expiring at `expires` should be replaced: 5 minutes
 /// before it expires, or halfway through its life when that is shorter than 10 minutes (so short
 /// test tokens are still reused, and still renewed while reads go on).
-pub fn refresh_at(obtained: OffsetDateTime, expires: OffsetDateTime) -> OffsetDateTime {
+pub(crate) fn refresh_at(obtained: OffsetDateTime, expires: OffsetDateTime) -> OffsetDateTime {
     let lifetime = expires - obtained;
     let margin = if lifetime < azure_core::time::Duration::minutes(10) {
         lifetime / 2
@@ -53,12 +53,12 @@ pub fn refresh_at(obtained: OffsetDateTime, expires: OffsetDateTime) -> OffsetDa
 const STALE_TOKEN_FLOOR: azure_core::time::Duration = azure_core::time::Duration::seconds(30);
 
 /// The longest wait between two fresh-token attempts while the vault refuses every token.
-pub const MAX_FRESH_TOKEN_DELAY: Duration = Duration::from_secs(60);
+pub(crate) const MAX_FRESH_TOKEN_DELAY: Duration = Duration::from_secs(60);
 
 /// How long to wait before the next fresh token after `strikes` refused tokens (or failed
 /// attempts) in a row: none after the first, then 1 s, 2 s, 4 s … up to
 /// [`MAX_FRESH_TOKEN_DELAY`]. A vault that refuses every token hears from kvfs about once a minute.
-pub fn fresh_token_delay(strikes: u32) -> Duration {
+pub(crate) fn fresh_token_delay(strikes: u32) -> Duration {
     match strikes {
         0 | 1 => Duration::ZERO,
         n => Duration::from_secs(1u64 << (n - 2).min(6)).min(MAX_FRESH_TOKEN_DELAY),
@@ -70,7 +70,7 @@ type Clock = Arc<dyn Fn() -> OffsetDateTime + Send + Sync>;
 /// Builds the credential a [`CachedCredential`] wraps afresh. The official credentials keep a
 /// token cache of their own (renewing only inside 5 minutes of expiry) that would hand back the
 /// very token the vault refused; a new credential has an empty one.
-pub type Rebuild = Arc<dyn Fn() -> Result<Arc<dyn TokenCredential>, String> + Send + Sync>;
+pub(crate) type Rebuild = Arc<dyn Fn() -> Result<Arc<dyn TokenCredential>, String> + Send + Sync>;
 
 struct CachedToken {
     token: AccessToken,
@@ -99,7 +99,7 @@ struct Strikes {
 /// the refused one from the credential's own cache. Fresh tokens after a refusal are spaced by
 /// [`fresh_token_delay`]; in between, `get_token` fails at once (the read is `EACCES`) without
 /// asking the token endpoint or the vault. The spacing resets when the vault accepts a token.
-pub struct CachedCredential {
+pub(crate) struct CachedCredential {
     inner: parking_lot::Mutex<Arc<dyn TokenCredential>>,
     rebuild: Option<Rebuild>,
     clock: Clock,
@@ -116,18 +116,18 @@ impl std::fmt::Debug for CachedCredential {
 }
 
 impl CachedCredential {
-    pub fn new(inner: Arc<dyn TokenCredential>) -> CachedCredential {
+    pub(crate) fn new(inner: Arc<dyn TokenCredential>) -> CachedCredential {
         Self::with_clock(inner, Arc::new(OffsetDateTime::now_utc))
     }
 
     /// A cache that builds its credential with `rebuild`, again after each refused token.
-    pub fn rebuildable(rebuild: Rebuild) -> Result<CachedCredential, String> {
+    pub(crate) fn rebuildable(rebuild: Rebuild) -> Result<CachedCredential, String> {
         let mut c = Self::new(rebuild()?);
         c.rebuild = Some(rebuild);
         Ok(c)
     }
 
-    pub fn with_clock(inner: Arc<dyn TokenCredential>, clock: Clock) -> CachedCredential {
+    pub(crate) fn with_clock(inner: Arc<dyn TokenCredential>, clock: Clock) -> CachedCredential {
         CachedCredential {
             inner: parking_lot::Mutex::new(inner),
             rebuild: None,

@@ -11,7 +11,7 @@ use azure_identity::ClientAssertion;
 /// The federated token, read from its file on every token request: kubelet rotates the file
 /// (hourly by default) and `WorkloadIdentityCredential` would keep an old one for 600 s.
 #[derive(Debug, Clone)]
-pub struct FederatedTokenFile {
+pub(crate) struct FederatedTokenFile {
     pub path: PathBuf,
 }
 

@@ -10,7 +10,7 @@ use crate::logging::{LineContext, LogFormat};
 
 /// Everything a mount needs, resolved and checked.
 #[derive(Clone, Debug)]
-pub struct MountSettings {
+pub(crate) struct MountSettings {
     pub vault_url: url::Url,
     pub mountpoint: PathBuf,
     pub foreground: bool,
@@ -47,7 +47,7 @@ pub struct MountSettings {
 
 impl MountSettings {
     /// What every JSON log line of this mount says about where it comes from.
-    pub fn log_context(&self) -> LineContext {
+    pub(crate) fn log_context(&self) -> LineContext {
         LineContext {
             mount: self.mountpoint.display().to_string(),
             vault: match self.vault_url.port() {
@@ -90,7 +90,11 @@ pub(crate) fn vault_url(vault: &str, cloud: Cloud) -> Result<url::Url, String> {
 impl MountArgs {
     /// The settings these arguments give a mount by `current_uid`/`current_gid`; a vault that
     /// is neither a vault name nor an https URL is refused in one line.
-    pub fn resolve(&self, current_uid: u32, current_gid: u32) -> Result<MountSettings, String> {
+    pub(crate) fn resolve(
+        &self,
+        current_uid: u32,
+        current_gid: u32,
+    ) -> Result<MountSettings, String> {
         Ok(MountSettings {
             vault_url: vault_url(&self.vault, self.cloud)?,
             mountpoint: self.mountpoint.clone(),

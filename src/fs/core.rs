@@ -23,7 +23,7 @@ use crate::vault::{Collection, ObjectProps, SecretValue};
 
 /// Ownership and modes of everything in the mount.
 #[derive(Clone, Debug)]
-pub struct Ownership {
+pub(crate) struct Ownership {
     pub uid: u32,
     pub gid: u32,
     pub file_mode: u16,
@@ -32,14 +32,14 @@ pub struct Ownership {
 
 impl Ownership {
     /// `--file-mode` unless given: the owner reads, nobody else.
-    pub const DEFAULT_FILE_MODE: u16 = 0o400;
+    pub(crate) const DEFAULT_FILE_MODE: u16 = 0o400;
     /// `--dir-mode` unless given: the owner lists and enters, nobody else.
-    pub const DEFAULT_DIR_MODE: u16 = 0o500;
+    pub(crate) const DEFAULT_DIR_MODE: u16 = 0o500;
 }
 
 /// How opens and reads reach the daemon (`--open-mode`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum OpenMode {
+pub(crate) enum OpenMode {
     /// Every open takes a snapshot of the value and every read of a current value is served from
     /// it (direct I/O): an open descriptor reads the bytes it opened, whatever rotates meanwhile.
     #[default]
@@ -52,7 +52,7 @@ pub enum OpenMode {
 
 /// How the kernel should treat a file just opened.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Opened {
+pub(crate) struct Opened {
     pub fh: u64,
     /// The bytes of this inode can never change (an explicit version): the page cache may keep
     /// them across opens. Otherwise reads bypass the page cache and come from the snapshot.
@@ -61,7 +61,7 @@ pub struct Opened {
 
 /// A directory just opened: a handle on its entries as they are now.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct OpenedDir {
+pub(crate) struct OpenedDir {
     pub fh: u64,
     /// The entries are those the previous open of this directory got, so whatever the kernel
     /// cached of them then is still right.
@@ -69,14 +69,14 @@ pub struct OpenedDir {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Kind {
+pub(crate) enum Kind {
     Dir,
     File,
 }
 
 /// Attributes of one inode, independent of fuser's types.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Attr {
+pub(crate) struct Attr {
     pub ino: u64,
     pub kind: Kind,
     pub size: u64,
@@ -89,13 +89,13 @@ pub struct Attr {
 
 /// An answer the kernel may cache for `ttl`.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Entry {
+pub(crate) struct Entry {
     pub attr: Attr,
     pub ttl: Duration,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct DirEntry {
+pub(crate) struct DirEntry {
     pub ino: u64,
     pub name: String,
     pub kind: Kind,
@@ -104,7 +104,7 @@ pub struct DirEntry {
 /// The bytes of a file, shared with the cache entry or the rendered memo they come from (a lookup
 /// or a read copies nothing).
 #[derive(Clone)]
-pub enum Bytes {
+pub(crate) enum Bytes {
     Secret(Arc<SecretValue>),
     Rendered(Arc<Vec<u8>>),
     CertFile(Arc<CertFiles>, &'static str),
@@ -122,7 +122,7 @@ impl std::ops::Deref for Bytes {
 }
 
 /// The bytes of one file as they are now, with the metadata of the object version they come from.
-pub struct FileContent {
+pub(crate) struct FileContent {
     pub bytes: Bytes,
     pub props: ObjectProps,
     /// Attributes beyond those of `props` (`user.kvfs.jwk` of a key).
@@ -177,11 +177,11 @@ const VERSIONED_HANDLE: u64 = 1 << 63;
 
 /// The longest name in the tree: Key Vault's limit on object names (version ids and the fixed
 /// names are shorter).
-pub const MAX_NAME_LEN: usize = 127;
+pub(crate) const MAX_NAME_LEN: usize = 127;
 
 /// A longer name cannot exist anywhere in the tree; saying `ENAMETOOLONG` (not `ENOENT`) tells
 /// the caller why, and costs no vault request.
-pub fn check_name_length(name: &[u8]) -> Result<(), FsError> {
+pub(crate) fn check_name_length(name: &[u8]) -> Result<(), FsError> {
     if name.len() > MAX_NAME_LEN {
         return Err(FsError::NameTooLong);
     }
@@ -192,7 +192,7 @@ fn handle_of(version: &str) -> u64 {
     VERSIONED_HANDLE | (fnv1a(version.bytes()) >> 1)
 }
 
-pub struct FsCore {
+pub(crate) struct FsCore {
     cache: Cache,
     inodes: Inodes,
     rendered: Rendered,
@@ -230,11 +230,12 @@ fn key_listed(props: &ObjectProps, kty: Option<&str>) -> bool {
 }
 
 impl FsCore {
-    pub fn new(cache: Cache, owner: Ownership, ttl: Duration) -> Self {
+    #[cfg(test)]
+    pub(crate) fn new(cache: Cache, owner: Ownership, ttl: Duration) -> Self {
         Self::with_open_mode(cache, owner, ttl, OpenMode::Snapshot)
     }
 
-    pub fn with_open_mode(
+    pub(crate) fn with_open_mode(
         cache: Cache,
         owner: Ownership,
         ttl: Duration,
@@ -257,18 +258,19 @@ impl FsCore {
     }
 
     /// At most `concurrency` prefetches in flight (`--prefetch-concurrency`; 0: no prefetch).
-    pub fn with_prefetch(mut self, concurrency: usize) -> Self {
+    pub(crate) fn with_prefetch(mut self, concurrency: usize) -> Self {
         self.prefetch = Prefetcher::new(self.cache.clone(), concurrency);
         self
     }
 
-    pub fn prefetcher(&self) -> &Prefetcher {
+    #[cfg(test)]
+    pub(crate) fn prefetcher(&self) -> &Prefetcher {
         &self.prefetch
     }
 
     /// Resume an inode table (a predecessor's, from its journal), and number directory handles
     /// from `generation << 32`: handles a predecessor gave out never collide with new ones.
-    pub fn resuming(mut self, inodes: Inodes, generation: u32) -> Self {
+    pub(crate) fn resuming(mut self, inodes: Inodes, generation: u32) -> Self {
         self.inodes = inodes;
         self.next_handle = AtomicU64::new((u64::from(generation) << 32) | 1);
         self
@@ -276,21 +278,21 @@ impl FsCore {
 
     /// Inodes of current values taken over from a predecessor (see
     /// [`Inodes::inherited_current`]).
-    pub fn inherited_current(&self) -> Vec<u64> {
+    pub(crate) fn inherited_current(&self) -> Vec<u64> {
         self.inodes.inherited_current()
     }
 
-    pub fn cache(&self) -> &Cache {
+    pub(crate) fn cache(&self) -> &Cache {
         &self.cache
     }
 
-    pub fn open_mode(&self) -> OpenMode {
+    pub(crate) fn open_mode(&self) -> OpenMode {
         self.open_mode
     }
 
     /// The inodes the kernel may hold for the current (latest-version) form of an object: the
     /// file, or a certificate's directory and its files. What to invalidate when it changes.
-    pub fn inodes_of_latest(&self, collection: Collection, name: &str) -> Vec<u64> {
+    pub(crate) fn inodes_of_latest(&self, collection: Collection, name: &str) -> Vec<u64> {
         let object = Node::Object {
             collection,
             name: name.to_string(),
@@ -313,7 +315,7 @@ impl FsCore {
     /// Where inode `ino` is in the tree, or the name `child` in it (a lookup): `secrets/db`,
     /// `certs/web/cert.pem`. What a failure's log line names (names are not secrets; values
     /// are). `None` for an inode this process does not know.
-    pub fn path_of(&self, ino: u64, child: Option<&str>) -> Option<String> {
+    pub(crate) fn path_of(&self, ino: u64, child: Option<&str>) -> Option<String> {
         let path = self.inodes.node(ino)?.path();
         Some(match child {
             None => path,
@@ -323,7 +325,7 @@ impl FsCore {
     }
 
     /// The inode of a collection's directory (`secrets`, `keys`, `certs`).
-    pub fn collection_inode(&self, collection: Collection) -> Option<u64> {
+    pub(crate) fn collection_inode(&self, collection: Collection) -> Option<u64> {
         self.inodes.existing(&Node::Collection(collection))
     }
 
@@ -521,7 +523,7 @@ impl FsCore {
         }
     }
 
-    pub async fn lookup(&self, parent: u64, name: &str) -> Result<Entry, FsError> {
+    pub(crate) async fn lookup(&self, parent: u64, name: &str) -> Result<Entry, FsError> {
         check_name_length(name.as_bytes())?;
         let parent_node = self.inodes.node(parent).ok_or(FsError::BadHandle)?;
         if !parent_node.is_dir() {
@@ -538,13 +540,13 @@ impl FsCore {
         Ok(self.attr(ino, &resolved))
     }
 
-    pub async fn getattr(&self, ino: u64) -> Result<Entry, FsError> {
+    pub(crate) async fn getattr(&self, ino: u64) -> Result<Entry, FsError> {
         let node = self.inodes.node(ino).ok_or(FsError::BadHandle)?;
         let resolved = self.resolve(&node).await?;
         Ok(self.attr(ino, &resolved))
     }
 
-    pub fn forget(&self, ino: u64, lookups: u64) {
+    pub(crate) fn forget(&self, ino: u64, lookups: u64) {
         self.inodes.forget(ino, lookups);
     }
 
@@ -654,7 +656,7 @@ impl FsCore {
     }
 
     /// Open a directory: list it now (through the cache) and keep the entries for its READDIRs.
-    pub async fn opendir(&self, ino: u64) -> Result<OpenedDir, FsError> {
+    pub(crate) async fn opendir(&self, ino: u64) -> Result<OpenedDir, FsError> {
         let entries = Arc::new(self.readdir(ino).await?);
         let digest = fnv1a(entries.iter().flat_map(|e| {
             e.name
@@ -680,13 +682,17 @@ impl FsCore {
     }
 
     /// The entries an open directory handle holds.
-    pub fn dir_entries(&self, fh: u64) -> Option<Arc<Vec<DirEntry>>> {
+    pub(crate) fn dir_entries(&self, fh: u64) -> Option<Arc<Vec<DirEntry>>> {
         self.dir_handles.lock().get(&fh).cloned()
     }
 
     /// The entries of a directory handle this process never opened (a predecessor did): the
     /// directory is listed again, under the same handle.
-    pub async fn reopen_dir(&self, ino: u64, fh: u64) -> Result<Arc<Vec<DirEntry>>, FsError> {
+    pub(crate) async fn reopen_dir(
+        &self,
+        ino: u64,
+        fh: u64,
+    ) -> Result<Arc<Vec<DirEntry>>, FsError> {
         let entries = Arc::new(self.readdir(ino).await?);
         self.listed(ino, &entries, false);
         let mut handles = self.dir_handles.lock();
@@ -697,7 +703,7 @@ impl FsCore {
         Ok(held.clone())
     }
 
-    pub fn releasedir(&self, fh: u64) {
+    pub(crate) fn releasedir(&self, fh: u64) {
         if self.dir_handles.lock().remove(&fh).is_some() {
             metrics::handles(-1);
         }
@@ -705,7 +711,7 @@ impl FsCore {
 
     /// Open a file for reading: the handle holds the bytes as they are now, so a rotation while
     /// the file is open never tears a read.
-    pub async fn open(&self, ino: u64, write: bool) -> Result<Opened, FsError> {
+    pub(crate) async fn open(&self, ino: u64, write: bool) -> Result<Opened, FsError> {
         if write {
             return Err(FsError::ReadOnly);
         }
@@ -734,14 +740,14 @@ impl FsCore {
 
     /// Bytes of an open handle (snapshot mode); `None` when this process never opened it (see
     /// [`FsCore::read_reopened`]).
-    pub fn read(&self, ino: u64, fh: u64, offset: u64, size: u32) -> Option<Vec<u8>> {
+    pub(crate) fn read(&self, ino: u64, fh: u64, offset: u64, size: u32) -> Option<Vec<u8>> {
         let handles = self.handles.lock();
         let file = handles.get(&(ino, fh))?;
         Some(slice(&file.content.bytes, offset, size).to_vec())
     }
 
     /// Bytes of a handle a predecessor opened: the version the handle names, fetched again.
-    pub async fn read_reopened(
+    pub(crate) async fn read_reopened(
         &self,
         ino: u64,
         fh: u64,
@@ -798,7 +804,12 @@ impl FsCore {
 
     /// Bytes of an inode as they are now: reads without an open handle (cached mode, where the
     /// kernel fills its page cache with them). One read is answered from one version.
-    pub async fn read_inode(&self, ino: u64, offset: u64, size: u32) -> Result<Vec<u8>, FsError> {
+    pub(crate) async fn read_inode(
+        &self,
+        ino: u64,
+        offset: u64,
+        size: u32,
+    ) -> Result<Vec<u8>, FsError> {
         let node = self.inodes.node(ino).ok_or(FsError::BadHandle)?;
         match self.resolve(&node).await? {
             Resolved::File { content, .. } => Ok(slice(&content.bytes, offset, size).to_vec()),
@@ -806,7 +817,7 @@ impl FsCore {
         }
     }
 
-    pub fn release(&self, ino: u64, fh: u64) {
+    pub(crate) fn release(&self, ino: u64, fh: u64) {
         let mut handles = self.handles.lock();
         if let Some(file) = handles.get_mut(&(ino, fh)) {
             metrics::handles(-1);
@@ -818,7 +829,8 @@ impl FsCore {
     }
 
     /// Open file handles (for tests and metrics).
-    pub fn open_handles(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn open_handles(&self) -> usize {
         self.handles.lock().values().map(|f| f.opens as usize).sum()
     }
 
@@ -839,7 +851,7 @@ impl FsCore {
     }
 
     /// `user.kvfs.version`, `content_type`, `updated`, `expires`, `tags.<tag>` (and `jwk` on keys).
-    pub async fn listxattr(&self, ino: u64) -> Result<Vec<String>, FsError> {
+    pub(crate) async fn listxattr(&self, ino: u64) -> Result<Vec<String>, FsError> {
         Ok(self
             .xattrs_of(ino)
             .await?
@@ -848,7 +860,7 @@ impl FsCore {
             .collect())
     }
 
-    pub async fn getxattr(&self, ino: u64, name: &str) -> Result<Vec<u8>, FsError> {
+    pub(crate) async fn getxattr(&self, ino: u64, name: &str) -> Result<Vec<u8>, FsError> {
         // `ls -l` asks every file for `security.selinux` and ACLs: answer those without
         // resolving the object, as unsupported, which tells `ls` not to ask again.
         if !name.starts_with(XATTR_PREFIX) {

@@ -10,7 +10,7 @@ use crate::vault::VaultError;
 /// never holds a value: vault errors describe secret bundles by position only, and render errors
 /// describe what failed, never the material.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum Cause {
+pub(crate) enum Cause {
     /// The vault refused or failed the request.
     #[error(transparent)]
     Vault(Arc<VaultError>),
@@ -23,7 +23,7 @@ pub enum Cause {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum FsError {
+pub(crate) enum FsError {
     /// No such object, an invalid name, a disabled or certificate-backed object.
     #[error("no such file or directory")]
     NotFound,
@@ -57,7 +57,7 @@ pub enum FsError {
 }
 
 impl FsError {
-    pub fn errno(&self) -> i32 {
+    pub(crate) fn errno(&self) -> i32 {
         match self {
             FsError::NotFound => libc::ENOENT,
             FsError::AccessDenied(_) => libc::EACCES,
@@ -74,14 +74,14 @@ impl FsError {
 
     /// The errno's symbolic name (`EIO`), for log fields an operator filters on: the same
     /// names the metrics' `errno` label uses.
-    pub fn errno_name(&self) -> &'static str {
+    pub(crate) fn errno_name(&self) -> &'static str {
         crate::metrics::errno_name(self.errno())
     }
 
     /// What went wrong below the filesystem, for the failures that have a cause (`EIO`,
     /// `EACCES`). The other errors are answers about the tree itself (no such name, read-only)
     /// and have none.
-    pub fn cause(&self) -> Option<&Cause> {
+    pub(crate) fn cause(&self) -> Option<&Cause> {
         match self {
             FsError::AccessDenied(cause) | FsError::Io(cause) => Some(cause),
             _ => None,

@@ -12,7 +12,7 @@ use parking_lot::Mutex;
 use super::journal::{Journal, Record, Replayed};
 use super::node::Node;
 
-pub const ROOT: u64 = 1;
+pub(crate) const ROOT: u64 = 1;
 
 /// Lookup count of an inode taken over from a predecessor: the kernel's real count was not
 /// journaled (it changes on every lookup), so the inode is kept for the life of this process.
@@ -30,7 +30,7 @@ struct Table {
     next: u64,
 }
 
-pub struct Inodes {
+pub(crate) struct Inodes {
     table: Mutex<Table>,
     journal: Option<Arc<Journal>>,
     /// A failed journal write is logged once: the mount works on, only a restart would lose
@@ -97,7 +97,7 @@ impl Table {
 impl Inodes {
     /// The table a predecessor journaled, written on to the same journal. Paths that name no
     /// node (a journal from a different tree) are skipped.
-    pub fn resume(journal: Arc<Journal>, replayed: Replayed) -> Inodes {
+    pub(crate) fn resume(journal: Arc<Journal>, replayed: Replayed) -> Inodes {
         let mut inodes = Inodes::default();
         {
             let t = inodes.table.get_mut();
@@ -126,7 +126,7 @@ impl Inodes {
     }
 
     /// An empty table written to `journal`.
-    pub fn journaled(journal: Arc<Journal>) -> Inodes {
+    pub(crate) fn journaled(journal: Arc<Journal>) -> Inodes {
         Inodes {
             journal: Some(journal),
             ..Inodes::default()
@@ -163,7 +163,7 @@ impl Inodes {
     }
 
     /// The inode of `node`, created if new; counts one kernel lookup when `count_lookup`.
-    pub fn get_or_insert(&self, node: &Node, count_lookup: bool) -> u64 {
+    pub(crate) fn get_or_insert(&self, node: &Node, count_lookup: bool) -> u64 {
         let mut new = Vec::new();
         let mut t = self.table.lock();
         let ino = t.get_or_insert(node, &mut new);
@@ -175,12 +175,15 @@ impl Inodes {
     }
 
     /// Inode number without counting a lookup (readdir entries).
-    pub fn peek_or_insert(&self, node: &Node) -> u64 {
+    pub(crate) fn peek_or_insert(&self, node: &Node) -> u64 {
         self.get_or_insert(node, false)
     }
 
     /// Inode numbers of many nodes without counting lookups (a listing): one journal write.
-    pub fn peek_or_insert_all<'a>(&self, nodes: impl IntoIterator<Item = &'a Node>) -> Vec<u64> {
+    pub(crate) fn peek_or_insert_all<'a>(
+        &self,
+        nodes: impl IntoIterator<Item = &'a Node>,
+    ) -> Vec<u64> {
         let mut new = Vec::new();
         let mut t = self.table.lock();
         let inos = nodes
@@ -193,16 +196,16 @@ impl Inodes {
 
     /// The inode of `node` if the kernel may know it (no insertion): what to invalidate when
     /// the object changes.
-    pub fn existing(&self, node: &Node) -> Option<u64> {
+    pub(crate) fn existing(&self, node: &Node) -> Option<u64> {
         self.table.lock().by_key.get(&node.key()).copied()
     }
 
-    pub fn node(&self, ino: u64) -> Option<Node> {
+    pub(crate) fn node(&self, ino: u64) -> Option<Node> {
         self.table.lock().by_ino.get(&ino).map(|s| s.node.clone())
     }
 
     /// The kernel forgot `n` lookups of `ino`.
-    pub fn forget(&self, ino: u64, n: u64) {
+    pub(crate) fn forget(&self, ino: u64, n: u64) {
         let mut t = self.table.lock();
         let remove = match t.by_ino.get_mut(&ino) {
             Some(slot) => {
@@ -219,7 +222,7 @@ impl Inodes {
 
     /// Inodes taken over from a predecessor that show a current value (no explicit version):
     /// what the kernel may still hold attributes and pages of, as the predecessor saw them.
-    pub fn inherited_current(&self) -> Vec<u64> {
+    pub(crate) fn inherited_current(&self) -> Vec<u64> {
         self.table
             .lock()
             .by_ino
@@ -231,14 +234,6 @@ impl Inodes {
             })
             .map(|(ino, _)| *ino)
             .collect()
-    }
-
-    pub fn len(&self) -> usize {
-        self.table.lock().by_ino.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 

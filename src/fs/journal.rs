@@ -34,7 +34,7 @@ const CHECKPOINT_MIN_BYTES: u64 = 1 << 20;
 
 /// One change of the inode table.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Record {
+pub(crate) enum Record {
     Insert {
         ino: u64,
         path: String,
@@ -50,7 +50,7 @@ pub enum Record {
 
 /// The table a journal describes.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Replayed {
+pub(crate) struct Replayed {
     /// Live inodes and their paths, by number.
     pub live: Vec<(u64, String)>,
     /// The next inode number to hand out.
@@ -65,7 +65,7 @@ struct Position {
     checkpoint_bytes: u64,
 }
 
-pub struct Journal {
+pub(crate) struct Journal {
     file: File,
     position: Mutex<Position>,
 }
@@ -157,7 +157,7 @@ fn apply(records: &[Record]) -> Replayed {
 
 impl Journal {
     /// A new, empty journal.
-    pub fn create() -> io::Result<Journal> {
+    pub(crate) fn create() -> io::Result<Journal> {
         let fd = memfd_create("kvfs-inodes", MFdFlags::MFD_CLOEXEC)?;
         let file = File::from(fd);
         let mut header = MAGIC.to_vec();
@@ -175,7 +175,7 @@ impl Journal {
 
     /// Take over a journal another process wrote: replay it, and append after its last whole
     /// record.
-    pub fn adopt(fd: OwnedFd) -> io::Result<(Journal, Replayed)> {
+    pub(crate) fn adopt(fd: OwnedFd) -> io::Result<(Journal, Replayed)> {
         let file = File::from(fd);
         let mut header = [0u8; HEADER_LEN as usize];
         file.read_exact_at(&mut header, 0)?;
@@ -209,7 +209,7 @@ impl Journal {
     }
 
     /// Append records (one write). Returns whether a checkpoint is due.
-    pub fn append(&self, records: &[Record]) -> io::Result<bool> {
+    pub(crate) fn append(&self, records: &[Record]) -> io::Result<bool> {
         let mut buf = Vec::new();
         encode(records, &mut buf);
         let mut p = self.position.lock();
@@ -222,7 +222,7 @@ impl Journal {
     /// Rewrite the live table after everything else, start replay there and free what came
     /// before. A process killed midway leaves the old start in place, and replaying old records
     /// followed by part of a checkpoint gives the same table.
-    pub fn checkpoint(
+    pub(crate) fn checkpoint(
         &self,
         live: impl Iterator<Item = (u64, String)>,
         next: u64,
@@ -258,7 +258,7 @@ impl Journal {
     }
 
     /// A second descriptor of the same journal, for the supervisor or a successor.
-    pub fn try_clone_fd(&self) -> io::Result<OwnedFd> {
+    pub(crate) fn try_clone_fd(&self) -> io::Result<OwnedFd> {
         Ok(self.file.try_clone()?.into())
     }
 }

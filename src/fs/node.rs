@@ -3,12 +3,12 @@
 use crate::vault::{Collection, valid_name, valid_version};
 
 /// The files a certificate directory can have, in listing order.
-pub const CERT_FILES: [&str; 6] = crate::render::cert::CertFiles::NAMES;
+pub(crate) const CERT_FILES: [&str; 6] = crate::render::cert::CertFiles::NAMES;
 
 /// One node of the tree. Object names are kept as the caller spelled them; identity (and the inode
 /// number) uses [`Node::key`], which folds case because Key Vault names are case-insensitive.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub enum Node {
+pub(crate) enum Node {
     Root,
     /// `/secrets`, `/keys`, `/certs`.
     Collection(Collection),
@@ -37,7 +37,7 @@ pub enum Node {
 }
 
 /// Directory names of the collections in the tree (`certs`, not `certificates`).
-pub fn collection_dir(c: Collection) -> &'static str {
+pub(crate) fn collection_dir(c: Collection) -> &'static str {
     match c {
         Collection::Secrets => "secrets",
         Collection::Keys => "keys",
@@ -53,14 +53,14 @@ const COLLECTIONS: [Collection; 3] = [
 
 impl Node {
     /// The explicit version an object node names (`versions/...`); `None` for current values.
-    pub fn version(&self) -> Option<&str> {
+    pub(crate) fn version(&self) -> Option<&str> {
         match self {
             Node::Object { version, .. } | Node::CertFile { version, .. } => version.as_deref(),
             _ => None,
         }
     }
 
-    pub fn is_dir(&self) -> bool {
+    pub(crate) fn is_dir(&self) -> bool {
         match self {
             Node::Object { collection, .. } => *collection == Collection::Certificates,
             Node::CertFile { .. } => false,
@@ -69,7 +69,7 @@ impl Node {
     }
 
     /// Identity of the node: names and versions folded to lower case.
-    pub fn key(&self) -> Node {
+    pub(crate) fn key(&self) -> Node {
         let lower = |s: &String| s.to_ascii_lowercase();
         match self {
             Node::Object {
@@ -100,7 +100,7 @@ impl Node {
 
     /// The child called `name`, if it can exist. `None` means ENOENT with no vault call:
     /// a fixed directory without that entry, or a name the vault cannot have.
-    pub fn child(&self, name: &str) -> Option<Node> {
+    pub(crate) fn child(&self, name: &str) -> Option<Node> {
         match self {
             Node::Root => COLLECTIONS
                 .into_iter()
@@ -145,7 +145,7 @@ impl Node {
     }
 
     /// The directory this node is in.
-    pub fn parent(&self) -> Node {
+    pub(crate) fn parent(&self) -> Node {
         match self {
             Node::Root | Node::Collection(_) | Node::Versions => Node::Root,
             Node::VersionsOf(_) => Node::Versions,
@@ -173,7 +173,7 @@ impl Node {
 
     /// The same file or directory at an explicit version (`secrets/db` becomes
     /// `versions/secrets/db/<version>`); other nodes are returned unchanged.
-    pub fn at_version(&self, version: &str) -> Node {
+    pub(crate) fn at_version(&self, version: &str) -> Node {
         match self {
             Node::Object {
                 collection, name, ..
@@ -208,7 +208,7 @@ impl Node {
     /// The path from the mount's root ("secrets/db", "versions/certs/web/<version>/cert.pem"):
     /// how the inode journal names a node, so that a successor process can find it again with
     /// [`Node::from_path`].
-    pub fn path(&self) -> String {
+    pub(crate) fn path(&self) -> String {
         if *self == Node::Root {
             return String::new();
         }
@@ -222,7 +222,7 @@ impl Node {
 
     /// The node at `path` (as [`Node::path`] writes it), walking down from the root; `None` when
     /// some component cannot exist.
-    pub fn from_path(path: &str) -> Option<Node> {
+    pub(crate) fn from_path(path: &str) -> Option<Node> {
         if path.is_empty() {
             return Some(Node::Root);
         }
@@ -231,7 +231,7 @@ impl Node {
     }
 
     /// The fixed children of a fixed directory.
-    pub fn fixed_children(&self) -> Vec<(String, Node)> {
+    pub(crate) fn fixed_children(&self) -> Vec<(String, Node)> {
         match self {
             Node::Root => COLLECTIONS
                 .into_iter()

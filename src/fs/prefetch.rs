@@ -46,29 +46,29 @@ use crate::vault::{Collection, VaultError};
 
 /// Fetches in flight at most (`--prefetch-concurrency`): with 16, a vault that answers in 20 ms
 /// gets up to 800 requests a second, more than the budget below allows.
-pub const DEFAULT_CONCURRENCY: usize = 16;
+pub(crate) const DEFAULT_CONCURRENCY: usize = 16;
 /// The largest `--prefetch-concurrency` accepted.
-pub const MAX_CONCURRENCY: usize = 256;
+pub(crate) const MAX_CONCURRENCY: usize = 256;
 
 /// Key Vault's service limit is 4,000 GETs per 10 s per vault; prefetch takes at most this
 /// many per [`WINDOW`], leaving a quarter to the mount's readers and the vault's other clients.
-pub const BUDGET: u32 = 3_000;
-pub const WINDOW: Duration = Duration::from_secs(10);
+pub(crate) const BUDGET: u32 = 3_000;
+pub(crate) const WINDOW: Duration = Duration::from_secs(10);
 /// Tokens the bucket holds when full: what a small directory gets at once. The bucket refills
 /// at `(BUDGET - BURST) / WINDOW`, so no window of 10 s ever holds more than [`BUDGET`].
-pub const BURST: u32 = 300;
+pub(crate) const BURST: u32 = 300;
 
 /// Lookups in listing order that make a run worth prefetching for.
-pub const TRIGGER: usize = 4;
+pub(crate) const TRIGGER: usize = 4;
 /// How far apart (in listing places) two lookups of one run may be: names whose attributes the
 /// kernel still holds are not looked up again.
-pub const MAX_GAP: usize = 16;
+pub(crate) const MAX_GAP: usize = 16;
 /// A lookup later than this after the previous one starts a new run.
-pub const RUN_IDLE: Duration = Duration::from_secs(5);
+pub(crate) const RUN_IDLE: Duration = Duration::from_secs(5);
 /// The furthest prefetch runs ahead of the last name looked up.
-pub const MAX_AHEAD: usize = 1024;
+pub(crate) const MAX_AHEAD: usize = 1024;
 /// How long prefetch stops after a fetch failed for another reason than a missing object.
-pub const PAUSE: Duration = Duration::from_secs(30);
+pub(crate) const PAUSE: Duration = Duration::from_secs(30);
 
 /// Vault calls a fetch of `collection` costs (a certificate is read with its backing secret).
 fn cost(collection: Collection) -> u32 {
@@ -130,7 +130,7 @@ struct Shared {
 
 /// Counters, for tests and the log.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct PrefetchStats {
+pub(crate) struct PrefetchStats {
     /// Prefetches that called the vault.
     pub fetched: u64,
     /// Names looked up before the prefetch reached them (charged to the budget).
@@ -141,14 +141,14 @@ pub struct PrefetchStats {
 
 /// Prefetch of listed names for a run of lookups (module docs). Cloning shares it.
 #[derive(Clone)]
-pub struct Prefetcher {
+pub(crate) struct Prefetcher {
     shared: Arc<Shared>,
 }
 
 impl Prefetcher {
     /// A prefetcher on `cache` with at most `concurrency` fetches in flight; 0 turns prefetch
     /// off (lookups and listings are then not even tracked).
-    pub fn new(cache: Cache, concurrency: usize) -> Prefetcher {
+    pub(crate) fn new(cache: Cache, concurrency: usize) -> Prefetcher {
         Prefetcher {
             shared: Arc::new(Shared {
                 cache,
@@ -165,17 +165,23 @@ impl Prefetcher {
         }
     }
 
-    pub fn enabled(&self) -> bool {
+    pub(crate) fn enabled(&self) -> bool {
         self.shared.concurrency > 0
     }
 
-    pub fn stats(&self) -> PrefetchStats {
+    #[cfg(test)]
+    pub(crate) fn stats(&self) -> PrefetchStats {
         self.shared.stats.lock().clone()
     }
 
     /// A collection directory was opened with these entries. An unchanged listing keeps the run
     /// under way (another `opendir` of the same directory while `ls -l` runs).
-    pub fn listed(&self, collection: Collection, entries: Arc<Vec<DirEntry>>, unchanged: bool) {
+    pub(crate) fn listed(
+        &self,
+        collection: Collection,
+        entries: Arc<Vec<DirEntry>>,
+        unchanged: bool,
+    ) {
         if !self.enabled() {
             return;
         }
@@ -206,7 +212,7 @@ impl Prefetcher {
 
     /// A LOOKUP of `name` in a collection directory, before it is answered: extend or start a
     /// run, and fetch ahead of a run long enough. Never waits.
-    pub fn looked_up(&self, collection: Collection, name: &str) {
+    pub(crate) fn looked_up(&self, collection: Collection, name: &str) {
         if !self.enabled() {
             return;
         }
@@ -353,7 +359,7 @@ impl Prefetcher {
 
     /// Pace a fetch that a listing itself needs (the key type check of `keys/`): wait for the
     /// budget unless the cache answers without a call. Not limited when prefetch is off.
-    pub async fn pace(&self, collection: Collection, name: &str) {
+    pub(crate) async fn pace(&self, collection: Collection, name: &str) {
         if self.enabled()
             && self
                 .shared

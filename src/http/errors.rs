@@ -12,7 +12,7 @@ const NOT_RETRIED: &str = "non-transport error occurred which will not be retrie
 /// Every message down an error's `source()` chain on one line, each said once: the SDK's top
 /// message is generic ("non-transport error occurred which will not be retried") and the reason
 /// (e.g. `AADSTS7000215: Invalid client secret provided.`) sits further down.
-pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+pub(crate) fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
     let mut parts: Vec<String> = Vec::new();
     let mut next = Some(err);
     while let Some(e) = next {
@@ -47,7 +47,7 @@ pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
 }
 
 /// `text` cut to `MAX_MESSAGE_LEN` bytes (on a character boundary), marked with `…` when cut.
-pub fn clip(mut text: String) -> String {
+pub(crate) fn clip(mut text: String) -> String {
     if text.len() > MAX_MESSAGE_LEN {
         let mut end = MAX_MESSAGE_LEN;
         while !text.is_char_boundary(end) {

@@ -3,16 +3,16 @@
 //! retry policy of every Azure pipeline ([`retry`]), and the one-line wording of an error's cause
 //! chain ([`errors`]). It imports nothing from the rest of the crate, so both layers can use it.
 
-pub mod errors;
-pub mod retry;
+pub(crate) mod errors;
+pub(crate) mod retry;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use azure_core::http::{ClientOptions, Transport};
 
-pub use errors::error_chain;
-pub use retry::{RETRY_INITIAL_DELAY, RETRY_MAX_DELAY, retry_options};
+pub(crate) use errors::error_chain;
+pub(crate) use retry::{RETRY_MAX_DELAY, retry_options};
 
 /// Retries after the first attempt, unless the caller says otherwise.
 pub const DEFAULT_MAX_RETRIES: u32 = 2;
@@ -56,7 +56,7 @@ pub fn http_client(extra_ca_pem: &[Vec<u8>], timeout: Duration) -> Result<reqwes
 /// `ClientOptions` for a credential's own pipeline: the shared HTTP client (same trust, same
 /// timeouts) and the same bounded retries, so a token endpoint outage surfaces as quickly as a
 /// vault outage.
-pub fn credential_client_options(http: &reqwest::Client) -> ClientOptions {
+pub(crate) fn credential_client_options(http: &reqwest::Client) -> ClientOptions {
     ClientOptions {
         transport: Some(Transport::new(Arc::new(http.clone()))),
         retry: retry_options(DEFAULT_MAX_RETRIES, DEFAULT_REQUEST_TIMEOUT),

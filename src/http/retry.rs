@@ -18,13 +18,13 @@ use azure_core::http::policies::{RetryHeaders, RetryPolicy};
 use azure_core::http::{RetryOptions, StatusCode};
 
 /// First retry delay; doubles per retry.
-pub const RETRY_INITIAL_DELAY: Duration = Duration::from_millis(200);
+pub(crate) const RETRY_INITIAL_DELAY: Duration = Duration::from_millis(200);
 /// No retry waits longer than this, whatever `Retry-After` says: a throttled or failing vault is
 /// reported (and the stale value served) rather than waited out.
-pub const RETRY_MAX_DELAY: Duration = Duration::from_secs(2);
+pub(crate) const RETRY_MAX_DELAY: Duration = Duration::from_secs(2);
 
 /// The bounded retry policy described in the module docs, for any `ClientOptions`.
-pub fn retry_options(max_retries: u32, request_timeout: Duration) -> RetryOptions {
+pub(crate) fn retry_options(max_retries: u32, request_timeout: Duration) -> RetryOptions {
     RetryOptions::custom(Arc::new(BoundedRetry {
         max_retries,
         max_elapsed: request_timeout,

@@ -25,7 +25,7 @@ use crate::fusedev;
 /// `request_timeout` (seconds) goes into the reply when this one answers: see
 /// [`fusedev::set_request_timeout`].
 #[allow(clippy::too_many_arguments)]
-pub fn session<FS: fuser::Filesystem>(
+pub(crate) fn session<FS: fuser::Filesystem>(
     filesystem: FS,
     connection: BorrowedFd<'_>,
     reader: OwnedFd,

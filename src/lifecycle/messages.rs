@@ -8,7 +8,7 @@ use crate::metrics::WorkerStarts;
 /// What an earlier worker of the same mount chose, so a restarted one starts at once: the auth
 /// method `auto` settled on (no second round of probing), the tenant learned from the vault.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Hints {
+pub(crate) struct Hints {
     pub auth: Option<String>,
     pub tenant_id: Option<String>,
 }
@@ -17,7 +17,7 @@ pub struct Hints {
 /// `/dev/fuse`, the inode journal, then `readers` clones of `/dev/fuse` that the supervisor keeps
 /// open, one per session thread, then the metrics listener when `metrics` says so.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Serve {
+pub(crate) struct Serve {
     /// The INIT request the kernel sent when the mount was made.
     pub init: Vec<u8>,
     /// Whether a worker already answered it (every worker but the first).
@@ -39,7 +39,7 @@ pub struct Serve {
 /// Whether a preparing worker gets its first token before it says it is prepared.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum FirstToken {
+pub(crate) enum FirstToken {
     /// A new mount fetches nothing before it is used.
     Later,
     /// Replacing a dead worker: readers are waiting, so try (bounded), but serve either way: a
@@ -53,7 +53,7 @@ pub enum FirstToken {
 /// Supervisor to worker.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "msg", rename_all = "snake_case")]
-pub enum ToWorker {
+pub(crate) enum ToWorker {
     /// Build the credential, the vault client and the cache; answer `Prepared` or `Failed`.
     Prepare {
         hints: Hints,
@@ -68,7 +68,7 @@ pub enum ToWorker {
 /// Worker to supervisor.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "msg", rename_all = "snake_case")]
-pub enum FromWorker {
+pub(crate) enum FromWorker {
     Prepared {
         hints: Hints,
     },
@@ -86,7 +86,7 @@ pub enum FromWorker {
 /// (the successor), over the control socket.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "msg", rename_all = "snake_case")]
-pub enum Handoff {
+pub(crate) enum Handoff {
     /// Successor: who I am and what I would serve.
     Hello {
         version: String,

@@ -4,11 +4,10 @@
 //! handover of a live mount to a new binary ([`handoff`]). doc/DESIGN-restarts.md explains the
 //! choices; doc/SEMANTICS.md says what survives what.
 
-pub mod adopt;
-pub mod gate;
-pub mod handoff;
-pub mod messages;
-pub mod paths;
-pub mod sd_notify;
-pub mod supervisor;
-pub mod worker;
+pub(crate) mod adopt;
+pub(crate) mod handoff;
+pub(crate) mod messages;
+pub(crate) mod paths;
+pub(crate) mod sd_notify;
+pub(crate) mod supervisor;
+pub(crate) mod worker;

@@ -11,7 +11,7 @@ const MAX_SOCKET_PATH: usize = 100;
 /// `path` made absolute without touching the filesystem at it (a dead FUSE mount hangs a stat):
 /// joined to the current directory, `.` and `..` resolved lexically, the parent directory's own
 /// symlinks resolved when it can be read.
-pub fn absolute(path: &Path) -> PathBuf {
+pub(crate) fn absolute(path: &Path) -> PathBuf {
     let joined = if path.is_absolute() {
         path.to_path_buf()
     } else {
@@ -40,7 +40,7 @@ pub fn absolute(path: &Path) -> PathBuf {
 
 /// systemd's path escaping (`systemd-escape --path`): `/var/lib/kvfs/my-vault` becomes
 /// `var-lib-kvfs-my\x2dvault`, so distinct paths give distinct names.
-pub fn escape(path: &Path) -> String {
+pub(crate) fn escape(path: &Path) -> String {
     let text = path.as_os_str().as_bytes();
     let trimmed = text.strip_prefix(b"/").unwrap_or(text);
     let trimmed = trimmed.strip_suffix(b"/").unwrap_or(trimmed);
@@ -64,7 +64,7 @@ pub fn escape(path: &Path) -> String {
 /// The default control socket of `mountpoint` (absolute): under `/run/kvfs` for root, else
 /// under `$XDG_RUNTIME_DIR/kvfs` (or `/tmp/kvfs-<uid>`). Names too long for a socket path are
 /// replaced by a digest of the mountpoint.
-pub fn control_socket(mountpoint: &Path, euid: u32, runtime_dir: Option<&OsStr>) -> PathBuf {
+pub(crate) fn control_socket(mountpoint: &Path, euid: u32, runtime_dir: Option<&OsStr>) -> PathBuf {
     let dir = if euid == 0 {
         PathBuf::from("/run/kvfs")
     } else {

@@ -7,7 +7,7 @@ use std::os::unix::net::UnixDatagram;
 
 /// Send `state` ("READY=1", "STOPPING=1", ...) when systemd asked for notifications; otherwise
 /// do nothing. Failures are not errors: the mount works the same without.
-pub fn notify(state: &str) {
+pub(crate) fn notify(state: &str) {
     let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
         return;
     };

@@ -25,11 +25,11 @@ use super::messages::{FirstToken, FromWorker, Hints, Serve, ToWorker};
 use super::worker::WORKER_FD_ENV;
 use super::{handoff, paths, sd_notify};
 use crate::cli::{AfterHandoff, MountSettings};
+use crate::daemon::Readiness;
 use crate::fs::journal::Journal;
 use crate::fusedev::{self, Liveness};
 use crate::ipc::{Channel, Listener, Received};
 use crate::metrics::WorkerStarts;
-use crate::mount::Readiness;
 
 /// Longest a worker may take to build its credential and vault client (`auto` probing is
 /// bounded well below this).
@@ -58,7 +58,7 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The test suite's switch for kernels without `FUSE_NOTIFY_RESEND`: workers read through
 /// private clones, as they would on such a kernel.
-pub const NO_RESEND_ENV: &str = "KVFS_TEST_NO_RESEND";
+pub(crate) const NO_RESEND_ENV: &str = "KVFS_TEST_NO_RESEND";
 
 /// A FUSE connection and what it takes to serve it again.
 pub(super) struct Connection {
@@ -116,7 +116,7 @@ pub(super) enum Event {
 
 /// `kvfs mount` in the foreground: take the mount over from a running kvfs, or mount afresh;
 /// then supervise until stopped.
-pub fn run(mut settings: MountSettings, readiness: &mut Readiness) -> Result<(), String> {
+pub(crate) fn run(mut settings: MountSettings, readiness: &mut Readiness) -> Result<(), String> {
     settings.mountpoint = paths::absolute(&settings.mountpoint);
     let signals = block_signals()?;
     let euid = nix::unistd::geteuid().as_raw();

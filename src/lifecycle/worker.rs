@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::adopt;
-use super::gate::{self, Gate};
 use super::messages::{FirstToken, FromWorker, Hints, Serve, ToWorker};
 use crate::auth::{self, AuthMethod, AuthRequest, Env, Limits};
 use crate::cli::MountSettings;
@@ -17,8 +16,9 @@ use crate::fs::core::{FsCore, Ownership};
 use crate::fs::inodes::Inodes;
 use crate::fs::journal::Journal;
 use crate::fuse::FuseAdapter;
+use crate::fuse::gate::{self, Gate};
 use crate::fusedev;
-use crate::http::{error_chain, http_client};
+use crate::http::{DEFAULT_MAX_RETRIES, DEFAULT_REQUEST_TIMEOUT, error_chain, http_client};
 use crate::invalidate::Invalidator;
 use crate::ipc::{Channel, Received};
 use crate::metrics;
@@ -26,11 +26,11 @@ use crate::vault::azure::{self, AzureVault, AzureVaultOptions};
 
 /// The environment variable that tells a `kvfs mount` process it is a worker, and on which fd
 /// its channel to the supervisor is.
-pub const WORKER_FD_ENV: &str = "KVFS_WORKER_FD";
+pub(crate) const WORKER_FD_ENV: &str = "KVFS_WORKER_FD";
 
 /// Session threads: one slow request never holds up the rest, and warm answers are given on
 /// these threads directly.
-pub fn session_threads() -> usize {
+pub(crate) fn session_threads() -> usize {
     std::thread::available_parallelism()
         .map_or(2, |n| n.get())
         .clamp(2, 4)
@@ -43,7 +43,7 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 const HTTP_STOP_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Run as the worker whose supervisor channel is `control`. Never returns.
-pub fn run(settings: MountSettings, control: Channel) -> ! {
+pub(crate) fn run(settings: MountSettings, control: Channel) -> ! {
     // Started through /proc/self/exe, the process would be called "exe" in ps and top.
     let _ = nix::sys::prctl::set_name(c"kvfs-worker");
     // Terminal and service-manager signals are the supervisor's to handle: it tells us what to
@@ -175,7 +175,7 @@ fn prepare(settings: &MountSettings, first_token: FirstToken) -> Result<(Prepare
         .thread_name("kvfs")
         .build()
         .map_err(|e| format!("cannot start the runtime: {e}"))?;
-    let timeout = Duration::from_secs(10);
+    let timeout = DEFAULT_REQUEST_TIMEOUT;
     let http = http_client(&extra_ca, timeout)?;
     let env = Env::from_process();
     let mut request = auth_request(settings);
@@ -236,7 +236,7 @@ fn prepare(settings: &MountSettings, first_token: FirstToken) -> Result<(Prepare
             extra_ca_pem: extra_ca,
             verify_challenge_resource: settings.verify_challenge_resource,
             request_timeout: timeout,
-            max_retries: 2,
+            max_retries: DEFAULT_MAX_RETRIES,
         })?
     };
     let vault = Arc::new(vault);
@@ -489,7 +489,7 @@ fn serve_until_the_end(
     }
 }
 
-/// Stop taking requests and answer the ones in hand (see [`super::gate`]).
+/// Stop taking requests and answer the ones in hand (see [`crate::fuse::gate`]).
 fn drain(settings: &MountSettings, running: &Running) {
     // O_PATH: no OPENDIR request, just a handle on the mount's root to send GETATTRs to. (Not
     // kept open while serving: it would make the mount busy for `umount`.)
@@ -523,10 +523,6 @@ fn drain(settings: &MountSettings, running: &Running) {
         );
     }
 }
-
-/// `--hang-timeout` unless given: long enough for the slowest answer kvfs gives (a listing of a
-/// large vault over a slow link), short enough that readers of a stopped kvfs do not hang for ever.
-pub const DEFAULT_HANG_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// `--hang-timeout` as the kernel takes it: whole seconds, rounded up, at most u16::MAX
 /// (about 18 h); `None` for zero (off).

@@ -22,13 +22,13 @@ use tracing_subscriber::registry::LookupSpan;
 
 /// What every line of this process says about where it comes from.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct LineContext {
+pub(crate) struct LineContext {
     pub mount: String,
     pub vault: String,
 }
 
 /// The event formatter of `--log-format json`.
-pub struct JsonLines {
+pub(crate) struct JsonLines {
     pub context: LineContext,
 }
 
@@ -57,7 +57,7 @@ where
 }
 
 /// One line: the fixed fields first, then the event's own (which cannot overwrite them).
-pub fn line(
+pub(crate) fn line(
     context: &LineContext,
     level: &str,
     target: &str,

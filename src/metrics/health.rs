@@ -31,7 +31,7 @@ const FUSE_SUPER_MAGIC: i64 = 0x6573_5546;
 type Probed = (Instant, Result<(), String>);
 
 #[derive(Clone)]
-pub struct Health {
+pub(crate) struct Health {
     mountpoint: PathBuf,
     max_stale: Duration,
     /// A probe thread is waiting for the mount.
@@ -46,7 +46,7 @@ pub struct Health {
 }
 
 impl Health {
-    pub fn new(mountpoint: PathBuf, max_stale: Duration) -> Health {
+    pub(crate) fn new(mountpoint: PathBuf, max_stale: Duration) -> Health {
         Health {
             mountpoint,
             max_stale,
@@ -60,7 +60,7 @@ impl Health {
     /// The answers of a kvfs that handed its mount over and waits for SIGTERM: `/healthz` 200
     /// (the process is fine; restarting it would only take the mount back from its successor),
     /// `/readyz` 503 (it serves nothing).
-    pub fn handed_over() -> Health {
+    pub(crate) fn handed_over() -> Health {
         Health {
             handed_over: true,
             ..Health::new(PathBuf::new(), Duration::ZERO)
@@ -69,13 +69,13 @@ impl Health {
 
     /// From now on every probe fails at once: this worker no longer serves the mount (its
     /// session threads are parking), so a statfs would wait for the successor.
-    pub fn stopping(&self) {
+    pub(crate) fn stopping(&self) {
         self.stopping.store(true, Ordering::Release);
     }
 
     /// `Ok` when a statfs of the mountpoint (looked up by its path, in this process's mount
     /// namespace) is answered by a FUSE filesystem in time; else the reason in one line.
-    pub async fn mount_answers(&self) -> Result<(), String> {
+    pub(crate) async fn mount_answers(&self) -> Result<(), String> {
         const GOING: &str = "this kvfs worker is handing the mount over";
         if self.handed_over {
             return Ok(());
@@ -138,7 +138,7 @@ impl Health {
     }
 
     /// `Ok` when the mount answers and the vault is usable (see [`readiness`]).
-    pub async fn ready(&self) -> Result<(), String> {
+    pub(crate) async fn ready(&self) -> Result<(), String> {
         if self.handed_over {
             return Err(
                 "this kvfs handed the mount over to a successor and waits for SIGTERM".into(),
@@ -152,7 +152,7 @@ impl Health {
 /// Ready unless the vault has been failing (no answer, 5xx, throttled, no token) since its last
 /// answer and that answer is older than `max_stale`: cached values are then too old to be
 /// served, and reads fail. A worker that has not asked the vault anything yet is ready.
-pub fn readiness(vault: VaultHealth, max_stale: Duration) -> Result<(), String> {
+pub(crate) fn readiness(vault: VaultHealth, max_stale: Duration) -> Result<(), String> {
     let secs = |d: Duration| format!("{:.0}s", d.as_secs_f64());
     match (vault.since_ok, vault.since_failure) {
         (_, None) => Ok(()),

@@ -41,7 +41,7 @@ struct Endpoints {
 }
 
 /// The running endpoints, to stop before the worker exits.
-pub struct Server {
+pub(crate) struct Server {
     stopping: tokio::sync::watch::Sender<bool>,
     slots: Arc<tokio::sync::Semaphore>,
     health: Health,
@@ -52,14 +52,14 @@ impl Server {
     /// Stop accepting (connections wait in the backlog for the next worker), answer `/healthz`
     /// and `/readyz` with 503 from now on (this worker is going), and close connections once
     /// they have answered what they hold. Returns at once; [`Server::finish`] waits.
-    pub fn stop(&self) {
+    pub(crate) fn stop(&self) {
         self.health.stopping();
         self.stopping.send_replace(true);
     }
 
     /// Wait up to `timeout` for the connections to close after [`Server::stop`]. Not to be
     /// called on a runtime thread.
-    pub fn finish(&self, timeout: Duration) {
+    pub(crate) fn finish(&self, timeout: Duration) {
         let slots = self.slots.clone();
         self.runtime.block_on(async move {
             let all = u32::try_from(MAX_CONNECTIONS).unwrap_or(u32::MAX);
@@ -69,7 +69,7 @@ impl Server {
 }
 
 /// Serve the endpoints on `listener` (already bound and listening) until [`Server::stop`].
-pub fn spawn(
+pub(crate) fn spawn(
     listener: std::net::TcpListener,
     registry: Registry,
     health: Health,
@@ -203,7 +203,7 @@ impl Endpoints {
 /// namespace and idles until SIGTERM (`--after-handoff wait`): `/healthz` 200, `/readyz` 503,
 /// `/metrics` its build and start counts. Served on a small runtime of its own (the supervisor
 /// has none), which lives as long as the returned value.
-pub fn serve_handed_over(
+pub(crate) fn serve_handed_over(
     listener: std::net::TcpListener,
     starts: super::WorkerStarts,
 ) -> Result<HandedOver, String> {
@@ -232,7 +232,7 @@ pub fn serve_handed_over(
 }
 
 /// Keeps a handed-over kvfs's endpoints running (see [`serve_handed_over`]).
-pub struct HandedOver {
+pub(crate) struct HandedOver {
     _server: Server,
     _runtime: tokio::runtime::Runtime,
 }

@@ -15,11 +15,11 @@
 //! the arrays on each scrape and emits only the label sets that have been seen, so an idle mount
 //! exposes a few dozen lines, not every operation times every errno.
 
-pub mod health;
-pub mod http;
+pub(crate) mod health;
+pub(crate) mod http;
 mod scrape;
 
-pub use scrape::{Sources, registry, render};
+pub(crate) use scrape::{Sources, registry, render};
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -34,14 +34,14 @@ const BUCKETS: [f64; 12] = [
 
 /// A histogram of durations in plain atomics (prometheus-client's own takes a lock per
 /// observation). Counts are per bucket, not cumulative; the encoder sums them.
-pub struct AtomicHistogram {
+pub(crate) struct AtomicHistogram {
     buckets: [AtomicU64; BUCKETS.len() + 1],
     count: AtomicU64,
     sum_nanos: AtomicU64,
 }
 
 impl AtomicHistogram {
-    pub const fn new() -> Self {
+    pub(crate) const fn new() -> Self {
         AtomicHistogram {
             buckets: [const { AtomicU64::new(0) }; BUCKETS.len() + 1],
             count: AtomicU64::new(0),
@@ -49,7 +49,7 @@ impl AtomicHistogram {
         }
     }
 
-    pub fn observe(&self, d: Duration) {
+    pub(crate) fn observe(&self, d: Duration) {
         let seconds = d.as_secs_f64();
         let i = BUCKETS
             .iter()
@@ -92,11 +92,11 @@ macro_rules! label_enum {
     ($(#[$m:meta])* $name:ident { $($variant:ident => $text:literal,)* }) => {
         $(#[$m])*
         #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-        pub enum $name { $($variant,)* }
+        pub(crate) enum $name { $($variant,)* }
         impl $name {
-            pub const ALL: &'static [$name] = &[$($name::$variant,)*];
-            pub const COUNT: usize = Self::ALL.len();
-            pub fn as_str(self) -> &'static str {
+            pub(crate) const ALL: &'static [$name] = &[$($name::$variant,)*];
+            pub(crate) const COUNT: usize = Self::ALL.len();
+            pub(crate) fn as_str(self) -> &'static str {
                 match self { $($name::$variant => $text,)* }
             }
         }
@@ -169,7 +169,7 @@ fn errno_index(errno: i32) -> usize {
 }
 
 /// The label value of an errno: its name, or `other`.
-pub fn errno_name(errno: i32) -> &'static str {
+pub(crate) fn errno_name(errno: i32) -> &'static str {
     ERRNOS.get(errno_index(errno)).map_or("other", |&(_, s)| s)
 }
 
@@ -193,7 +193,7 @@ label_enum!(
 impl VaultOp {
     /// Key Vault's REST paths: `/{collection}`, `/{collection}/{name}[/{version}]`,
     /// `/{collection}/{name}/versions`. Only the shape is looked at.
-    pub fn classify(method: &str, path: &str) -> VaultOp {
+    pub(crate) fn classify(method: &str, path: &str) -> VaultOp {
         if method != "GET" {
             return VaultOp::Other;
         }
@@ -235,7 +235,7 @@ const EXACT: [u16; 12] = [200, 204, 400, 401, 403, 404, 409, 429, 500, 502, 503,
 
 /// The index in `STATUSES` of an HTTP status (`None`: no answer). No allocation: it runs on
 /// every vault request.
-pub fn status_index(status: Option<u16>) -> usize {
+pub(crate) fn status_index(status: Option<u16>) -> usize {
     match status {
         None => STATUS_ERROR,
         Some(code) => match EXACT.iter().position(|&c| c == code) {
@@ -260,7 +260,7 @@ struct VaultCounters {
 }
 
 /// Every counter a worker records. One static instance, `RECORDER` (see the module's docs).
-pub struct Recorder {
+pub(crate) struct Recorder {
     fuse: [FuseCounters; FuseOp::COUNT],
     vault: [VaultCounters; VaultOp::COUNT],
     token_ok: AtomicU64,
@@ -305,7 +305,7 @@ fn now_ms() -> u64 {
 
 /// One FUSE request being answered: counted when started, its latency and outcome when dropped
 /// (success, unless [`FuseRequest::fail`] said otherwise).
-pub struct FuseRequest {
+pub(crate) struct FuseRequest {
     op: FuseOp,
     started: Instant,
     errno: i32,
@@ -313,7 +313,7 @@ pub struct FuseRequest {
 
 impl FuseRequest {
     /// The request failed with `errno`.
-    pub fn fail(mut self, errno: i32) {
+    pub(crate) fn fail(mut self, errno: i32) {
         self.errno = errno;
     }
 }
@@ -329,7 +329,7 @@ impl Drop for FuseRequest {
 }
 
 /// Start timing a FUSE request of kind `op`.
-pub fn fuse_request(op: FuseOp) -> FuseRequest {
+pub(crate) fn fuse_request(op: FuseOp) -> FuseRequest {
     RECORDER.fuse[op as usize]
         .requests
         .fetch_add(1, Ordering::Relaxed);
@@ -341,7 +341,7 @@ pub fn fuse_request(op: FuseOp) -> FuseRequest {
 }
 
 /// One HTTP request to the vault and its outcome (`None`: no HTTP answer).
-pub fn vault_request(op: VaultOp, status: Option<u16>, took: Duration) {
+pub(crate) fn vault_request(op: VaultOp, status: Option<u16>, took: Duration) {
     let c = &RECORDER.vault[op as usize];
     c.by_status[status_index(status)].fetch_add(1, Ordering::Relaxed);
     c.latency.observe(took);
@@ -358,7 +358,7 @@ pub fn vault_request(op: VaultOp, status: Option<u16>, took: Duration) {
 
 /// A token request to the identity provider (not one answered from the token cache). A
 /// failure counts against readiness like a vault that does not answer: no read can reach it.
-pub fn token_request(ok: bool) {
+pub(crate) fn token_request(ok: bool) {
     if ok {
         RECORDER.token_ok.fetch_add(1, Ordering::Relaxed);
     } else {
@@ -369,20 +369,20 @@ pub fn token_request(ok: bool) {
 
 /// A file or directory handle taken (`+1`) or released (`-1`) by the filesystem core, which
 /// counts only the handles it holds (see `FsCore::release`).
-pub fn handles(delta: i64) {
+pub(crate) fn handles(delta: i64) {
     RECORDER.open_handles.fetch_add(delta, Ordering::Relaxed);
 }
 
 /// How the vault has been answering, for `/readyz`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct VaultHealth {
+pub(crate) struct VaultHealth {
     /// Since the last answer, if any.
     pub since_ok: Option<Duration>,
     /// Since the last failure, if any.
     pub since_failure: Option<Duration>,
 }
 
-pub fn vault_health() -> VaultHealth {
+pub(crate) fn vault_health() -> VaultHealth {
     let now = now_ms();
     let since = |a: &AtomicU64| match a.load(Ordering::Relaxed) {
         0 => None,
@@ -398,7 +398,7 @@ pub fn vault_health() -> VaultHealth {
 /// counts and hands them to each worker, and a handoff passes them on), so they survive the
 /// worker restarts they count.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct WorkerStarts {
+pub(crate) struct WorkerStarts {
     /// Workers started on the mount after one died (crash, kill, OOM).
     pub replacements: u64,
     /// Times a new `kvfs mount` took the live mount over from a running one.

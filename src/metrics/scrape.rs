@@ -13,7 +13,7 @@ use super::{ERRNOS, FuseOp, RECORDER, STATUSES, VaultOp, WorkerStarts};
 use crate::fs::cache::{Cache, CacheStats};
 
 /// What a scrape reads besides the recorder: the worker's cache and how it came to serve.
-pub struct Sources {
+pub(crate) struct Sources {
     pub cache: Option<Cache>,
     pub starts: WorkerStarts,
 }
@@ -222,7 +222,7 @@ fn encode_cache(out: &mut DescriptorEncoder, s: &CacheStats) -> std::fmt::Result
 }
 
 /// The body of `/metrics` (Prometheus text format 0.0.4).
-pub fn render(registry: &Registry) -> String {
+pub(crate) fn render(registry: &Registry) -> String {
     let mut text = String::with_capacity(16 * 1024);
     // Writing to a String cannot fail; a collector error would be ours, and the body says so.
     if let Err(e) = prometheus_client::encoding::prometheus_text::encode(&mut text, registry) {
@@ -232,7 +232,7 @@ pub fn render(registry: &Registry) -> String {
 }
 
 /// The registry a worker serves: every series above, read at each scrape.
-pub fn registry(sources: Sources) -> Registry {
+pub(crate) fn registry(sources: Sources) -> Registry {
     let mut registry = Registry::default();
     registry.register_collector(Box::new(Scrape { sources }));
     registry

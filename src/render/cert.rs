@@ -23,7 +23,7 @@ use super::{RenderError, malformed};
 
 /// The files of one certificate version. All present files are complete.
 #[derive(Clone, PartialEq, Eq)]
-pub struct CertFiles {
+pub(crate) struct CertFiles {
     /// The leaf.
     pub cert_pem: Vec<u8>,
     /// Intermediates, leaf-side first (empty when there are none): `fullchain_pem` without the
@@ -52,7 +52,7 @@ impl Drop for CertFiles {
 
 impl CertFiles {
     /// The file names in the order a directory listing shows them.
-    pub const NAMES: [&'static str; 6] = [
+    pub(crate) const NAMES: [&'static str; 6] = [
         "cert.pem",
         "chain.pem",
         "fullchain.pem",
@@ -62,7 +62,7 @@ impl CertFiles {
     ];
 
     /// The bytes of the file `name` ("cert.pem", "cert.pfx", …), if this version has it.
-    pub fn file(&self, name: &str) -> Option<&[u8]> {
+    pub(crate) fn file(&self, name: &str) -> Option<&[u8]> {
         match name {
             "cert.pem" => Some(&self.cert_pem),
             "chain.pem" => Some(&self.chain_pem),
@@ -75,7 +75,7 @@ impl CertFiles {
     }
 
     /// The names of the files present, in a fixed order.
-    pub fn names(&self) -> Vec<&'static str> {
+    pub(crate) fn names(&self) -> Vec<&'static str> {
         Self::NAMES
             .into_iter()
             .filter(|name| self.file(name).is_some())
@@ -120,11 +120,11 @@ struct SecretParts {
 /// key (non-exportable certificate) gives the public files only; with no secret at all,
 /// chain.pem is empty and only cert.pem/chain.pem/fullchain.pem exist.
 /// A leaf certificate's DER is a few KiB; 64 KiB leaves room for long SAN lists and no more.
-pub const MAX_CER_BYTES: usize = 64 * 1024;
+pub(crate) const MAX_CER_BYTES: usize = 64 * 1024;
 /// Certificates a backing secret may hold (leaf plus chain); real chains have 2 to 4.
-pub const MAX_CHAIN_CERTS: usize = 32;
+pub(crate) const MAX_CHAIN_CERTS: usize = 32;
 
-pub fn render(cer: &[u8], secret: Option<(&str, &str)>) -> Result<CertFiles, RenderError> {
+pub(crate) fn render(cer: &[u8], secret: Option<(&str, &str)>) -> Result<CertFiles, RenderError> {
     if cer.len() > MAX_CER_BYTES {
         return Err(malformed(format!(
             "certificate (cer) of {} bytes, over the {MAX_CER_BYTES}-byte limit",

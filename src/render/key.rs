@@ -26,7 +26,7 @@ const BASE64URL: GeneralPurpose = GeneralPurpose::new(
 );
 
 /// Whether `keys/` lists a key of this kty: RSA, RSA-HSM, EC, EC-HSM.
-pub fn is_supported(kty: &str) -> bool {
+pub(crate) fn is_supported(kty: &str) -> bool {
     matches!(kty, "RSA" | "RSA-HSM" | "EC" | "EC-HSM")
 }
 
@@ -35,11 +35,11 @@ pub fn is_supported(kty: &str) -> bool {
 /// length).
 /// Key Vault's largest RSA keys are 4096 bits; OpenSSL's own ceiling for public-key operations is
 /// 16384. A modulus beyond it is no key anyone can use, only work and memory for the renderer.
-pub const MAX_RSA_BITS: u32 = 16_384;
+pub(crate) const MAX_RSA_BITS: u32 = 16_384;
 /// Public exponents are 65537 in practice; anything wider than 64 bits is not a real key.
 const MAX_RSA_EXPONENT_BITS: i32 = 64;
 
-pub fn public_key_pem(jwk: &Value) -> Result<Vec<u8>, RenderError> {
+pub(crate) fn public_key_pem(jwk: &Value) -> Result<Vec<u8>, RenderError> {
     let jwk = jwk
         .as_object()
         .ok_or_else(|| malformed("JWK is not a JSON object"))?;
@@ -108,7 +108,7 @@ pub fn public_key_pem(jwk: &Value) -> Result<Vec<u8>, RenderError> {
 
 /// The JWK with public members only (kid, kty, key_ops, n, e, crv, x, y), compact JSON: the
 /// `user.kvfs.jwk` extended attribute.
-pub fn public_jwk_json(jwk: &Value) -> String {
+pub(crate) fn public_jwk_json(jwk: &Value) -> String {
     // An allow-list, not a deny-list: should a private member ever appear (`d`, `p`, `k` …) it
     // must not reach an extended attribute any local user may read.
     const PUBLIC: [&str; 8] = ["kid", "kty", "key_ops", "n", "e", "crv", "x", "y"];

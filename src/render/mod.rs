@@ -16,14 +16,12 @@
 //! never a partial file, so the filesystem can cache the result and serve a stable size.
 //! Error messages describe what failed, never the material itself: they end up in logs.
 
-pub mod cert;
-pub mod key;
-
-pub use cert::CertFiles;
+pub(crate) mod cert;
+pub(crate) mod key;
 
 /// Why the vault's material could not be rendered.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum RenderError {
+pub(crate) enum RenderError {
     /// The key type is not one kvfs renders (oct, oct-HSM, P-256K, …): such keys are not listed.
     #[error("unsupported key: {0}")]
     Unsupported(String),
@@ -48,13 +46,13 @@ pub(crate) mod test_support {
     use std::process::{Command, Output, Stdio};
 
     /// The directory of recorded Key Vault responses (`tests/recordings`).
-    pub fn recordings_dir() -> PathBuf {
+    pub(crate) fn recordings_dir() -> PathBuf {
         PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/recordings"))
     }
 
     /// The response bodies of every example in a recording file. Panics when the recordings are
     /// missing: silently skipping would turn these tests into no-ops.
-    pub fn recorded_bodies(file: &str) -> Vec<serde_json::Value> {
+    pub(crate) fn recorded_bodies(file: &str) -> Vec<serde_json::Value> {
         let path = recordings_dir().join(file);
         let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
             panic!(
@@ -75,7 +73,7 @@ pub(crate) mod test_support {
 
     /// Runs the `openssl` CLI with `stdin` piped in. Panics if the binary is absent (CI installs
     /// it with libssl-dev's toolchain), so a missing tool is a failure, not a silent pass.
-    pub fn openssl(args: &[&str], stdin: &[u8]) -> Output {
+    pub(crate) fn openssl(args: &[&str], stdin: &[u8]) -> Output {
         let mut child = Command::new("openssl")
             .args(args)
             .stdin(Stdio::piped())
@@ -97,7 +95,7 @@ pub(crate) mod test_support {
     }
 
     /// Asserts that an `openssl` run succeeded, showing its stderr otherwise.
-    pub fn assert_ok(out: &Output, what: &str) {
+    pub(crate) fn assert_ok(out: &Output, what: &str) {
         assert!(
             out.status.success(),
             "openssl rejected {what}: {}",
@@ -107,7 +105,7 @@ pub(crate) mod test_support {
 
     /// Asserts that every PEM block in `pem` has lines of at most 64 characters and that the text
     /// ends with a newline (what OpenSSL and every PEM reader expect).
-    pub fn assert_pem_shape(pem: &[u8]) {
+    pub(crate) fn assert_pem_shape(pem: &[u8]) {
         let text = std::str::from_utf8(pem).expect("PEM is ASCII");
         assert!(
             text.starts_with("-----BEGIN "),
@@ -127,7 +125,7 @@ pub(crate) mod test_support {
 
     /// Asserts that an error message carries none of `material` (long runs of base64 characters
     /// from a secret value or key): error messages go to logs.
-    pub fn assert_no_material(message: &str, material: &str) {
+    pub(crate) fn assert_no_material(message: &str, material: &str) {
         let runs = material
             .split(|c: char| !(c.is_ascii_alphanumeric() || c == '+' || c == '/'))
             .filter(|run| run.len() >= 12);

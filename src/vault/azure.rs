@@ -74,7 +74,7 @@ pub struct AzureVaultOptions {
     /// Retries after the first attempt (429, 408, 5xx, transport errors).
     pub max_retries: u32,
     /// Told which tokens the vault accepted and refused (see [`super::refusals`]).
-    pub token_verdicts: Option<Arc<dyn super::refusals::TokenVerdicts>>,
+    pub(crate) token_verdicts: Option<Arc<dyn super::refusals::TokenVerdicts>>,
 }
 
 impl AzureVaultOptions {
@@ -211,20 +211,16 @@ impl AzureVault {
     /// Learn the vault's authentication challenge now, with one token-less request that names
     /// no object (see [`ChallengeTransport`]), so the first read does not wait for it. Never
     /// fails: without an answer, the first read asks again.
-    pub async fn learn_challenge(&self) {
+    pub(crate) async fn learn_challenge(&self) {
         let api_version = SecretClientOptions::default().api_version;
         let _ = tokio::time::timeout(self.call_deadline, self.challenge.prime(&api_version)).await;
-    }
-
-    pub fn vault_url(&self) -> &url::Url {
-        &self.vault_url
     }
 
     /// Hard cap on one SDK call (one GET, or one page of a list) including token acquisition:
     /// every attempt timing out, every retry delay at its maximum, plus one more attempt's worth
     /// for the credential. Normally the retry policy ends far earlier; this is the backstop for
     /// credentials that retry on their own schedule. Defaults: 10 s × 4 + 2 s × 2 = 44 s.
-    pub fn call_deadline(request_timeout: Duration, max_retries: u32) -> Duration {
+    pub(crate) fn call_deadline(request_timeout: Duration, max_retries: u32) -> Duration {
         request_timeout.saturating_mul(max_retries.saturating_add(2))
             + RETRY_MAX_DELAY.saturating_mul(max_retries)
     }
@@ -2189,7 +2185,7 @@ mod tests {
 /// The tenant a vault belongs to, from its 401 challenge: an unauthenticated GET answers
 /// `WWW-Authenticate: Bearer authorization="https://login.windows.net/{tenant}", resource="…"`.
 /// This is how clients find the tenant when none is configured; it reads no object.
-pub async fn tenant_from_challenge(
+pub(crate) async fn tenant_from_challenge(
     http: &reqwest::Client,
     vault_url: &url::Url,
 ) -> Result<String, String> {

@@ -78,7 +78,7 @@ enum Outcome {
 
 /// An [`HttpClient`] that answers the SDK's token-less requests with the vault's challenge,
 /// learned by one probe (see the module comment).
-pub struct ChallengeTransport {
+pub(crate) struct ChallengeTransport {
     vault: url::Url,
     inner: Arc<dyn HttpClient>,
     state: Arc<Mutex<State>>,
@@ -100,7 +100,7 @@ impl fmt::Debug for ChallengeTransport {
 }
 
 impl ChallengeTransport {
-    pub fn new(vault: url::Url, inner: Arc<dyn HttpClient>) -> Self {
+    pub(crate) fn new(vault: url::Url, inner: Arc<dyn HttpClient>) -> Self {
         ChallengeTransport {
             vault,
             inner,
@@ -111,7 +111,7 @@ impl ChallengeTransport {
     /// Learn the challenge now, if nobody has yet (a worker starts this in the background, so
     /// the first reader finds it known). Failures are only logged: the first token-less
     /// request probes again.
-    pub async fn prime(&self, api_version: &str) {
+    pub(crate) async fn prime(&self, api_version: &str) {
         if let Consult::Wait(probe) = self.consult(api_version) {
             probe.await;
         }
@@ -171,7 +171,7 @@ impl ChallengeTransport {
 
 /// A token-less request that the vault answers with its challenge and that names no object:
 /// the secrets list, one item at most.
-pub fn probe_url(vault: &url::Url, api_version: &str) -> url::Url {
+pub(crate) fn probe_url(vault: &url::Url, api_version: &str) -> url::Url {
     let mut url = vault.join("secrets").unwrap_or_else(|_| vault.clone());
     url.query_pairs_mut()
         .clear()

@@ -41,13 +41,13 @@ use parking_lot::Mutex;
 use tokio::time::Instant;
 
 /// How far the clock behind `Date` may run ahead of the clock that stamps `updated`.
-pub const CLOCK_ALLOWANCE: Duration = Duration::from_secs(1);
+pub(crate) const CLOCK_ALLOWANCE: Duration = Duration::from_secs(1);
 
 /// Samples older than this are forgotten (kept in two buckets of half this length).
-pub const SAMPLE_WINDOW: Duration = Duration::from_secs(600);
+pub(crate) const SAMPLE_WINDOW: Duration = Duration::from_secs(600);
 
 /// The margin assumed when the vault's clock is unknown (no `Date` header seen).
-pub const UNKNOWN_CLOCK_MARGIN: Duration = Duration::from_secs(60);
+pub(crate) const UNKNOWN_CLOCK_MARGIN: Duration = Duration::from_secs(60);
 
 /// Lower bounds on the vault's clock. Shared (`Arc`) by the transport that sees `Date` headers
 /// and the cache that sees `updated` stamps.
@@ -117,7 +117,7 @@ impl Default for VaultClock {
 }
 
 impl VaultClock {
-    pub fn new() -> VaultClock {
+    pub(crate) fn new() -> VaultClock {
         VaultClock {
             anchor: Instant::now(),
             state: Mutex::new(State::default()),
@@ -143,7 +143,7 @@ impl VaultClock {
     }
 
     /// An answer received at `received` carried `Date: date`.
-    pub fn observe_date(&self, date: SystemTime, received: Instant) {
+    pub(crate) fn observe_date(&self, date: SystemTime, received: Instant) {
         let bound = self
             .unshift(date, received)
             .checked_sub(CLOCK_ALLOWANCE)
@@ -152,14 +152,14 @@ impl VaultClock {
     }
 
     /// An answer received at `received` carried an object stamped `updated`.
-    pub fn observe_stamp(&self, updated: SystemTime, received: Instant) {
+    pub(crate) fn observe_stamp(&self, updated: SystemTime, received: Instant) {
         let bound = self.unshift(updated, received);
         self.state.lock().stamped.add(bound, Instant::now());
     }
 
     /// A time the vault's stamping clock had surely reached at `at` (ours, monotonic), given
     /// that our wall clock read `wall_at` then.
-    pub fn reached_at(&self, at: Instant, wall_at: SystemTime) -> SystemTime {
+    pub(crate) fn reached_at(&self, at: Instant, wall_at: SystemTime) -> SystemTime {
         let now = Instant::now();
         let mut state = self.state.lock();
         let stamped = state.stamped.best(now).map(|t| self.shift(t, at));
@@ -181,14 +181,14 @@ impl VaultClock {
 /// Whether a cached value stamped `updated`, fetched by a request that started when the vault's
 /// clock had reached `reached`, can be told apart from any version written after it: a later
 /// version is stamped at least `floor(reached)`, and `updated + 1 s ≤ reached` puts that later.
-pub fn distinguishable(updated: SystemTime, reached: SystemTime) -> bool {
+pub(crate) fn distinguishable(updated: SystemTime, reached: SystemTime) -> bool {
     updated
         .checked_add(Duration::from_secs(1))
         .is_some_and(|u| u <= reached)
 }
 
 /// The transport layer that reads the `Date` header of every answer into a [`VaultClock`].
-pub struct ClockWatch {
+pub(crate) struct ClockWatch {
     inner: Arc<dyn HttpClient>,
     clock: Arc<VaultClock>,
 }
@@ -200,7 +200,7 @@ impl fmt::Debug for ClockWatch {
 }
 
 impl ClockWatch {
-    pub fn new(inner: Arc<dyn HttpClient>, clock: Arc<VaultClock>) -> ClockWatch {
+    pub(crate) fn new(inner: Arc<dyn HttpClient>, clock: Arc<VaultClock>) -> ClockWatch {
         ClockWatch { inner, clock }
     }
 }

@@ -24,12 +24,12 @@ use futures::{Stream, StreamExt};
 
 /// No Key Vault answer comes near this: a secret value is at most 25 KiB, and a full list page
 /// of 25 items with tags is tens of KiB.
-pub const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
+pub(crate) const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
 
 /// Why the guard refused. Carried inside the SDK's error (kind `Other`, which its retry policy
 /// does not retry) and recognised by `azure::map_error`.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum Refused {
+pub(crate) enum Refused {
     /// A request to another origin than the vault's. Only the origin is named: a URL's path and
     /// query are the answer's to choose and could carry anything.
     #[error("refused to send the vault's token to {to}, which is not the vault ({vault})")]
@@ -45,7 +45,7 @@ impl Refused {
     }
 
     /// The guard's refusal somewhere down an SDK error's `source()` chain.
-    pub fn find<'a>(err: &'a (dyn std::error::Error + 'static)) -> Option<&'a Refused> {
+    pub(crate) fn find<'a>(err: &'a (dyn std::error::Error + 'static)) -> Option<&'a Refused> {
         let mut next = Some(err);
         while let Some(e) = next {
             if let Some(refused) = e.downcast_ref::<Refused>() {
@@ -64,17 +64,17 @@ impl Refused {
 
 /// Whether `url` is on `vault`'s scheme, host and port (an explicit default port is the same
 /// port; hosts compare case-insensitively, as the URL parser lowercases them).
-pub fn same_origin(vault: &url::Url, url: &url::Url) -> bool {
+pub(crate) fn same_origin(vault: &url::Url, url: &url::Url) -> bool {
     url.origin() == vault.origin() && url.origin().is_tuple()
 }
 
 /// `scheme://host[:port]` of a URL, for messages.
-pub fn origin_of(url: &url::Url) -> String {
+pub(crate) fn origin_of(url: &url::Url) -> String {
     url.origin().ascii_serialization()
 }
 
 /// An [`HttpClient`] that sends only to one origin and reads bodies up to a cap.
-pub struct GuardedTransport {
+pub(crate) struct GuardedTransport {
     vault: url::Url,
     inner: Arc<dyn HttpClient>,
     max_body: usize,
@@ -90,11 +90,11 @@ impl fmt::Debug for GuardedTransport {
 }
 
 impl GuardedTransport {
-    pub fn new(vault: url::Url, inner: Arc<dyn HttpClient>) -> Self {
+    pub(crate) fn new(vault: url::Url, inner: Arc<dyn HttpClient>) -> Self {
         Self::with_cap(vault, inner, MAX_BODY_BYTES)
     }
 
-    pub fn with_cap(vault: url::Url, inner: Arc<dyn HttpClient>, max_body: usize) -> Self {
+    pub(crate) fn with_cap(vault: url::Url, inner: Arc<dyn HttpClient>, max_body: usize) -> Self {
         GuardedTransport {
             vault,
             inner,

@@ -21,7 +21,7 @@ use super::{
 
 /// Wall-clock time that follows tokio's clock: the system time when first called, plus however
 /// far tokio's clock has moved since (in a test with a paused clock, what `advance` added).
-pub fn wall_clock() -> SystemTime {
+pub(crate) fn wall_clock() -> SystemTime {
     static ANCHOR: OnceLock<(SystemTime, std::time::Instant)> = OnceLock::new();
     let (wall, instant) = *ANCHOR.get_or_init(|| (SystemTime::now(), std::time::Instant::now()));
     let now = tokio::time::Instant::now().into_std();
@@ -55,7 +55,7 @@ struct Inner {
     dates: bool,
 }
 
-pub struct MemoryVault {
+pub(crate) struct MemoryVault {
     inner: Mutex<Inner>,
     clock: Arc<VaultClock>,
 }
@@ -73,18 +73,18 @@ impl Default for MemoryVault {
 }
 
 impl MemoryVault {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self::default()
     }
 
     /// Put the vault's clock (its `updated` stamps and `Date`s) `ms` milliseconds ahead of
     /// [`wall_clock`] (behind when negative).
-    pub fn set_clock_skew(&self, ms: i64) {
+    pub(crate) fn set_clock_skew(&self, ms: i64) {
         self.inner.lock().skew_ms = ms;
     }
 
     /// Whether calls report a `Date` (on by default; off is a vault whose clock kvfs cannot see).
-    pub fn set_dates(&self, on: bool) {
+    pub(crate) fn set_dates(&self, on: bool) {
         self.inner.lock().dates = on;
     }
 
@@ -104,7 +104,7 @@ impl MemoryVault {
     }
 
     /// Add a version; returns its id.
-    pub fn set_secret(&self, name: &str, value: &[u8]) -> String {
+    pub(crate) fn set_secret(&self, name: &str, value: &[u8]) -> String {
         let mut inner = self.inner.lock();
         inner.next_version += 1;
         let version = format!("{:032x}", inner.next_version);
@@ -153,7 +153,7 @@ impl MemoryVault {
     }
 
     /// Add a key version with this public JWK; returns its version id.
-    pub fn set_key(&self, name: &str, jwk: serde_json::Value) -> String {
+    pub(crate) fn set_key(&self, name: &str, jwk: serde_json::Value) -> String {
         let mut inner = self.inner.lock();
         let props = Self::new_props(&mut inner, name);
         let version = props.version.clone().unwrap_or_default();
@@ -166,7 +166,7 @@ impl MemoryVault {
     }
 
     /// Add a certificate version: the leaf's DER and its backing secret's (content type, value).
-    pub fn set_certificate(
+    pub(crate) fn set_certificate(
         &self,
         name: &str,
         cer: Vec<u8>,
@@ -191,7 +191,7 @@ impl MemoryVault {
         version
     }
 
-    pub fn set_enabled(&self, name: &str, enabled: bool) {
+    pub(crate) fn set_enabled(&self, name: &str, enabled: bool) {
         let mut inner = self.inner.lock();
         let now = Self::now_seconds(&inner);
         if let Some(s) = Self::latest_mut(&mut inner, name) {
@@ -200,32 +200,32 @@ impl MemoryVault {
         }
     }
 
-    pub fn set_managed(&self, name: &str) {
+    pub(crate) fn set_managed(&self, name: &str) {
         let mut inner = self.inner.lock();
         if let Some(s) = Self::latest_mut(&mut inner, name) {
             s.props.managed = true;
         }
     }
 
-    pub fn set_tag(&self, name: &str, key: &str, value: &str) {
+    pub(crate) fn set_tag(&self, name: &str, key: &str, value: &str) {
         let mut inner = self.inner.lock();
         if let Some(s) = Self::latest_mut(&mut inner, name) {
             s.props.tags.insert(key.into(), value.into());
         }
     }
 
-    pub fn remove(&self, name: &str) {
+    pub(crate) fn remove(&self, name: &str) {
         self.inner.lock().secrets.remove(&name.to_ascii_uppercase());
     }
 
     /// Every call fails with this error until cleared with `None`.
-    pub fn fail_with(&self, failure: Option<VaultError>) {
+    pub(crate) fn fail_with(&self, failure: Option<VaultError>) {
         self.inner.lock().failure = failure;
     }
 
     /// Every call of `op` fails with this error until cleared with `None` (an identity that
     /// may get secrets but not list them: `fail_op("list", Some(Forbidden(..)))`).
-    pub fn fail_op(&self, op: &'static str, failure: Option<VaultError>) {
+    pub(crate) fn fail_op(&self, op: &'static str, failure: Option<VaultError>) {
         let mut inner = self.inner.lock();
         match failure {
             Some(e) => inner.op_failures.insert(op, e),
@@ -234,12 +234,12 @@ impl MemoryVault {
     }
 
     /// Every call waits this long first (so concurrent callers overlap).
-    pub fn set_delay(&self, delay: Duration) {
+    pub(crate) fn set_delay(&self, delay: Duration) {
         self.inner.lock().delay = delay;
     }
 
     /// How many times an operation was called (`list`, `list_versions`, `get_secret`).
-    pub fn calls(&self, op: &str) -> u64 {
+    pub(crate) fn calls(&self, op: &str) -> u64 {
         self.inner.lock().calls.get(op).copied().unwrap_or(0)
     }
 

@@ -7,12 +7,13 @@
 //! about inodes or FUSE.
 
 pub mod azure;
-pub mod challenge;
+pub(crate) mod challenge;
 pub mod clock;
-pub mod guard;
-pub mod memory;
-pub mod pages;
-pub mod refusals;
+pub(crate) mod guard;
+#[cfg(test)]
+pub(crate) mod memory;
+pub(crate) mod pages;
+pub(crate) mod refusals;
 
 use std::collections::BTreeMap;
 use std::time::SystemTime;
@@ -181,13 +182,13 @@ pub trait VaultClient: Send + Sync + 'static {
 
 /// Key Vault refuses to store a secret value over 25 KiB (25,600 bytes), so an answer carrying
 /// a larger one is not the vault's: it is refused rather than cached and served.
-pub const MAX_SECRET_VALUE_BYTES: usize = 25_600;
+pub(crate) const MAX_SECRET_VALUE_BYTES: usize = 25_600;
 
 /// A listing with one entry per name, names compared case-insensitively as the vault compares
 /// them: two entries that differ only in case (which a real vault never lists, but a broken or
 /// hostile server can) would be two files for one object. The newest `updated` is kept, the
 /// first seen on a tie, in the first one's place. Returns the listing and the names dropped.
-pub fn one_per_name(items: Vec<ObjectProps>) -> (Vec<ObjectProps>, Vec<String>) {
+pub(crate) fn one_per_name(items: Vec<ObjectProps>) -> (Vec<ObjectProps>, Vec<String>) {
     let mut kept: Vec<ObjectProps> = Vec::with_capacity(items.len());
     let mut index: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
     let mut dropped = Vec::new();

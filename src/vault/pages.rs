@@ -12,14 +12,14 @@ use std::collections::HashSet;
 use super::guard::{origin_of, same_origin};
 
 /// Pages one listing may read.
-pub const MAX_PAGES: usize = 10_000;
+pub(crate) const MAX_PAGES: usize = 10_000;
 /// Items one listing may collect.
-pub const MAX_ITEMS: usize = 250_000;
+pub(crate) const MAX_ITEMS: usize = 250_000;
 
 /// Why a listing stopped. Every variant fails the listing: a partial directory would look like
 /// deleted objects.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum PageProblem {
+pub(crate) enum PageProblem {
     #[error("the vault's next-page link points at {to}, not at the vault ({vault}); not followed")]
     ForeignLink { to: String, vault: String },
     #[error(
@@ -34,7 +34,7 @@ pub enum PageProblem {
 
 /// One listing's progress: pages read, items collected, links followed.
 #[derive(Debug)]
-pub struct PageWalk {
+pub(crate) struct PageWalk {
     vault: url::Url,
     seen: HashSet<String>,
     pages: usize,
@@ -45,11 +45,11 @@ pub struct PageWalk {
 
 impl PageWalk {
     /// A walk starting at `first` (the URL of the first page, which a loop may link back to).
-    pub fn new(vault: &url::Url, first: &url::Url) -> Self {
+    pub(crate) fn new(vault: &url::Url, first: &url::Url) -> Self {
         Self::with_bounds(vault, first, MAX_PAGES, MAX_ITEMS)
     }
 
-    pub fn with_bounds(
+    pub(crate) fn with_bounds(
         vault: &url::Url,
         first: &url::Url,
         max_pages: usize,
@@ -66,7 +66,7 @@ impl PageWalk {
     }
 
     /// A page arrived with `items` items.
-    pub fn page(&mut self, items: usize) -> Result<(), PageProblem> {
+    pub(crate) fn page(&mut self, items: usize) -> Result<(), PageProblem> {
         self.pages += 1;
         self.items = self.items.saturating_add(items);
         if self.items > self.max_items {
@@ -78,7 +78,7 @@ impl PageWalk {
     }
 
     /// May the walk follow `link` to the next page?
-    pub fn follow(&mut self, link: &url::Url) -> Result<(), PageProblem> {
+    pub(crate) fn follow(&mut self, link: &url::Url) -> Result<(), PageProblem> {
         if !same_origin(&self.vault, link) {
             return Err(PageProblem::ForeignLink {
                 to: origin_of(link),

@@ -21,7 +21,7 @@ use azure_core::http::policies::{Policy, PolicyResult};
 use azure_core::http::{AsyncRawResponse, Context, Request, StatusCode};
 
 /// Told the vault's verdict on each token it was shown. Never logs a token.
-pub trait TokenVerdicts: Send + Sync + std::fmt::Debug {
+pub(crate) trait TokenVerdicts: Send + Sync + std::fmt::Debug {
     /// The vault answered a request made with `token` in a way that proves it authenticated it.
     fn accepted(&self, token: &str);
 
@@ -33,12 +33,12 @@ pub trait TokenVerdicts: Send + Sync + std::fmt::Debug {
 
 /// The pipeline policy that reports verdicts (see the module comment).
 #[derive(Debug)]
-pub struct RefusalWatcher {
+pub(crate) struct RefusalWatcher {
     verdicts: Arc<dyn TokenVerdicts>,
 }
 
 impl RefusalWatcher {
-    pub fn new(verdicts: Arc<dyn TokenVerdicts>) -> RefusalWatcher {
+    pub(crate) fn new(verdicts: Arc<dyn TokenVerdicts>) -> RefusalWatcher {
         RefusalWatcher { verdicts }
     }
 }
@@ -94,7 +94,7 @@ fn proves_acceptance(status: u16) -> bool {
 }
 
 /// The `claims` parameter of a `Bearer` challenge, if it has one.
-pub fn claims_of(challenge: &str) -> Option<String> {
+pub(crate) fn claims_of(challenge: &str) -> Option<String> {
     param(challenge, "claims").filter(|c| !c.is_empty())
 }
 

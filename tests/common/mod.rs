@@ -1,7 +1,8 @@
 //! Real mounts for integration tests: a testvault over HTTPS and the `kvfs` binary mounted on a
 //! temporary directory, unmounted (and the daemon stopped) on drop.
 
-#![allow(dead_code)]
+// Each test crate uses some of these helpers, and reaches them through its own private `mod common`.
+#![allow(dead_code, unreachable_pub)]
 
 pub mod foreign;
 

@@ -36,17 +36,16 @@ use crate::vault::{
 use counters::Counters;
 use entry::{Fallback, Report, Slot};
 use flights::{Flights, Mode};
-pub use read::READER_PATIENCE;
 use refresh::{HotEntry, Refreshable, Refresher};
 use request::Held;
 pub(super) use request::Request;
 
 /// Bytes charged per entry on top of its value: the key, the entry struct, moka's bookkeeping.
 /// Also makes negative and error entries (which hold no value) count against the byte bound.
-pub const ENTRY_OVERHEAD: u64 = 256;
+pub(crate) const ENTRY_OVERHEAD: u64 = 256;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct CacheConfig {
+pub(crate) struct CacheConfig {
     /// `--cache-ttl`: a value changed in the vault is served by every read that starts more than
     /// one TTL after the change.
     pub ttl: Duration,
@@ -72,7 +71,7 @@ impl Default for CacheConfig {
 
 /// A cached answer and how long the kernel may keep it.
 #[derive(Debug)]
-pub struct Cached<T> {
+pub(crate) struct Cached<T> {
     pub value: Arc<T>,
     /// Remaining freshness of the entry (zero when `stale`).
     pub valid_for: Duration,
@@ -94,7 +93,7 @@ impl<T> Clone for Cached<T> {
 /// What changed in the vault, as a fetch found out: for the filesystem to drop exactly what
 /// the kernel may hold of it. Never carries a value.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Change {
+pub(crate) enum Change {
     /// The latest version of an object is another one than the cache held, or the object
     /// appeared, disappeared, was disabled or re-enabled. `name` as the vault (or, for a vanished
     /// object, the reader) spells it.
@@ -107,11 +106,11 @@ pub enum Change {
 }
 
 /// The function [`Cache::set_change_listener`] installs.
-pub type ChangeListener = Arc<dyn Fn(Change) + Send + Sync>;
+pub(crate) type ChangeListener = Arc<dyn Fn(Change) + Send + Sync>;
 
 /// Vault call failures by kind.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct ErrorCounts {
+pub(crate) struct ErrorCounts {
     pub not_found: u64,
     pub disabled: u64,
     pub unauthorized: u64,
@@ -122,7 +121,7 @@ pub struct ErrorCounts {
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct CacheStats {
+pub(crate) struct CacheStats {
     /// Requests answered from a fresh entry (values and cached `NotFound`/`Disabled`).
     pub hits: u64,
     /// Vault calls made.
@@ -150,7 +149,7 @@ pub struct CacheStats {
 
 /// A cache in front of a vault client. Cloning is cheap and shares the cache.
 #[derive(Clone)]
-pub struct Cache {
+pub(crate) struct Cache {
     inner: Arc<Inner>,
 }
 
@@ -165,14 +164,14 @@ impl fmt::Debug for Cache {
 }
 
 impl Cache {
-    pub fn new(client: Arc<dyn VaultClient>, config: CacheConfig) -> Cache {
+    pub(crate) fn new(client: Arc<dyn VaultClient>, config: CacheConfig) -> Cache {
         Cache::with_wall_clock(client, config, SystemTime::now)
     }
 
     /// [`Cache::new`] with another wall clock than `SystemTime::now` (tests pass one that follows
     /// tokio's paused clock). The wall clock only serves to compare fetch times with the vault's
     /// `updated` timestamps; freshness is measured on tokio's monotonic clock.
-    pub fn with_wall_clock(
+    pub(crate) fn with_wall_clock(
         client: Arc<dyn VaultClient>,
         config: CacheConfig,
         wall: fn() -> SystemTime,
@@ -210,19 +209,19 @@ impl Cache {
     /// Start the background refresher (see doc/CACHE.md): a tokio task that keeps entries that
     /// are being read fresh ahead of their expiry. Call it once, on a tokio runtime; later calls do
     /// nothing. The task holds the cache weakly and ends after the last `Cache` clone is dropped.
-    pub fn start_refresher(&self) {
+    pub(crate) fn start_refresher(&self) {
         Refresher::start(&self.inner);
     }
 
     /// Install the function told about every [`Change`] a fetch finds. It is called on the
     /// fetching task, outside any lock of the cache, and must not block. Only the first call
     /// installs; later ones are ignored (returns whether this one was installed).
-    pub fn set_change_listener(&self, listener: ChangeListener) -> bool {
+    pub(crate) fn set_change_listener(&self, listener: ChangeListener) -> bool {
         self.inner.listener.set(listener).is_ok()
     }
 
     /// A secret's value: the latest version when `version` is `None`.
-    pub async fn secret(
+    pub(crate) async fn secret(
         &self,
         name: &str,
         version: Option<&str>,
@@ -232,7 +231,7 @@ impl Cache {
     }
 
     /// A key's public JWK: the latest version when `version` is `None`.
-    pub async fn key(
+    pub(crate) async fn key(
         &self,
         name: &str,
         version: Option<&str>,
@@ -242,7 +241,7 @@ impl Cache {
     }
 
     /// A certificate with its backing secret, both of one version (latest when `None`).
-    pub async fn certificate(
+    pub(crate) async fn certificate(
         &self,
         name: &str,
         version: Option<&str>,
@@ -252,7 +251,7 @@ impl Cache {
     }
 
     /// Every object of a collection, latest metadata each.
-    pub async fn list(
+    pub(crate) async fn list(
         &self,
         collection: Collection,
     ) -> Result<Cached<Vec<ObjectProps>>, VaultError> {
@@ -260,7 +259,7 @@ impl Cache {
     }
 
     /// Every version of one object (empty for an unknown name, as the vault answers).
-    pub async fn versions(
+    pub(crate) async fn versions(
         &self,
         collection: Collection,
         name: &str,
@@ -274,11 +273,11 @@ impl Cache {
 
     /// Let the cache finish its pending bookkeeping, so that [`Cache::stats`]'s entry count and
     /// size are current (moka settles them lazily, on later operations). For a metrics scrape.
-    pub async fn settle(&self) {
+    pub(crate) async fn settle(&self) {
         self.inner.slots.run_pending_tasks().await;
     }
 
-    pub fn stats(&self) -> CacheStats {
+    pub(crate) fn stats(&self) -> CacheStats {
         self.inner.counters.snapshot(
             self.inner.slots.entry_count(),
             self.inner.slots.weighted_size(),

@@ -14,7 +14,7 @@ use super::{Cache, Inner};
 
 /// How long a reader that has a last answer waits for a refresh of it, counted from the start of
 /// the refresh: a slow vault delays a read by at most this, then the read gets the last answer.
-pub const READER_PATIENCE: Duration = Duration::from_secs(2);
+pub(crate) const READER_PATIENCE: Duration = Duration::from_secs(2);
 
 impl Cache {
     /// Answer from the entry if it may, else wait for the key's flight, starting one if needed.

@@ -8,6 +8,7 @@ use parking_lot::Mutex;
 use tokio::time::{Instant, advance};
 
 use super::entry::MIN_RETRY;
+use super::read::READER_PATIENCE;
 use super::testing::{TTL, read, settle};
 use super::*;
 use crate::vault::memory::MemoryVault;

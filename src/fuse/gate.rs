@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use parking_lot::{Condvar, Mutex};
 
 #[derive(Default)]
-pub struct Gate {
+pub(crate) struct Gate {
     closing: AtomicBool,
     /// Session threads parked for good.
     parked: AtomicUsize,
@@ -26,36 +26,36 @@ pub struct Gate {
 }
 
 /// Held by a request handler for its whole run; see [`Gate::turn`].
-pub struct Turn<'a> {
+pub(crate) struct Turn<'a> {
     gate: &'a Gate,
 }
 
 /// Held by a task that owes an answer; see [`Gate::owe`].
-pub struct Owed<'a> {
+pub(crate) struct Owed<'a> {
     gate: &'a Gate,
 }
 
 impl Gate {
     /// Marks a request handler running on a session thread. When it ends while the gate is
     /// closing, the thread parks instead of going back to read another request.
-    pub fn turn(&self) -> Turn<'_> {
+    pub(crate) fn turn(&self) -> Turn<'_> {
         Turn { gate: self }
     }
 
     /// Marks an answer owed by a task (a request waiting on the vault).
-    pub fn owe(&self) -> Owed<'_> {
+    pub(crate) fn owe(&self) -> Owed<'_> {
         self.in_flight.fetch_add(1, Ordering::SeqCst);
         Owed { gate: self }
     }
 
-    pub fn is_closing(&self) -> bool {
+    pub(crate) fn is_closing(&self) -> bool {
         self.closing.load(Ordering::SeqCst)
     }
 
     /// Start closing; then wait until `threads` session threads are parked and no answer is
     /// owed, or `timeout` passes. `wake` is called once, after the gate is closing, to send the
     /// requests that wake idle threads. True when everything stopped in time.
-    pub fn close(&self, threads: usize, wake: impl FnOnce(), timeout: Duration) -> bool {
+    pub(crate) fn close(&self, threads: usize, wake: impl FnOnce(), timeout: Duration) -> bool {
         self.closing.store(true, Ordering::SeqCst);
         wake();
         let deadline = Instant::now() + timeout;
@@ -74,7 +74,7 @@ impl Gate {
     }
 
     /// (parked threads, owed answers), for the log line of a drain that timed out.
-    pub fn state(&self) -> (usize, usize) {
+    pub(crate) fn state(&self) -> (usize, usize) {
         (
             self.parked.load(Ordering::SeqCst),
             self.in_flight.load(Ordering::SeqCst),
@@ -112,7 +112,7 @@ impl Drop for Owed<'_> {
 /// every session thread of this process is woken by one. `AT_STATX_FORCE_SYNC` makes the kernel
 /// ask the daemon even when it has the attributes cached. The threads are not joined: the last
 /// requests may only be answered by the successor, after this process is gone.
-pub fn wake_session_threads(root: BorrowedFd<'_>, threads: usize) {
+pub(crate) fn wake_session_threads(root: BorrowedFd<'_>, threads: usize) {
     for _ in 0..threads {
         let Ok(fd) = root.try_clone_to_owned() else {
             return;

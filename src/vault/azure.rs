@@ -536,72 +536,30 @@ macro_rules! meta {
     }};
 }
 
-pub(crate) fn secret_item_props(
-    item: &SecretProperties,
-    vault: &url::Url,
-) -> Result<ObjectProps, String> {
-    to_props(
-        vault,
-        meta!(
-            Collection::Secrets,
-            item.id.as_deref(),
-            item,
-            item.managed,
-            item.content_type.as_deref()
-        ),
-    )
+/// `fn $name(model, vault)`: the model's fields (see [`meta!`]) made into [`ObjectProps`] by
+/// [`to_props`]. The five conversions differ only in where each model keeps its id, whether it
+/// has `managed` and `contentType`, so each is one line below.
+macro_rules! props_of {
+    ($name:ident($m:ident: $model:ty) => $collection:expr, id: $id:expr, managed: $managed:expr, content_type: $ct:expr) => {
+        pub(crate) fn $name($m: &$model, vault: &url::Url) -> Result<ObjectProps, String> {
+            to_props(vault, meta!($collection, $id, $m, $managed, $ct))
+        }
+    };
 }
 
-pub(crate) fn secret_props(secret: &SecretBundle, vault: &url::Url) -> Result<ObjectProps, String> {
-    to_props(
-        vault,
-        meta!(
-            Collection::Secrets,
-            secret.id.as_deref(),
-            secret,
-            secret.managed,
-            secret.content_type.as_deref()
-        ),
-    )
-}
-
-/// Key list items name themselves by `kid`, not `id`.
-pub(crate) fn key_item_props(
-    item: &KeyProperties,
-    vault: &url::Url,
-) -> Result<ObjectProps, String> {
-    to_props(
-        vault,
-        meta!(
-            Collection::Keys,
-            item.kid.as_deref(),
-            item,
-            item.managed,
-            None
-        ),
-    )
-}
-
-pub(crate) fn key_props(key: &KeyBundle, vault: &url::Url) -> Result<ObjectProps, String> {
-    let kid = key.key.as_ref().and_then(|k| k.kid.as_deref());
-    to_props(vault, meta!(Collection::Keys, kid, key, key.managed, None))
-}
-
-pub(crate) fn certificate_props(
-    cert: &CertificateBundle,
-    vault: &url::Url,
-) -> Result<ObjectProps, String> {
-    to_props(
-        vault,
-        meta!(
-            Collection::Certificates,
-            cert.id.as_deref(),
-            cert,
-            None,
-            cert.content_type.as_deref()
-        ),
-    )
-}
+props_of!(secret_item_props(item: SecretProperties) => Collection::Secrets,
+    id: item.id.as_deref(), managed: item.managed, content_type: item.content_type.as_deref());
+props_of!(secret_props(secret: SecretBundle) => Collection::Secrets,
+    id: secret.id.as_deref(), managed: secret.managed, content_type: secret.content_type.as_deref());
+// Key list items name themselves by `kid`, not `id`; a key bundle has it inside its JWK.
+props_of!(key_item_props(item: KeyProperties) => Collection::Keys,
+    id: item.kid.as_deref(), managed: item.managed, content_type: None);
+props_of!(key_props(key: KeyBundle) => Collection::Keys,
+    id: key.key.as_ref().and_then(|k| k.kid.as_deref()), managed: key.managed, content_type: None);
+props_of!(certificate_props(cert: CertificateBundle) => Collection::Certificates,
+    id: cert.id.as_deref(), managed: None, content_type: cert.content_type.as_deref());
+props_of!(certificate_item_props(item: CertificateProperties) => Collection::Certificates,
+    id: item.id.as_deref(), managed: None, content_type: None);
 
 /// A conversion of an SDK model (an object, or an item of a listing) to [`ObjectProps`].
 type PropsOf<M> = fn(&M, &url::Url) -> Result<ObjectProps, String>;
@@ -722,22 +680,6 @@ fn check_identity(
                 .unwrap_or_default(),
         )))
     }
-}
-
-pub(crate) fn certificate_item_props(
-    item: &CertificateProperties,
-    vault: &url::Url,
-) -> Result<ObjectProps, String> {
-    to_props(
-        vault,
-        meta!(
-            Collection::Certificates,
-            item.id.as_deref(),
-            item,
-            None,
-            None
-        ),
-    )
 }
 
 fn to_props(vault: &url::Url, meta: Meta<'_>) -> Result<ObjectProps, String> {
@@ -1673,6 +1615,14 @@ mod tests {
     }
 
     /// Lists secrets over `pages`; returns the error and every URL requested after the challenge.
+    /// `err` is the refusal of an answer that says `says`.
+    fn assert_unexpected(err: &VaultError, says: &str) {
+        assert!(
+            matches!(err, VaultError::Unexpected(m) if m.contains(says)),
+            "{err:?}"
+        );
+    }
+
     async fn list_fails(pages: Vec<Canned>) -> (VaultError, Vec<url::Url>) {
         let (vault, replay) = replay_after_challenge(pages);
         let err = vault.list(Collection::Secrets).await.unwrap_err();
@@ -1710,19 +1660,13 @@ mod tests {
         // The first page links to itself.
         let first = format!("https://{HOST}/secrets?api-version=7.6");
         let (err, seen) = list_fails(vec![list_page("a", Some(&first))]).await;
-        assert!(
-            matches!(&err, VaultError::Unexpected(m) if m.contains("loop")),
-            "{err:?}"
-        );
+        assert_unexpected(&err, "loop");
         assert_eq!(seen.len(), 1);
         // A -> B -> B.
         let b = format!("https://{HOST}:443/secrets?$skiptoken=b");
         let (err, seen) =
             list_fails(vec![list_page("a", Some(&b)), list_page("b", Some(&b))]).await;
-        assert!(
-            matches!(&err, VaultError::Unexpected(m) if m.contains("loop")),
-            "{err:?}"
-        );
+        assert_unexpected(&err, "loop");
         assert_eq!(seen.len(), 2);
         // A -> B -> C -> B.
         let c = format!("https://{HOST}/secrets?$skiptoken=c");
@@ -1732,10 +1676,7 @@ mod tests {
             list_page("c", Some(&b)),
         ])
         .await;
-        assert!(
-            matches!(&err, VaultError::Unexpected(m) if m.contains("loop")),
-            "{err:?}"
-        );
+        assert_unexpected(&err, "loop");
         assert_eq!(seen.len(), 3);
     }
 
@@ -1747,10 +1688,7 @@ mod tests {
         let (name, _) = parse_id(body["id"].as_str().unwrap(), Collection::Secrets).unwrap();
         let (vault, _) = replay_after_challenge(vec![foreign]);
         let err = vault.get_secret(&name, None).await.unwrap_err();
-        assert!(
-            matches!(&err, VaultError::Unexpected(m) if m.contains("another host")),
-            "{err:?}"
-        );
+        assert_unexpected(&err, "another host");
         assert!(!err.to_string().contains(body["value"].as_str().unwrap()));
         // In a listing, such an item is skipped; the others are listed.
         let (vault, _) = replay_after_challenge(vec![Canned::json(
@@ -1760,13 +1698,7 @@ mod tests {
                 {"id": "https://127.0.0.2/secrets/theirs"},
             ]}),
         )]);
-        let names: Vec<String> = vault
-            .list(Collection::Secrets)
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|p| p.name)
-            .collect();
+        let names = listed_secret_names(&vault).await;
         assert_eq!(names, ["mine"]);
     }
 
@@ -1788,10 +1720,7 @@ mod tests {
         );
         let (vault, _) = replay_after_challenge(vec![answer(MAX_SECRET_VALUE_BYTES + 1)]);
         let err = vault.get_secret("big", None).await.unwrap_err();
-        assert!(
-            matches!(&err, VaultError::Unexpected(m) if m.contains("25601-byte value")),
-            "{err:?}"
-        );
+        assert_unexpected(&err, "25601-byte value");
         // Past the transport's cap the body is not even parsed, and not retried.
         let (vault, replay) = replay(
             vec![
@@ -1801,10 +1730,7 @@ mod tests {
             2,
         );
         let err = vault.get_secret("big", None).await.unwrap_err();
-        assert!(
-            matches!(&err, VaultError::Unexpected(m) if m.contains("byte cap")),
-            "{err:?}"
-        );
+        assert_unexpected(&err, "byte cap");
         assert_eq!(replay.requests(), 2);
     }
 
@@ -1818,13 +1744,7 @@ mod tests {
                 {"id": format!("https://{HOST}/secrets/DB"), "attributes": {"updated": 200}},
             ]}),
         )]);
-        let names: Vec<String> = vault
-            .list(Collection::Secrets)
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|p| p.name)
-            .collect();
+        let names = listed_secret_names(&vault).await;
         assert_eq!(names, ["DB", "api"]);
     }
 
@@ -1859,12 +1779,24 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn recorded_403s_name_what_is_missing() {
-        let (err, _) = error_for(example("forbidden_403.json", 0)).await;
-        let VaultError::Forbidden(message) = &err else {
+    /// The names a list of secrets answers, in order.
+    async fn listed_secret_names(vault: &AzureVault) -> Vec<String> {
+        let listed = vault.list(Collection::Secrets).await.unwrap();
+        listed.into_iter().map(|p| p.name).collect()
+    }
+
+    /// The message of the `Forbidden` that `answer` becomes.
+    async fn forbidden(answer: Canned) -> String {
+        let (err, _) = error_for(answer).await;
+        let VaultError::Forbidden(message) = err else {
             panic!("{err:?}")
         };
+        message
+    }
+
+    #[tokio::test]
+    async fn recorded_403s_name_what_is_missing() {
+        let message = forbidden(example("forbidden_403.json", 0)).await;
         assert!(message.contains("'Key Vault Secrets User'"), "{message}");
         assert!(
             message.contains("Microsoft.KeyVault/vaults/secrets/getSecret/action"),
@@ -1873,19 +1805,13 @@ mod tests {
         assert!(message.contains("appid=00000000-"), "{message}");
         assert!(!message.contains('\r') && !message.contains('\n'));
 
-        let (err, _) = error_for(example("forbidden_403.json", 1)).await;
-        let VaultError::Forbidden(message) = &err else {
-            panic!("{err:?}")
-        };
+        let message = forbidden(example("forbidden_403.json", 1)).await;
         assert!(
             message.contains("lacks the 'secrets get' access-policy permission"),
             "{message}"
         );
 
-        let (err, _) = error_for(example("forbidden_403.json", 2)).await;
-        let VaultError::Forbidden(message) = &err else {
-            panic!("{err:?}")
-        };
+        let message = forbidden(example("forbidden_403.json", 2)).await;
         assert!(message.contains("ForbiddenByConnection"), "{message}");
         assert!(
             message.contains("Public network access is disabled"),
@@ -1929,10 +1855,7 @@ mod tests {
             serde_json::json!({"error": {"code": "BadParameter", "message": "The specified version (1.0) is not recognized."}}),
         ))
         .await;
-        assert!(
-            matches!(&err, VaultError::Unexpected(m) if m.contains("BadParameter")),
-            "{err:?}"
-        );
+        assert_unexpected(&err, "BadParameter");
 
         // A connection reset on every attempt.
         let (vault, replay) = replay(vec![challenge(), Answer::Io], 2);
